@@ -1,0 +1,14 @@
+//! The one `bindgen!` of the host: the `turserver:store/files` interface the
+//! worker imports. The worker's `wasi:http` export is driven through
+//! `wasmtime_wasi_http`'s own bindings.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    interfaces: "import turserver:store/files@0.1.0;",
+    imports: { default: async | trappable },
+    with: {
+        "turserver:store/files.upload": crate::files::UploadHandle,
+    },
+});
+
+pub use turserver::store::files;

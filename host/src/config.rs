@@ -1,0 +1,113 @@
+//! Command line and environment configuration, validated before anything
+//! binds a socket or opens a database.
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Address served when `--listen` is not given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Data directory when `--data-dir` is not given.
+pub const DEFAULT_DATA_DIR: &str = "./turserver-data";
+/// How often a replica pulls from the primary when `--sync-interval` is not given.
+pub const DEFAULT_SYNC_INTERVAL: &str = "1s";
+/// Largest accepted upload when `--max-upload-size` is not given (1 GiB).
+pub const DEFAULT_MAX_UPLOAD: u64 = 1 << 30;
+/// Largest linear memory one worker instance may grow to (MiB).
+pub const DEFAULT_WORKER_MEMORY_MIB: u64 = 128;
+
+#[derive(Debug, Parser)]
+#[command(name = "turserver", version, about = "Edge file server: a wasm worker over a libSQL embedded replica")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve files over HTTP.
+    Serve(ServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; port 0 picks a free port (the first log line
+    /// prints the bound address).
+    #[arg(long, env = "TURSERVER_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Directory holding the local database or the embedded replica.
+    #[arg(long, env = "TURSERVER_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+
+    /// URL of the libSQL primary (e.g. `https://db.turso.io` or
+    /// `http://127.0.0.1:8081`). Without it the data lives in a local file.
+    #[arg(long, env = "TURSERVER_PRIMARY_URL")]
+    pub primary_url: Option<String>,
+
+    /// Auth token for the primary.
+    #[arg(long, env = "TURSERVER_PRIMARY_TOKEN", hide_env_values = true)]
+    pub primary_token: Option<String>,
+
+    /// How often the replica pulls from the primary, e.g. `1s`, `250ms`.
+    #[arg(long, env = "TURSERVER_SYNC_INTERVAL", default_value = DEFAULT_SYNC_INTERVAL, value_parser = parse_duration)]
+    pub sync_interval: Duration,
+
+    /// Bearer token that allows writes. Without it, every write is refused.
+    #[arg(long, env = "TURSERVER_WRITE_TOKEN", hide_env_values = true)]
+    pub write_token: Option<String>,
+
+    /// Worker component to run instead of the one built into the binary.
+    #[arg(long, env = "TURSERVER_WORKER")]
+    pub worker: Option<PathBuf>,
+
+    /// Largest accepted upload in bytes.
+    #[arg(long, env = "TURSERVER_MAX_UPLOAD_SIZE", default_value_t = DEFAULT_MAX_UPLOAD)]
+    pub max_upload_size: u64,
+
+    /// Largest linear memory a worker instance may use, in MiB.
+    #[arg(long, env = "TURSERVER_WORKER_MEMORY_MIB", default_value_t = DEFAULT_WORKER_MEMORY_MIB)]
+    pub worker_memory_mib: u64,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| e.to_string())
+}
+
+impl ServeArgs {
+    /// Checks what clap cannot: values that parse but make no sense.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if let Some(url) = &self.primary_url {
+            let scheme = url.split_once("://").map(|(s, _)| s);
+            if !matches!(scheme, Some("http" | "https" | "libsql")) {
+                bail!("--primary-url must start with http://, https:// or libsql:// (got {url:?})");
+            }
+        } else if self.primary_token.is_some() {
+            bail!("--primary-token was given without --primary-url");
+        }
+        if self.sync_interval < Duration::from_millis(10) {
+            bail!("--sync-interval must be at least 10ms");
+        }
+        if matches!(&self.write_token, Some(t) if t.trim().is_empty()) {
+            bail!("--write-token must not be empty");
+        }
+        if self.worker_memory_mib == 0 || self.worker_memory_mib > 4096 {
+            bail!("--worker-memory-mib must be between 1 and 4096");
+        }
+        if let Some(w) = &self.worker {
+            std::fs::metadata(w).with_context(|| format!("--worker {}", w.display()))?;
+        }
+        Ok(())
+    }
+
+    /// The primary URL in the form the replica client takes (`libsql://` is
+    /// Turso's alias for `https://`).
+    pub fn primary_http_url(&self) -> Option<String> {
+        self.primary_url.as_ref().map(|u| match u.strip_prefix("libsql://") {
+            Some(rest) => format!("https://{rest}"),
+            None => u.clone(),
+        })
+    }
+}

@@ -1,0 +1,63 @@
+//! Errors the store reports to its callers, classified by what the caller
+//! should do about them.
+
+/// A store failure. The WIT layer maps each case to a `files.error` case.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The upload passed the configured size limit (bytes).
+    #[error("upload larger than {0} bytes")]
+    TooLarge(u64),
+    /// The caller's arguments were refused.
+    #[error("{0}")]
+    Invalid(String),
+    /// The primary could not be reached or refused to take the write.
+    #[error("primary unavailable during {op}")]
+    Unavailable {
+        op: &'static str,
+        #[source]
+        source: libsql::Error,
+    },
+    /// Any other database failure.
+    #[error("database error during {op}")]
+    Database {
+        op: &'static str,
+        #[source]
+        source: libsql::Error,
+    },
+    /// Stored data contradicts itself.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    /// A failed read: the local database (or replica) is at fault.
+    pub fn read(op: &'static str, source: libsql::Error) -> Self {
+        StoreError::Database { op, source }
+    }
+
+    /// A failed write: failures to reach the primary (or a busy local
+    /// database) are worth retrying, everything else is not.
+    pub fn write(op: &'static str, source: libsql::Error) -> Self {
+        let retryable = match &source {
+            libsql::Error::WriteDelegation(_)
+            | libsql::Error::Replication(_)
+            | libsql::Error::Hrana(_)
+            | libsql::Error::ConnectionFailed(_)
+            | libsql::Error::Sync(_) => true,
+            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), primary code in the low byte.
+            libsql::Error::SqliteFailure(code, _) | libsql::Error::RemoteSqliteFailure(code, _, _) => {
+                matches!(code & 0xff, 5 | 6)
+            }
+            _ => false,
+        };
+        if retryable {
+            StoreError::Unavailable { op, source }
+        } else {
+            StoreError::Database { op, source }
+        }
+    }
+
+    pub fn internal(op: &'static str, source: libsql::Error) -> Self {
+        StoreError::Database { op, source }
+    }
+}

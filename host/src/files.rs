@@ -1,0 +1,161 @@
+//! The host side of `turserver:store/files`: what a worker instance may do
+//! to the store during one request.
+//!
+//! Write access is decided by the server from the request's bearer token
+//! before the worker runs (the header is removed, so the token never enters
+//! guest memory); here it only gates `begin-upload` and `delete`.
+
+use crate::bindings::files::{self, Error, Listing, Metadata, Written};
+use crate::error::StoreError;
+use crate::store::{FileMeta, Store, Upload};
+use std::sync::Arc;
+use wasmtime::component::{Resource, ResourceTable};
+
+/// What the request's `Authorization` header proved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WriteAccess {
+    /// No bearer token was sent.
+    Missing,
+    /// A token was sent and it is not the write token.
+    Denied,
+    Granted,
+}
+
+/// Per-request view of the store.
+pub struct FilesCtx {
+    pub store: Arc<Store>,
+    pub access: WriteAccess,
+    pub max_upload: u64,
+}
+
+/// An upload resource; `None` once finished.
+pub struct UploadHandle(Option<Upload>);
+
+/// The parts of the per-request state the `files` interface needs.
+pub struct FilesView<'a> {
+    pub ctx: &'a mut FilesCtx,
+    pub table: &'a mut ResourceTable,
+}
+
+impl FilesCtx {
+    fn check_write(&self) -> Result<(), Error> {
+        match self.access {
+            WriteAccess::Granted => Ok(()),
+            WriteAccess::Missing => Err(Error::Unauthorized),
+            WriteAccess::Denied => Err(Error::Forbidden),
+        }
+    }
+}
+
+/// Maps a store failure to what the worker sees, logging the cause first.
+fn to_wit(op: &'static str, err: StoreError) -> Error {
+    match err {
+        StoreError::TooLarge(limit) => Error::TooLarge(limit),
+        StoreError::Invalid(why) => Error::Invalid(why),
+        e @ StoreError::Unavailable { .. } => {
+            tracing::warn!(cause = %format!("{:#}", anyhow::Error::new(e)), op, "store unavailable");
+            Error::Unavailable("the primary database is unreachable".into())
+        }
+        e => {
+            tracing::error!(cause = %format!("{:#}", anyhow::Error::new(e)), op, "store failure");
+            Error::Internal(format!("{op} failed; the host log has the cause"))
+        }
+    }
+}
+
+fn to_metadata(m: FileMeta) -> Metadata {
+    Metadata {
+        path: m.path,
+        version: m.version,
+        size: m.size,
+        content_type: m.content_type,
+        hash: m.hash,
+        last_modified: m.last_modified,
+        created: m.created,
+    }
+}
+
+type HostResult<T> = wasmtime::Result<Result<T, Error>>;
+
+impl files::Host for FilesView<'_> {
+    async fn stat(&mut self, path: String) -> HostResult<Metadata> {
+        Ok(match self.ctx.store.stat(&path).await {
+            Ok(Some(m)) => Ok(to_metadata(m)),
+            Ok(None) => Err(Error::NotFound),
+            Err(e) => Err(to_wit("stat", e)),
+        })
+    }
+
+    async fn read(&mut self, version: u64, offset: u64, len: u64) -> HostResult<Vec<u8>> {
+        // The guest receives the bytes in its own memory; cap what one call
+        // may ask for so a worker cannot make the host allocate without bound.
+        let len = len.min(crate::store::CHUNK_SIZE as u64 * 4);
+        Ok(match self.ctx.store.read(version, offset, len).await {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(Error::NotFound),
+            Err(e) => Err(to_wit("read", e)),
+        })
+    }
+
+    async fn list_files(&mut self, prefix: String, cursor: Option<String>, limit: u32) -> HostResult<Listing> {
+        Ok(match self.ctx.store.list(&prefix, cursor.as_deref(), limit).await {
+            Ok((files, next_cursor)) => Ok(Listing { files: files.into_iter().map(to_metadata).collect(), next_cursor }),
+            Err(e) => Err(to_wit("list", e)),
+        })
+    }
+
+    async fn begin_upload(&mut self, path: String, content_type: String) -> HostResult<Resource<UploadHandle>> {
+        if let Err(e) = self.ctx.check_write() {
+            return Ok(Err(e));
+        }
+        if let Err(why) = crate::store::validate_path(&path) {
+            return Ok(Err(Error::Invalid(why)));
+        }
+        match self.ctx.store.begin_upload(&path, &content_type, self.ctx.max_upload).await {
+            Ok(upload) => Ok(Ok(self.table.push(UploadHandle(Some(upload)))?)),
+            Err(e) => Ok(Err(to_wit("begin upload", e))),
+        }
+    }
+
+    async fn delete(&mut self, path: String) -> HostResult<()> {
+        if let Err(e) = self.ctx.check_write() {
+            return Ok(Err(e));
+        }
+        Ok(match self.ctx.store.delete(&path).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Error::NotFound),
+            Err(e) => Err(to_wit("delete", e)),
+        })
+    }
+}
+
+impl files::HostUpload for FilesView<'_> {
+    async fn write(&mut self, this: Resource<UploadHandle>, bytes: Vec<u8>) -> HostResult<()> {
+        let Some(upload) = self.table.get_mut(&this)?.0.as_mut() else {
+            return Ok(Err(Error::Invalid("upload already finished".into())));
+        };
+        Ok(upload.write(&bytes).await.map_err(|e| to_wit("upload write", e)))
+    }
+
+    async fn finish(&mut self, this: Resource<UploadHandle>) -> HostResult<Written> {
+        let Some(upload) = self.table.get_mut(&this)?.0.take() else {
+            return Ok(Err(Error::Invalid("upload already finished".into())));
+        };
+        let path = upload.path().to_string();
+        Ok(match upload.finish().await {
+            Ok((meta, created)) => {
+                tracing::info!(path, size = meta.size, created, "file written");
+                Ok(Written { metadata: to_metadata(meta), created })
+            }
+            Err(e) => Err(to_wit("upload finish", e)),
+        })
+    }
+
+    async fn drop(&mut self, this: Resource<UploadHandle>) -> wasmtime::Result<()> {
+        if let Some(upload) = self.table.delete(this)?.0 {
+            tracing::info!(path = upload.path(), "discarding an unfinished upload");
+            upload.abort().await;
+        }
+        Ok(())
+    }
+}

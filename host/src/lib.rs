@@ -1,0 +1,22 @@
+//! turserver: an edge file server. A wasm worker answers every HTTP request;
+//! this host runs it and owns the libSQL database (a local file, or an
+//! embedded replica kept in sync with a primary).
+//!
+//! # Layout
+//! - [`config`]: command line and environment, validated up front.
+//! - [`server`]: the hyper server, host endpoints, write access, shutdown.
+//! - [`runtime`]: Engine, Linker, the pre-instantiated worker, per-request Stores.
+//! - [`bindings`]: the only `bindgen!`, for `turserver:store/files`.
+//! - [`files`]: the host side of `turserver:store/files`.
+//! - [`store`]: the libSQL database: schema, queries, chunked uploads.
+//! - [`sync`]: background sync with the primary and garbage collection.
+//! - [`error`]: store errors, classified by what a caller should do.
+
+pub mod bindings;
+pub mod config;
+pub mod error;
+pub mod files;
+pub mod runtime;
+pub mod server;
+pub mod store;
+pub mod sync;

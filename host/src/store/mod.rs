@@ -1,0 +1,407 @@
+//! The file store: a libSQL database that is either a local file (embedded
+//! default) or an embedded replica of a primary.
+//!
+//! Bodies up to one chunk are stored inline in `files.content`; larger ones
+//! are written as chunks under a fresh `blob_id` before the `files` row that
+//! publishes them, so a reader never sees half a file and no statement
+//! carries more than one chunk (the primary limits message sizes).
+
+mod schema;
+mod upload;
+
+pub use upload::Upload;
+
+use crate::error::StoreError;
+use anyhow::Context;
+use libsql::{Connection, Database, Value};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::sync::Mutex;
+
+/// Size of a body chunk. One chunk is one statement to the primary: well
+/// under its message limit, large enough that a 20 MiB upload is 20 writes.
+pub const CHUNK_SIZE: usize = 1 << 20;
+/// Most entries one listing page returns.
+pub const MAX_LIST_LIMIT: u32 = 1000;
+/// Staged uploads older than this are garbage (their writer died).
+pub const STALE_UPLOAD_SECS: i64 = 3600;
+
+/// Whether the database is a local file or a replica of a primary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Local,
+    Replica { url: String },
+}
+
+/// Metadata of one stored file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileMeta {
+    pub path: String,
+    pub version: u64,
+    pub size: u64,
+    pub content_type: String,
+    pub hash: String,
+    pub last_modified: u64,
+    pub created: u64,
+}
+
+pub struct Store {
+    db: Database,
+    mode: Mode,
+    /// Idle connections. Opening one per request would cost a file open and a
+    /// cold page cache each time.
+    idle: Mutex<Vec<Connection>>,
+}
+
+const META_COLUMNS: &str =
+    "id, path, COALESCE(size, length(content)), content_type, hash, last_modified, created_at, \
+     CASE WHEN hash IS NULL THEN content END";
+
+impl Store {
+    /// Opens the local database in `data_dir`, creating it if needed.
+    pub async fn open_local(data_dir: &Path) -> anyhow::Result<Store> {
+        let path = data_dir.join("local.db");
+        let db = libsql::Builder::new_local(&path)
+            .build()
+            .await
+            .with_context(|| format!("opening {}", path.display()))?;
+        let store = Store { db, mode: Mode::Local, idle: Mutex::new(Vec::new()) };
+        let conn = store.conn().await?;
+        // WAL lets readers proceed while a write commits.
+        query_all(&conn, "PRAGMA journal_mode=WAL", ()).await.context("enabling WAL")?;
+        schema::migrate(&conn).await?;
+        store.put_back(conn);
+        Ok(store)
+    }
+
+    /// Opens (or creates) the embedded replica of `url` in `data_dir`,
+    /// migrates the primary's schema and completes a first sync.
+    pub async fn open_replica(data_dir: &Path, url: &str, token: Option<&str>) -> anyhow::Result<Store> {
+        let path = data_dir.join("replica.db");
+        let db = libsql::Builder::new_remote_replica(&path, url.to_string(), token.unwrap_or_default().to_string())
+            .read_your_writes(true)
+            .build()
+            .await
+            .with_context(|| format!("opening the replica {} of {url}", path.display()))?;
+        db.sync().await.with_context(|| format!("first sync from {url}"))?;
+        let store = Store { db, mode: Mode::Replica { url: url.to_string() }, idle: Mutex::new(Vec::new()) };
+        let conn = store.conn().await?;
+        schema::migrate(&conn).await.context("migrating the primary's schema")?;
+        store.put_back(conn);
+        store.db.sync().await.context("sync after migration")?;
+        Ok(store)
+    }
+
+    pub fn mode(&self) -> &Mode {
+        &self.mode
+    }
+
+    /// Pulls new frames from the primary; a no-op for a local database.
+    pub async fn sync(&self) -> Result<Option<u64>, libsql::Error> {
+        match self.mode {
+            Mode::Local => Ok(None),
+            Mode::Replica { .. } => Ok(self.db.sync().await?.frame_no()),
+        }
+    }
+
+    async fn conn(&self) -> Result<Connection, StoreError> {
+        if let Some(c) = self.idle.lock().expect("connection pool poisoned").pop() {
+            return Ok(c);
+        }
+        let conn = self.db.connect().map_err(|e| StoreError::internal("connecting", e))?;
+        if self.mode == Mode::Local {
+            // Concurrent local writers wait for each other instead of failing.
+            conn.busy_timeout(std::time::Duration::from_secs(5))
+                .map_err(|e| StoreError::internal("setting busy timeout", e))?;
+        }
+        Ok(conn)
+    }
+
+    /// Returns a connection for reuse. Only connections outside a transaction
+    /// come back; the caller drops the others.
+    fn put_back(&self, conn: Connection) {
+        if conn.is_autocommit() {
+            let mut idle = self.idle.lock().expect("connection pool poisoned");
+            if idle.len() < 64 {
+                idle.push(conn);
+            }
+        }
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<Option<FileMeta>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!("SELECT {META_COLUMNS} FROM files WHERE path = ?1");
+        let rows = query_all(&conn, &sql, [path]).await.map_err(|e| StoreError::read("stat", e))?;
+        self.put_back(conn);
+        rows.first().map(meta_from_row).transpose()
+    }
+
+    /// Up to `len` bytes of body `version` from `offset`; `None` when that
+    /// version no longer exists.
+    pub async fn read(&self, version: u64, offset: u64, len: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let conn = self.conn().await?;
+        let result = read_body(&conn, version, offset, len).await;
+        self.put_back(conn);
+        result
+    }
+
+    /// Files under `prefix` after `cursor`, at most `limit`; the second value
+    /// is the cursor of the next page.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<FileMeta>, Option<String>), StoreError> {
+        let limit = limit.clamp(1, MAX_LIST_LIMIT);
+        // Every path starting with `prefix` sorts before `upper` (the prefix
+        // with its last character incremented), so the range uses the index.
+        let upper = prefix_upper_bound(prefix);
+        let sql = format!(
+            "SELECT {META_COLUMNS} FROM files \
+             WHERE path >= ?1 AND (?2 IS NULL OR path < ?2) AND (?3 IS NULL OR path > ?3) \
+             ORDER BY path LIMIT ?4"
+        );
+        let conn = self.conn().await?;
+        let params = libsql::params![prefix, upper, cursor, i64::from(limit) + 1];
+        let rows = query_all(&conn, &sql, params).await.map_err(|e| StoreError::read("list", e))?;
+        self.put_back(conn);
+        let mut files = rows.iter().map(meta_from_row).collect::<Result<Vec<_>, _>>()?;
+        files.retain(|f| f.path.starts_with(prefix));
+        let next = if files.len() > limit as usize {
+            files.truncate(limit as usize);
+            files.last().map(|f| f.path.clone())
+        } else {
+            None
+        };
+        Ok((files, next))
+    }
+
+    /// Deletes the file at `path`; false when there was none.
+    pub async fn delete(&self, path: &str) -> Result<bool, StoreError> {
+        let conn = self.conn().await?;
+        let tx = conn.transaction().await.map_err(|e| StoreError::write("delete", e))?;
+        let rows = query_all(&tx, "SELECT blob_id FROM files WHERE path = ?1", [path])
+            .await
+            .map_err(|e| StoreError::write("delete", e))?;
+        let Some(row) = rows.first() else {
+            tx.rollback().await.map_err(|e| StoreError::write("delete", e))?;
+            self.put_back(conn);
+            return Ok(false);
+        };
+        let blob = row.opt_i64(0)?;
+        tx.execute("DELETE FROM files WHERE path = ?1", [path]).await.map_err(|e| StoreError::write("delete", e))?;
+        if let Some(blob) = blob {
+            tx.execute("DELETE FROM chunks WHERE blob_id = ?1", [blob])
+                .await
+                .map_err(|e| StoreError::write("delete", e))?;
+        }
+        tx.commit().await.map_err(|e| StoreError::write("delete", e))?;
+        self.put_back(conn);
+        Ok(true)
+    }
+
+    /// Starts an upload of `path`; nothing is visible until it finishes.
+    pub async fn begin_upload(&self, path: &str, content_type: &str, max_size: u64) -> Result<Upload, StoreError> {
+        let conn = self.conn().await?;
+        Ok(Upload::new(conn, path, content_type, max_size))
+    }
+
+    /// Removes chunks of uploads that never finished (their writer crashed).
+    pub async fn collect_garbage(&self) -> Result<u64, StoreError> {
+        let conn = self.conn().await?;
+        let cutoff = unix_now() - STALE_UPLOAD_SECS;
+        let rows = query_all(&conn, "SELECT blob_id FROM uploads WHERE started_at < ?1", [cutoff])
+            .await
+            .map_err(|e| StoreError::read("garbage collection", e))?;
+        let mut removed = 0;
+        for row in rows {
+            let blob = row.i64(0)?;
+            upload::discard(&conn, blob).await?;
+            removed += 1;
+        }
+        self.put_back(conn);
+        Ok(removed)
+    }
+}
+
+/// Checks a path the worker wants to write. The worker normalises paths
+/// already; the host does not trust it to (workers are swappable code).
+pub fn validate_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.len() > 1024 {
+        return Err("path must be 1 to 1024 bytes".into());
+    }
+    if path.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        return Err("path has an empty, '.' or '..' segment".into());
+    }
+    if path.chars().any(|c| c.is_control() || c == '\\') {
+        return Err("path has a control character or backslash".into());
+    }
+    Ok(())
+}
+
+async fn read_body(conn: &Connection, version: u64, offset: u64, len: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    let rows = query_all(
+        conn,
+        "SELECT COALESCE(size, length(content)), blob_id, chunk_size, \
+         CASE WHEN blob_id IS NULL THEN substr(content, ?2 + 1, ?3) END \
+         FROM files WHERE id = ?1",
+        libsql::params![version as i64, offset as i64, len as i64],
+    )
+    .await
+    .map_err(|e| StoreError::read("read", e))?;
+    let Some(row) = rows.first() else { return Ok(None) };
+    let size = row.opt_i64(0)?.unwrap_or(0).max(0) as u64;
+    let Some(blob) = row.opt_i64(1)? else {
+        return Ok(Some(row.opt_blob(3)?.unwrap_or_default()));
+    };
+    let chunk = row.i64(2)?;
+    if chunk <= 0 {
+        return Err(StoreError::Internal(format!("blob {blob} has chunk size {chunk}")));
+    }
+    let chunk = chunk as u64;
+    let end = size.min(offset.saturating_add(len));
+    let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+    let mut pos = offset;
+    while pos < end {
+        let seq = pos / chunk;
+        let within = pos % chunk;
+        let take = (chunk - within).min(end - pos);
+        let rows = query_all(
+            conn,
+            "SELECT substr(data, ?3 + 1, ?4) FROM chunks WHERE blob_id = ?1 AND seq = ?2",
+            libsql::params![blob, seq as i64, within as i64, take as i64],
+        )
+        .await
+        .map_err(|e| StoreError::read("read chunk", e))?;
+        // A chunk vanishing mid-read means the version was replaced or deleted.
+        let Some(row) = rows.first() else { return Ok(None) };
+        let bytes = row.opt_blob(0)?.unwrap_or_default();
+        if bytes.is_empty() {
+            return Err(StoreError::Internal(format!("chunk {seq} of blob {blob} is short")));
+        }
+        pos += bytes.len() as u64;
+        out.extend_from_slice(&bytes);
+    }
+    Ok(Some(out))
+}
+
+fn meta_from_row(row: &Record) -> Result<FileMeta, StoreError> {
+    let hash = match row.opt_text(4)? {
+        Some(h) => h,
+        // Rows written directly on the primary carry no hash: derive it from
+        // the inline body.
+        None => hex::encode(Sha256::digest(row.opt_blob(7)?.unwrap_or_default())),
+    };
+    Ok(FileMeta {
+        version: row.i64(0)? as u64,
+        path: row.text(1)?,
+        size: row.opt_i64(2)?.unwrap_or(0).max(0) as u64,
+        content_type: row.text(3)?,
+        hash,
+        last_modified: row.i64(5)?.max(0) as u64,
+        created: row.i64(6)?.max(0) as u64,
+    })
+}
+
+/// The smallest string greater than every string that starts with `prefix`,
+/// or None when there is none (empty prefix, or it ends in U+10FFFF).
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    let last = chars.pop()?;
+    let next = (last as u32 + 1..=0x10FFFF).find_map(char::from_u32)?;
+    chars.push(next);
+    Some(chars.into_iter().collect())
+}
+
+/// One result row, copied out of the statement. (A local libSQL `Row` is a
+/// view of its statement's current step, so rows cannot be kept as they are.)
+pub(crate) struct Record(Vec<Value>);
+
+impl Record {
+    fn value(&self, i: usize) -> &Value {
+        self.0.get(i).unwrap_or(&Value::Null)
+    }
+
+    pub fn opt_i64(&self, i: usize) -> Result<Option<i64>, StoreError> {
+        match self.value(i) {
+            Value::Null => Ok(None),
+            Value::Integer(n) => Ok(Some(*n)),
+            other => Err(StoreError::Internal(format!("column {i}: expected an integer, found {other:?}"))),
+        }
+    }
+
+    pub fn i64(&self, i: usize) -> Result<i64, StoreError> {
+        self.opt_i64(i)?.ok_or_else(|| StoreError::Internal(format!("column {i}: unexpected NULL")))
+    }
+
+    pub fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
+        match self.value(i) {
+            Value::Null => Ok(None),
+            Value::Text(t) => Ok(Some(t.clone())),
+            other => Err(StoreError::Internal(format!("column {i}: expected text, found {other:?}"))),
+        }
+    }
+
+    pub fn text(&self, i: usize) -> Result<String, StoreError> {
+        self.opt_text(i)?.ok_or_else(|| StoreError::Internal(format!("column {i}: unexpected NULL")))
+    }
+
+    /// A blob column; text is taken as its UTF-8 bytes (rows written by hand
+    /// may store bodies as text).
+    pub fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.value(i) {
+            Value::Null => Ok(None),
+            Value::Blob(b) => Ok(Some(b.clone())),
+            Value::Text(t) => Ok(Some(t.clone().into_bytes())),
+            other => Err(StoreError::Internal(format!("column {i}: expected a blob, found {other:?}"))),
+        }
+    }
+}
+
+/// Runs a query and reads every row: a `Rows` left unfinished keeps a read
+/// snapshot open on its connection, hiding later syncs.
+pub(crate) async fn query_all(
+    conn: &Connection,
+    sql: &str,
+    params: impl libsql::params::IntoParams,
+) -> Result<Vec<Record>, libsql::Error> {
+    let mut rows = conn.query(sql, params).await?;
+    let columns = rows.column_count();
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().await? {
+        out.push(Record((0..columns).map(|i| row.get_value(i)).collect::<Result<_, _>>()?));
+    }
+    Ok(out)
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_path_check() {
+        assert!(validate_path("a/b.txt").is_ok());
+        for bad in ["", "/a", "a/", "a//b", "a/../b", ".", "a\\b", "a\0b"] {
+            assert!(validate_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn upper_bound_sorts_after_every_extension() {
+        assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(prefix_upper_bound("a/"), Some("a0".into()));
+        let ub = prefix_upper_bound("img").unwrap();
+        for p in ["img", "img/x", "img\u{10FFFF}z", "imgzzzz"] {
+            assert!(p < ub.as_str(), "{p}");
+        }
+        assert!("imh" >= ub.as_str());
+    }
+}

@@ -1,0 +1,75 @@
+//! Versioned schema migrations. They run as ordinary statements through the
+//! connection, so with a replica they execute on the primary (delegated
+//! writes) and reach every edge by sync; nothing writes a replica file
+//! directly.
+
+use anyhow::Context;
+use libsql::Connection;
+
+/// Each entry upgrades the schema from version `index` to `index + 1`.
+/// Append only: a shipped migration never changes.
+const MIGRATIONS: &[&[&str]] = &[&[
+    // `content` holds small bodies inline (and rows written directly on the
+    // primary); larger bodies live in `chunks` under `blob_id`. `size` and
+    // `hash` may be NULL for rows written by hand; readers derive them.
+    "CREATE TABLE IF NOT EXISTS files (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL UNIQUE,
+        content BLOB,
+        content_type TEXT NOT NULL DEFAULT 'application/octet-stream',
+        last_modified INTEGER NOT NULL DEFAULT (unixepoch()),
+        size INTEGER,
+        created_at INTEGER NOT NULL DEFAULT (unixepoch()),
+        hash TEXT,
+        blob_id INTEGER,
+        chunk_size INTEGER
+    )",
+    "CREATE TABLE IF NOT EXISTS chunks (
+        blob_id INTEGER NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (blob_id, seq)
+    )",
+    // Uploads whose chunks are written but not yet published; rows left here
+    // by a crash are garbage collected. AUTOINCREMENT: a blob id is never
+    // reused, even after its staging row is deleted on publish.
+    "CREATE TABLE IF NOT EXISTS uploads (
+        blob_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL,
+        started_at INTEGER NOT NULL
+    )",
+]];
+
+/// Brings the schema up to date in one transaction, so edges starting
+/// together cannot apply a migration twice.
+pub async fn migrate(conn: &Connection) -> anyhow::Result<()> {
+    let tx = conn
+        .transaction_with_behavior(libsql::TransactionBehavior::Immediate)
+        .await
+        .context("beginning the migration transaction")?;
+    tx.execute(
+        "CREATE TABLE IF NOT EXISTS turserver_schema (version INTEGER PRIMARY KEY, applied_at INTEGER NOT NULL)",
+        (),
+    )
+    .await
+    .context("creating the schema version table")?;
+    let rows = super::query_all(&tx, "SELECT COALESCE(MAX(version), 0) FROM turserver_schema", ()).await?;
+    let current = match rows.first() {
+        Some(row) => row.i64(0)?,
+        None => 0,
+    };
+    for (index, statements) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = index as i64 + 1;
+        for sql in *statements {
+            tx.execute(sql, ()).await.with_context(|| format!("migration {version}"))?;
+        }
+        tx.execute(
+            "INSERT INTO turserver_schema (version, applied_at) VALUES (?1, unixepoch())",
+            [version],
+        )
+        .await?;
+        tracing::info!(version, "applied schema migration");
+    }
+    tx.commit().await.context("committing migrations")?;
+    Ok(())
+}

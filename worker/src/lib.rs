@@ -1,0 +1,14 @@
+//! The default turserver worker, a `wasi:http` component.
+//!
+//! # Layout
+//! - [`path`]: request-path normalisation (what is refused and why).
+//! - [`core`]: routing and response shaping over a [`core::Store`]; pure and
+//!   unit-tested natively.
+//! - `wasm` (wasm32 only): the entry point that converts `wasi:http` types,
+//!   calls the core, and streams bodies to and from the host.
+
+pub mod core;
+pub mod path;
+
+#[cfg(target_arch = "wasm32")]
+mod wasm;

@@ -1,0 +1,180 @@
+//! The wasm entry point: converts between `wasi:http` and the core's types and
+//! streams bodies in pieces, so large files never sit whole in guest memory.
+
+use crate::core::{self, Body, Metadata, Outcome, StoreError};
+
+wit_bindgen::generate!({
+    path: "../wit",
+    world: "turserver:store/worker",
+    generate_all,
+});
+
+use exports::wasi::http::incoming_handler::Guest;
+use turserver::store::files;
+use wasi::http::types::{
+    Fields, IncomingBody, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+use wasi::io::streams::{OutputStream, StreamError};
+
+/// Bytes asked of the host per `read` call, and of the request body per read.
+const PIECE: u64 = 256 * 1024;
+
+struct Worker;
+export!(Worker);
+
+impl Guest for Worker {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let req = core::Request {
+            method: method_name(&request.method()),
+            path_and_query: request.path_with_query().unwrap_or_else(|| "/".into()),
+            headers: request.headers().entries(),
+        };
+        let resp = match core::handle(&req, &mut HostStore) {
+            Outcome::Respond(resp) => resp,
+            Outcome::Upload { path, content_type } => core::upload_response(upload(request, &path, &content_type)),
+        };
+        send(resp, out);
+    }
+}
+
+fn method_name(m: &Method) -> String {
+    match m {
+        Method::Get => "GET".into(),
+        Method::Head => "HEAD".into(),
+        Method::Post => "POST".into(),
+        Method::Put => "PUT".into(),
+        Method::Delete => "DELETE".into(),
+        Method::Connect => "CONNECT".into(),
+        Method::Options => "OPTIONS".into(),
+        Method::Trace => "TRACE".into(),
+        Method::Patch => "PATCH".into(),
+        Method::Other(s) => s.clone(),
+    }
+}
+
+/// Streams the request body into a host upload. The upload is dropped (and
+/// its bytes discarded) on any failure, including a body cut off mid-way.
+fn upload(request: IncomingRequest, path: &str, content_type: &str) -> Result<(Metadata, bool), StoreError> {
+    let upload = files::begin_upload(path, content_type).map_err(from_wit)?;
+    let body = request.consume().map_err(|()| StoreError::Invalid("request body already taken".into()))?;
+    let stream = body.stream().map_err(|()| StoreError::Invalid("request body unreadable".into()))?;
+    loop {
+        match stream.blocking_read(PIECE) {
+            Ok(bytes) if bytes.is_empty() => continue,
+            Ok(bytes) => upload.write(&bytes).map_err(from_wit)?,
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(e)) => {
+                return Err(StoreError::Invalid(format!("request body incomplete: {}", e.to_debug_string())));
+            }
+        }
+    }
+    drop(stream);
+    let _trailers = IncomingBody::finish(body);
+    let written = upload.finish().map_err(from_wit)?;
+    Ok((to_core(written.metadata), written.created))
+}
+
+fn send(resp: core::Response, out: ResponseOutparam) {
+    let entries: Vec<(String, Vec<u8>)> =
+        resp.headers.iter().map(|(n, v)| (n.clone(), v.clone().into_bytes())).collect();
+    let headers = match Fields::from_list(&entries) {
+        Ok(h) => h,
+        Err(e) => {
+            let fallback = core::Response::text(500, format!("worker built an invalid header: {e:?}"));
+            return send(fallback, out);
+        }
+    };
+    let response = OutgoingResponse::new(headers);
+    let _ = response.set_status_code(resp.status);
+    let Ok(body) = response.body() else { return };
+    ResponseOutparam::set(out, Ok(response));
+    let Ok(stream) = body.write() else { return };
+    let complete = match resp.body {
+        Body::Empty => true,
+        Body::Bytes(bytes) => write_all(&stream, &bytes),
+        Body::File { version, offset, len } => stream_file(&stream, version, offset, len),
+    };
+    drop(stream);
+    if complete {
+        let _ = OutgoingBody::finish(body, None);
+    }
+    // An incomplete body is dropped unfinished: the host aborts the response
+    // rather than send a truncated file as if it were whole.
+}
+
+fn stream_file(stream: &OutputStream, version: u64, mut offset: u64, len: u64) -> bool {
+    let end = offset + len;
+    while offset < end {
+        let want = PIECE.min(end - offset);
+        match files::read(version, offset, want) {
+            Ok(bytes) if bytes.is_empty() => return false,
+            Ok(bytes) => {
+                offset += bytes.len() as u64;
+                if !write_all(stream, &bytes) {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn write_all(stream: &OutputStream, mut bytes: &[u8]) -> bool {
+    while !bytes.is_empty() {
+        let permit = match stream.check_write() {
+            Ok(0) => {
+                stream.subscribe().block();
+                continue;
+            }
+            Ok(n) => n.min(bytes.len() as u64) as usize,
+            Err(_) => return false,
+        };
+        if stream.write(&bytes[..permit]).is_err() {
+            return false;
+        }
+        bytes = &bytes[permit..];
+    }
+    stream.blocking_flush().is_ok()
+}
+
+struct HostStore;
+
+impl core::Store for HostStore {
+    fn stat(&mut self, path: &str) -> Result<Metadata, StoreError> {
+        files::stat(path).map(to_core).map_err(from_wit)
+    }
+
+    fn list(&mut self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<core::Listing, StoreError> {
+        let l = files::list_files(prefix, cursor, limit).map_err(from_wit)?;
+        Ok(core::Listing { files: l.files.into_iter().map(to_core).collect(), next_cursor: l.next_cursor })
+    }
+
+    fn delete(&mut self, path: &str) -> Result<(), StoreError> {
+        files::delete(path).map_err(from_wit)
+    }
+}
+
+fn to_core(m: files::Metadata) -> Metadata {
+    Metadata {
+        path: m.path,
+        version: m.version,
+        size: m.size,
+        content_type: m.content_type,
+        hash: m.hash,
+        last_modified: m.last_modified,
+        created: m.created,
+    }
+}
+
+fn from_wit(e: files::Error) -> StoreError {
+    match e {
+        files::Error::NotFound => StoreError::NotFound,
+        files::Error::Unauthorized => StoreError::Unauthorized,
+        files::Error::Forbidden => StoreError::Forbidden,
+        files::Error::TooLarge(n) => StoreError::TooLarge(n),
+        files::Error::Invalid(s) => StoreError::Invalid(s),
+        files::Error::Unavailable(s) => StoreError::Unavailable(s),
+        files::Error::Internal(s) => StoreError::Internal(s),
+    }
+}
