@@ -3,9 +3,10 @@ use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 use turserver::config::{Cli, Command};
 
-/// Applied when RUST_LOG is unset. libSQL's replication logs every sync
-/// attempt; keep it to warnings and worse.
-const DEFAULT_LOG: &str = "info,libsql=warn,libsql_replication=warn,h2=warn,tonic=warn,hyper=warn,wasmtime=warn,cranelift=warn";
+/// Applied when RUST_LOG is unset. libSQL's replication client warns about
+/// every slow frame fetch; the sync loop reports real failures itself.
+const DEFAULT_LOG: &str = "info,libsql=warn,libsql::replication=error,libsql_replication=error,\
+h2=warn,tonic=warn,hyper=warn,wasmtime=warn,cranelift=warn";
 
 #[tokio::main]
 async fn main() -> ExitCode {

@@ -16,7 +16,7 @@ use anyhow::Context;
 use libsql::{Connection, Database, Value};
 use sha2::{Digest, Sha256};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Size of a body chunk. One chunk is one statement to the primary: well
 /// under its message limit, large enough that a 20 MiB upload is 20 writes.
@@ -79,7 +79,10 @@ impl Store {
     pub async fn open_replica(data_dir: &Path, url: &str, token: Option<&str>) -> anyhow::Result<Store> {
         let path = data_dir.join("replica.db");
         let db = libsql::Builder::new_remote_replica(&path, url.to_string(), token.unwrap_or_default().to_string())
-            .read_your_writes(true)
+            // libSQL's own read-your-writes pulls frames after every delegated
+            // statement, once per staged chunk; `written` syncs once per
+            // committed write instead.
+            .read_your_writes(false)
             .build()
             .await
             .with_context(|| format!("opening the replica {} of {url}", path.display()))?;
@@ -101,6 +104,18 @@ impl Store {
         match self.mode {
             Mode::Local => Ok(None),
             Mode::Replica { .. } => Ok(self.db.sync().await?.frame_no()),
+        }
+    }
+
+    /// Read-your-writes: after a write commits on the primary, pull it into
+    /// the replica before answering, so the next read on this edge sees it.
+    /// The write itself has succeeded either way; a failed pull is logged
+    /// and the periodic sync catches up.
+    pub(crate) async fn written(&self) {
+        if let Mode::Replica { .. } = self.mode {
+            if let Err(e) = self.db.sync().await {
+                tracing::warn!(cause = %e, "sync after a write failed; the write is on the primary but not yet visible here");
+            }
         }
     }
 
@@ -198,13 +213,19 @@ impl Store {
         }
         tx.commit().await.map_err(|e| StoreError::write("delete", e))?;
         self.put_back(conn);
+        self.written().await;
         Ok(true)
     }
 
     /// Starts an upload of `path`; nothing is visible until it finishes.
-    pub async fn begin_upload(&self, path: &str, content_type: &str, max_size: u64) -> Result<Upload, StoreError> {
+    pub async fn begin_upload(
+        self: &Arc<Self>,
+        path: &str,
+        content_type: &str,
+        max_size: u64,
+    ) -> Result<Upload, StoreError> {
         let conn = self.conn().await?;
-        Ok(Upload::new(conn, path, content_type, max_size))
+        Ok(Upload::new(self.clone(), conn, path, content_type, max_size))
     }
 
     /// Removes chunks of uploads that never finished (their writer crashed).

@@ -4,12 +4,14 @@
 //! primary). `finish` publishes the file in one small transaction; an upload
 //! dropped before that is discarded.
 
-use super::{query_all, unix_now, FileMeta, CHUNK_SIZE};
+use super::{query_all, unix_now, FileMeta, Store, CHUNK_SIZE};
+use std::sync::Arc;
 use crate::error::StoreError;
 use libsql::Connection;
 use sha2::{Digest, Sha256};
 
 pub struct Upload {
+    store: Arc<Store>,
     conn: Connection,
     path: String,
     content_type: String,
@@ -24,8 +26,9 @@ pub struct Upload {
 }
 
 impl Upload {
-    pub(super) fn new(conn: Connection, path: &str, content_type: &str, max_size: u64) -> Self {
+    pub(super) fn new(store: Arc<Store>, conn: Connection, path: &str, content_type: &str, max_size: u64) -> Self {
         Upload {
+            store,
             conn,
             path: path.to_string(),
             content_type: content_type.to_string(),
@@ -109,6 +112,7 @@ impl Upload {
             self.discard_staged().await;
         }
         let (version, created_at, created) = result?;
+        self.store.written().await;
         Ok((
             FileMeta {
                 path: self.path.clone(),

@@ -1,0 +1,6 @@
+//! Black-box tests: the real `turserver` binary, spoken to over HTTP, with a
+//! real sqld primary where replication is involved.
+
+mod local;
+mod replica;
+mod support;

