@@ -7,6 +7,9 @@ pub enum StoreError {
     /// The upload passed the configured size limit (bytes).
     #[error("upload larger than {0} bytes")]
     TooLarge(u64),
+    /// A conditional write found something other than what it expected.
+    #[error("precondition failed")]
+    PreconditionFailed,
     /// The caller's arguments were refused.
     #[error("{0}")]
     Invalid(String),

@@ -5,9 +5,9 @@
 //! before the worker runs (the header is removed, so the token never enters
 //! guest memory); here it only gates `begin-upload` and `delete`.
 
-use crate::bindings::files::{self, Error, Listing, Metadata, Written};
+use crate::bindings::files::{self, Encoded, Error, Expectation, Listing, Metadata, Written};
 use crate::error::StoreError;
-use crate::store::{FileMeta, Store, Upload};
+use crate::store::{Expect, FileMeta, Store, Upload};
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
 
@@ -51,6 +51,7 @@ impl FilesCtx {
 fn to_wit(op: &'static str, err: StoreError) -> Error {
     match err {
         StoreError::TooLarge(limit) => Error::TooLarge(limit),
+        StoreError::PreconditionFailed => Error::PreconditionFailed,
         StoreError::Invalid(why) => Error::Invalid(why),
         e @ StoreError::Unavailable { .. } => {
             tracing::warn!(cause = %format!("{:#}", anyhow::Error::new(e)), op, "store unavailable");
@@ -72,8 +73,21 @@ fn to_metadata(m: FileMeta) -> Metadata {
         hash: m.hash,
         last_modified: m.last_modified,
         created: m.created,
+        encodings: m.encodings.into_iter().map(|(encoding, size)| Encoded { encoding, size }).collect(),
     }
 }
+
+fn to_expect(e: Option<Expectation>) -> Option<Expect> {
+    e.map(|e| match e {
+        Expectation::Absent => Expect::Absent,
+        Expectation::Hash(h) => Expect::Hash(h),
+    })
+}
+
+/// Key of the site configuration document in `site_config`.
+const SITE_KEY: &str = "site";
+/// Largest site configuration accepted.
+const MAX_SITE_CONFIG: usize = 256 << 10;
 
 type HostResult<T> = wasmtime::Result<Result<T, Error>>;
 
@@ -86,11 +100,11 @@ impl files::Host for FilesView<'_> {
         })
     }
 
-    async fn read(&mut self, version: u64, offset: u64, len: u64) -> HostResult<Vec<u8>> {
+    async fn read(&mut self, version: u64, encoding: String, offset: u64, len: u64) -> HostResult<Vec<u8>> {
         // The guest receives the bytes in its own memory; cap what one call
         // may ask for so a worker cannot make the host allocate without bound.
         let len = len.min(crate::store::CHUNK_SIZE as u64 * 4);
-        Ok(match self.ctx.store.read(version, offset, len).await {
+        Ok(match self.ctx.store.read(version, &encoding, offset, len).await {
             Ok(Some(bytes)) => Ok(bytes),
             Ok(None) => Err(Error::NotFound),
             Err(e) => Err(to_wit("read", e)),
@@ -104,28 +118,49 @@ impl files::Host for FilesView<'_> {
         })
     }
 
-    async fn begin_upload(&mut self, path: String, content_type: String) -> HostResult<Resource<UploadHandle>> {
+    async fn begin_upload(
+        &mut self,
+        path: String,
+        content_type: String,
+        size_hint: Option<u64>,
+        expect: Option<Expectation>,
+    ) -> HostResult<Resource<UploadHandle>> {
         if let Err(e) = self.ctx.check_write() {
             return Ok(Err(e));
         }
         if let Err(why) = crate::store::validate_path(&path) {
             return Ok(Err(Error::Invalid(why)));
         }
-        match self.ctx.store.begin_upload(&path, &content_type, self.ctx.max_upload).await {
+        let upload = self.ctx.store.begin_upload(&path, &content_type, self.ctx.max_upload, size_hint, to_expect(expect));
+        match upload.await {
             Ok(upload) => Ok(Ok(self.table.push(UploadHandle(Some(upload)))?)),
             Err(e) => Ok(Err(to_wit("begin upload", e))),
         }
     }
 
-    async fn delete(&mut self, path: String) -> HostResult<()> {
+    async fn delete(&mut self, path: String, expect: Option<Expectation>) -> HostResult<()> {
         if let Err(e) = self.ctx.check_write() {
             return Ok(Err(e));
         }
-        Ok(match self.ctx.store.delete(&path).await {
+        Ok(match self.ctx.store.delete(&path, to_expect(expect).as_ref()).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::NotFound),
             Err(e) => Err(to_wit("delete", e)),
         })
+    }
+
+    async fn site_config(&mut self) -> HostResult<Option<String>> {
+        Ok(self.ctx.store.site_config(SITE_KEY).await.map_err(|e| to_wit("site config", e)))
+    }
+
+    async fn set_site_config(&mut self, json: String) -> HostResult<()> {
+        if let Err(e) = self.ctx.check_write() {
+            return Ok(Err(e));
+        }
+        if json.len() > MAX_SITE_CONFIG {
+            return Ok(Err(Error::Invalid(format!("site configuration larger than {MAX_SITE_CONFIG} bytes"))));
+        }
+        Ok(self.ctx.store.set_site_config(SITE_KEY, &json).await.map_err(|e| to_wit("set site config", e)))
     }
 }
 

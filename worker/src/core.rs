@@ -5,9 +5,10 @@
 //! a header or a body lives here and is unit-tested natively against
 //! [`Store`] fakes.
 
+use crate::http::{self, RangeRequest, TagList};
 use crate::path::{self, NormalPath};
+use crate::site::SiteRules;
 use serde::Serialize;
-use std::time::{Duration, UNIX_EPOCH};
 
 /// Metadata of one stored file, as the host reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +20,8 @@ pub struct Metadata {
     pub hash: String,
     pub last_modified: u64,
     pub created: u64,
+    /// Stored content codings (name, size).
+    pub encodings: Vec<(String, u64)>,
 }
 
 /// One page of a listing.
@@ -35,9 +38,17 @@ pub enum StoreError {
     Unauthorized,
     Forbidden,
     TooLarge(u64),
+    PreconditionFailed,
     Invalid(String),
     Unavailable(String),
     Internal(String),
+}
+
+/// What a conditional write expects at its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    Absent,
+    Hash(String),
 }
 
 /// The host calls the core needs to route a request. Uploads are driven by
@@ -45,7 +56,9 @@ pub enum StoreError {
 pub trait Store {
     fn stat(&mut self, path: &str) -> Result<Metadata, StoreError>;
     fn list(&mut self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<Listing, StoreError>;
-    fn delete(&mut self, path: &str) -> Result<(), StoreError>;
+    fn delete(&mut self, path: &str, expect: Option<Expect>) -> Result<(), StoreError>;
+    fn site_config(&mut self) -> Result<Option<String>, StoreError>;
+    fn set_site_config(&mut self, json: &str) -> Result<(), StoreError>;
 }
 
 /// An incoming request, reduced to what routing needs.
@@ -58,12 +71,17 @@ pub struct Request {
 }
 
 impl Request {
-    /// The first value of a header (names compared case-insensitively).
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
+    /// A header's value as text (names compared case-insensitively); None
+    /// when absent or not valid UTF-8.
+    pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 
     fn split_target(&self) -> (&str, Option<&str>) {
@@ -71,6 +89,10 @@ impl Request {
             Some((p, q)) => (p, Some(q)),
             None => (self.path_and_query.as_str(), None),
         }
+    }
+
+    fn is_head(&self) -> bool {
+        self.method == "HEAD"
     }
 }
 
@@ -82,13 +104,28 @@ pub struct Response {
     pub body: Body,
 }
 
-/// A response body: bytes made here, or a stored file's body that the entry
-/// point streams from the host.
+/// A response body: bytes made here, a stored body (or part of one) that the
+/// entry point streams from the host, or a sequence of both.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Body {
     Empty,
     Bytes(Vec<u8>),
-    File { version: u64, offset: u64, len: u64 },
+    File(FilePart),
+    Parts(Vec<Part>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilePart {
+    pub version: u64,
+    pub encoding: String,
+    pub offset: u64,
+    pub len: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    Bytes(Vec<u8>),
+    File(FilePart),
 }
 
 impl Response {
@@ -140,9 +177,12 @@ impl Response {
 pub enum Outcome {
     /// Send this response.
     Respond(Response),
-    /// Stream the request body into a new file at `path`, then answer with
+    /// Stream the request body into a new file, then answer with
     /// [`upload_response`].
-    Upload { path: String, content_type: String },
+    Upload { path: String, content_type: String, size_hint: Option<u64>, expect: Option<Expect> },
+    /// Read the request body (at most [`MAX_SITE_CONFIG`] bytes) and pass it
+    /// to [`put_site_config`].
+    PutSiteConfig,
 }
 
 /// Methods the file routes answer.
@@ -150,7 +190,10 @@ pub const ALLOW: &str = "GET, HEAD, PUT, DELETE, OPTIONS";
 /// Listing page size when the client names none, and the most it may ask for.
 pub const DEFAULT_LIST_LIMIT: u32 = 100;
 pub const MAX_LIST_LIMIT: u32 = 1000;
+/// Largest site rules document accepted.
+pub const MAX_SITE_CONFIG: usize = 64 << 10;
 const LIST_ROUTE: &str = "_api/files";
+const SITE_ROUTE: &str = "_api/site";
 /// Top-level names the host and the API own; files cannot be written there.
 const RESERVED: [&str; 2] = ["_api", "_turserver"];
 
@@ -161,86 +204,260 @@ pub fn handle(req: &Request, store: &mut impl Store) -> Outcome {
         Ok(t) => t,
         Err(e) => return Outcome::Respond(Response::text(400, format!("bad path: {e}"))),
     };
-    if target.path == LIST_ROUTE && !target.dir {
+    let rules = match load_rules(store) {
+        Ok(r) => r,
+        Err(resp) => return Outcome::Respond(resp),
+    };
+    if let Some(preflight) = cors_preflight(req, &rules) {
+        return Outcome::Respond(preflight);
+    }
+    let outcome = route(req, &target, query, &rules, store);
+    match outcome {
+        Outcome::Respond(resp) => Outcome::Respond(with_cors(req, &rules, resp)),
+        other => other,
+    }
+}
+
+fn route(req: &Request, target: &NormalPath, query: Option<&str>, rules: &SiteRules, store: &mut impl Store) -> Outcome {
+    if !target.dir && target.path == LIST_ROUTE {
         return Outcome::Respond(match req.method.as_str() {
             "GET" | "HEAD" => head_if(req, list(query, store)),
             _ => method_not_allowed("GET, HEAD"),
         });
     }
+    if !target.dir && target.path == SITE_ROUTE {
+        return match req.method.as_str() {
+            "GET" | "HEAD" => Outcome::Respond(head_if(req, Response::json(200, rules))),
+            "PUT" => Outcome::PutSiteConfig,
+            _ => Outcome::Respond(method_not_allowed("GET, HEAD, PUT")),
+        };
+    }
     match req.method.as_str() {
-        "GET" | "HEAD" => Outcome::Respond(head_if(req, get(&target, query, store))),
-        "PUT" => put(req, &target),
-        "DELETE" => Outcome::Respond(delete(&target, store)),
+        "GET" | "HEAD" => Outcome::Respond(head_if(req, get(req, target, query, rules, store))),
+        "PUT" => put(req, target, store),
+        "DELETE" => Outcome::Respond(delete(req, target, store)),
         "OPTIONS" => Outcome::Respond(Response::new(204).header("allow", ALLOW)),
         _ => Outcome::Respond(method_not_allowed(ALLOW)),
     }
 }
 
+/// The site rules, or defaults when none were ever set.
+fn load_rules(store: &mut impl Store) -> Result<SiteRules, Response> {
+    match store.site_config() {
+        Ok(None) => Ok(SiteRules::default()),
+        // Validated when written; a document that no longer parses (written
+        // by another version) must not take the site down: use defaults.
+        Ok(Some(json)) => Ok(SiteRules::parse(&json).unwrap_or_default()),
+        Err(e) => Err(error_response(e)),
+    }
+}
+
 /// HEAD gets GET's headers without the body.
 fn head_if(req: &Request, mut resp: Response) -> Response {
-    if req.method == "HEAD" {
+    if req.is_head() {
         resp.body = Body::Empty;
     }
     resp
 }
 
 fn method_not_allowed(allow: &str) -> Response {
-    let mut resp = Response::text(405, "method not allowed");
-    resp.headers.push(("allow".into(), allow.into()));
-    resp
+    Response::text(405, "method not allowed").header("allow", allow)
 }
 
-fn get(target: &NormalPath, query: Option<&str>, store: &mut impl Store) -> Response {
+fn get(req: &Request, target: &NormalPath, query: Option<&str>, rules: &SiteRules, store: &mut impl Store) -> Response {
     let file = target.file_to_serve();
     match store.stat(&file) {
-        Ok(meta) => file_response(&meta),
-        Err(StoreError::NotFound) if !target.dir => {
-            // `/docs` names a directory when `/docs/index.html` exists.
-            match store.stat(&format!("{}/index.html", target.path)) {
-                Ok(_) => {
-                    let mut location = format!("/{}/", path::encode(&target.path));
-                    if let Some(q) = query {
-                        location.push('?');
-                        location.push_str(q);
-                    }
-                    let mut resp = Response::text(301, format!("moved to {location}"));
-                    resp.headers.push(("location".into(), location));
-                    resp
+        Ok(meta) => return serve(req, &meta, rules),
+        Err(StoreError::NotFound) => {}
+        Err(e) => return error_response(e),
+    }
+    // `/docs` names a directory when `/docs/index.html` exists.
+    if !target.dir {
+        match store.stat(&format!("{}/index.html", target.path)) {
+            Ok(_) => {
+                let mut location = format!("/{}/", path::encode(&target.path));
+                if let Some(q) = query {
+                    location.push('?');
+                    location.push_str(q);
                 }
-                Err(StoreError::NotFound) => not_found(),
-                Err(e) => error_response(e),
+                return Response::text(301, format!("moved to {location}")).header("location", location);
+            }
+            Err(StoreError::NotFound) => {}
+            Err(e) => return error_response(e),
+        }
+    }
+    if let Some(fallback) = rules.fallback_page() {
+        if accepts_html(req) {
+            match store.stat(&fallback) {
+                Ok(meta) => return serve(req, &meta, rules),
+                Err(StoreError::NotFound) => {}
+                Err(e) => return error_response(e),
             }
         }
-        Err(StoreError::NotFound) => not_found(),
-        Err(e) => error_response(e),
     }
+    if let Some(page) = rules.not_found() {
+        if let Ok(meta) = store.stat(&page) {
+            return Response::new(404)
+                .header("content-type", meta.content_type.clone())
+                .header("content-length", meta.size.to_string())
+                .header("cache-control", "no-cache")
+                .with_body(Body::File(FilePart { version: meta.version, encoding: "identity".into(), offset: 0, len: meta.size }));
+        }
+    }
+    not_found()
+}
+
+fn accepts_html(req: &Request) -> bool {
+    req.header("accept").is_some_and(|a| a.contains("text/html"))
 }
 
 fn not_found() -> Response {
     Response::text(404, "not found")
 }
 
-/// Headers every representation of a stored file carries.
-pub fn file_response(meta: &Metadata) -> Response {
-    Response::new(200)
-        .header("content-type", meta.content_type.clone())
-        .header("content-length", meta.size.to_string())
-        .header("etag", etag(meta))
-        .header("last-modified", http_date(meta.last_modified))
-        .with_body(Body::File { version: meta.version, offset: 0, len: meta.size })
+/// The entity tag of one representation of a file.
+pub fn etag_for(meta: &Metadata, encoding: &str) -> String {
+    if encoding == "identity" {
+        meta.hash.clone()
+    } else {
+        format!("{}-{encoding}", meta.hash)
+    }
 }
 
-/// Strong entity tag from the content hash.
-pub fn etag(meta: &Metadata) -> String {
-    format!("\"{}\"", meta.hash)
+/// Every entity tag the file currently has (one per stored coding).
+fn all_tags(meta: &Metadata) -> Vec<String> {
+    std::iter::once(meta.hash.clone()).chain(meta.encodings.iter().map(|(e, _)| etag_for(meta, e))).collect()
 }
 
-fn http_date(secs: u64) -> String {
-    httpdate::fmt_http_date(UNIX_EPOCH + Duration::from_secs(secs))
+/// A stored file, with conditional requests, content negotiation and ranges.
+fn serve(req: &Request, meta: &Metadata, rules: &SiteRules) -> Response {
+    let Some(encoding) = http::negotiate_encoding(req.header("accept-encoding"), &meta.encodings, meta.size) else {
+        return Response::text(406, "no acceptable content coding (identity was refused)");
+    };
+    let size = meta.encodings.iter().find(|(e, _)| *e == encoding).map(|(_, s)| *s).unwrap_or(meta.size);
+    let tag = etag_for(meta, &encoding);
+    let mut validators = vec![
+        ("etag".to_string(), format!("\"{tag}\"")),
+        ("last-modified".to_string(), http::fmt_date(meta.last_modified)),
+        ("cache-control".to_string(), rules.cache_control(&meta.path, &meta.content_type)),
+    ];
+    if !meta.encodings.is_empty() {
+        validators.push(("vary".into(), "Accept-Encoding".into()));
+    }
+
+    if let Some(status) = precondition_status(req, Some(meta), &tag) {
+        let mut resp = if status == 304 { Response::new(304) } else { Response::text(412, "precondition failed") };
+        if status == 304 {
+            resp.headers.extend(validators);
+        }
+        return resp;
+    }
+
+    let mut resp = Response::new(200);
+    resp.headers.extend(validators);
+    resp.headers.push(("accept-ranges".into(), "bytes".into()));
+    if encoding != "identity" {
+        resp.headers.push(("content-encoding".into(), encoding.clone()));
+    }
+    let whole = FilePart { version: meta.version, encoding: encoding.clone(), offset: 0, len: size };
+
+    let range = match req.header("range") {
+        Some(r) if req.method == "GET" && if_range_allows(req, meta, &tag) => http::parse_range(r, size),
+        _ => RangeRequest::Ignore,
+    };
+    match range {
+        RangeRequest::Ignore => resp
+            .header("content-type", meta.content_type.clone())
+            .header("content-length", size.to_string())
+            .with_body(Body::File(whole)),
+        RangeRequest::Unsatisfiable => {
+            let mut r = Response::text(416, format!("range not satisfiable: the representation is {size} bytes"));
+            r.headers.push(("content-range".into(), format!("bytes */{size}")));
+            r.headers.extend(resp.headers);
+            r
+        }
+        RangeRequest::Ranges(ranges) if ranges.len() == 1 => {
+            let r = ranges[0];
+            resp.status = 206;
+            resp.header("content-type", meta.content_type.clone())
+                .header("content-range", format!("bytes {}-{}/{size}", r.start, r.end))
+                .header("content-length", r.len().to_string())
+                .with_body(Body::File(FilePart { offset: r.start, len: r.len(), ..whole }))
+        }
+        RangeRequest::Ranges(ranges) => {
+            let boundary = format!("turserver-{}", &meta.hash[..meta.hash.len().min(24)]);
+            let mut parts = Vec::new();
+            let mut total = 0u64;
+            for r in &ranges {
+                let head = format!(
+                    "\r\n--{boundary}\r\ncontent-type: {}\r\ncontent-range: bytes {}-{}/{size}\r\n\r\n",
+                    meta.content_type, r.start, r.end
+                );
+                total += head.len() as u64 + r.len();
+                parts.push(Part::Bytes(head.into_bytes()));
+                parts.push(Part::File(FilePart { offset: r.start, len: r.len(), ..whole.clone() }));
+            }
+            let tail = format!("\r\n--{boundary}--\r\n");
+            total += tail.len() as u64;
+            parts.push(Part::Bytes(tail.into_bytes()));
+            resp.status = 206;
+            resp.header("content-type", format!("multipart/byteranges; boundary={boundary}"))
+                .header("content-length", total.to_string())
+                .with_body(Body::Parts(parts))
+        }
+    }
 }
 
-fn rfc3339(secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
+/// RFC 9110 section 13.2.2, steps 1-4: the status a failed precondition
+/// gives (304 or 412), or None to go on. `current` is the file's current
+/// state (None when absent); `tag` the selected representation's tag.
+fn precondition_status(req: &Request, current: Option<&Metadata>, tag: &str) -> Option<u16> {
+    let safe = matches!(req.method.as_str(), "GET" | "HEAD");
+    let tags: Vec<String> = current.map(all_tags).unwrap_or_default();
+    let tag_refs: Vec<&str> = tags.iter().map(String::as_str).collect();
+    if let Some(v) = req.header("if-match") {
+        // Strong comparison against any current representation.
+        let ok = http::parse_tag_list(v).is_some_and(|l| l.matches_strong(&tag_refs));
+        if !ok {
+            return Some(412);
+        }
+    } else if let (Some(v), Some(meta)) = (req.header("if-unmodified-since"), current) {
+        if let Some(date) = http::parse_date(v) {
+            if meta.last_modified > date {
+                return Some(412);
+            }
+        }
+    }
+    if let Some(v) = req.header("if-none-match") {
+        let matched = match http::parse_tag_list(v) {
+            // GET compares with the representation it would send; a write
+            // with any representation of the current file.
+            Some(l) if safe => l.matches_weak(&[tag]) && current.is_some(),
+            Some(l) => l.matches_weak(&tag_refs),
+            None => false,
+        };
+        if matched {
+            return Some(if safe { 304 } else { 412 });
+        }
+    } else if let (true, Some(v), Some(meta)) = (safe, req.header("if-modified-since"), current) {
+        if let Some(date) = http::parse_date(v) {
+            if meta.last_modified <= date {
+                return Some(304);
+            }
+        }
+    }
+    None
+}
+
+/// If-Range: the range applies only when the validator still matches.
+fn if_range_allows(req: &Request, meta: &Metadata, tag: &str) -> bool {
+    let Some(v) = req.header("if-range") else { return true };
+    let v = v.trim();
+    if v.starts_with('"') || v.starts_with("W/") {
+        matches!(http::parse_tag_list(v), Some(TagList::Tags(t)) if t.len() == 1 && !t[0].weak && t[0].tag == tag)
+    } else {
+        http::parse_date(v) == Some(meta.last_modified)
+    }
 }
 
 fn writable(target: &NormalPath) -> Result<(), Response> {
@@ -254,12 +471,32 @@ fn writable(target: &NormalPath) -> Result<(), Response> {
     Ok(())
 }
 
-fn put(req: &Request, target: &NormalPath) -> Outcome {
+/// For a conditional write: checks its preconditions against the current
+/// file and returns what the host must find when it commits.
+fn write_expectation(req: &Request, path: &str, store: &mut impl Store) -> Result<Option<Expect>, Response> {
+    if !(req.has("if-match") || req.has("if-none-match") || req.has("if-unmodified-since")) {
+        return Ok(None);
+    }
+    let current = match store.stat(path) {
+        Ok(m) => Some(m),
+        Err(StoreError::NotFound) => None,
+        Err(e) => return Err(error_response(e)),
+    };
+    if let Some(status) = precondition_status(req, current.as_ref(), "") {
+        return Err(Response::text(status, "precondition failed: the file is not in the state the request expects"));
+    }
+    Ok(Some(match current {
+        Some(m) => Expect::Hash(m.hash),
+        None => Expect::Absent,
+    }))
+}
+
+fn put(req: &Request, target: &NormalPath, store: &mut impl Store) -> Outcome {
     if let Err(resp) = writable(target) {
         return Outcome::Respond(resp);
     }
-    let content_type = match req.header("content-type") {
-        Some(v) => match std::str::from_utf8(v) {
+    let content_type = match req.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
+        Some((_, v)) => match std::str::from_utf8(v) {
             Ok(s) if !s.trim().is_empty() && s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) => {
                 s.trim().to_string()
             }
@@ -267,7 +504,15 @@ fn put(req: &Request, target: &NormalPath) -> Outcome {
         },
         None => guess_content_type(&target.path),
     };
-    Outcome::Upload { path: target.path.clone(), content_type }
+    let size_hint = match req.header("content-length").map(|v| v.trim().parse::<u64>()) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return Outcome::Respond(Response::text(400, "bad content-length header")),
+    };
+    match write_expectation(req, &target.path, store) {
+        Ok(expect) => Outcome::Upload { path: target.path.clone(), content_type, size_hint, expect },
+        Err(resp) => Outcome::Respond(resp),
+    }
 }
 
 /// The media type for a path's extension, `application/octet-stream` when
@@ -294,20 +539,43 @@ pub fn upload_response(result: Result<(Metadata, bool), StoreError>) -> Response
             } else {
                 Response::new(204)
             };
-            resp.headers.push(("etag".into(), etag(&meta)));
-            resp.headers.push(("last-modified".into(), http_date(meta.last_modified)));
+            resp.headers.push(("etag".into(), format!("\"{}\"", meta.hash)));
+            resp.headers.push(("last-modified".into(), http::fmt_date(meta.last_modified)));
             resp
         }
         Err(e) => error_response(e),
     }
 }
 
-fn delete(target: &NormalPath, store: &mut impl Store) -> Response {
+fn delete(req: &Request, target: &NormalPath, store: &mut impl Store) -> Response {
     if let Err(resp) = writable(target) {
         return resp;
     }
-    match store.delete(&target.path) {
+    let expect = match write_expectation(req, &target.path, store) {
+        Ok(e) => e,
+        Err(resp) => return resp,
+    };
+    match store.delete(&target.path, expect) {
         Ok(()) => Response::new(204),
+        Err(e) => error_response(e),
+    }
+}
+
+/// Validates and stores a new site rules document.
+pub fn put_site_config(body: &[u8], store: &mut impl Store) -> Response {
+    let Ok(text) = std::str::from_utf8(body) else {
+        return Response::text(400, "site rules must be UTF-8 JSON");
+    };
+    let rules = match SiteRules::parse(text) {
+        Ok(r) => r,
+        Err(why) => return Response::text(400, why),
+    };
+    let canonical = match serde_json::to_string(&rules) {
+        Ok(s) => s,
+        Err(e) => return Response::text(500, format!("cannot encode site rules: {e}")),
+    };
+    match store.set_site_config(&canonical) {
+        Ok(()) => Response::json(200, &rules),
         Err(e) => error_response(e),
     }
 }
@@ -320,12 +588,75 @@ pub fn error_response(err: StoreError) -> Response {
             .header("www-authenticate", "Bearer"),
         StoreError::Forbidden => Response::text(403, "the write token is not valid"),
         StoreError::TooLarge(limit) => Response::text(413, format!("upload larger than the limit of {limit} bytes")),
+        StoreError::PreconditionFailed => {
+            Response::text(412, "precondition failed: the file changed since the request's validator was taken")
+        }
         StoreError::Invalid(why) => Response::text(400, why),
         StoreError::Unavailable(why) => {
             Response::text(503, format!("storage unavailable: {why}")).header("retry-after", "1")
         }
         StoreError::Internal(why) => Response::text(500, format!("storage error: {why}")),
     }
+}
+
+/// Answers a CORS preflight (OPTIONS with Origin and
+/// Access-Control-Request-Method) when CORS is configured.
+fn cors_preflight(req: &Request, rules: &SiteRules) -> Option<Response> {
+    let cors = rules.cors.as_ref()?;
+    if req.method != "OPTIONS" {
+        return None;
+    }
+    let origin = req.header("origin")?;
+    let method = req.header("access-control-request-method")?;
+    let Some(allow_origin) = cors.allow_origin(origin) else {
+        return Some(Response::text(403, "CORS preflight refused: origin not allowed"));
+    };
+    if !cors.allows_method(method.trim()) {
+        return Some(Response::text(403, "CORS preflight refused: method not allowed"));
+    }
+    let mut resp = Response::new(204)
+        .header("access-control-allow-origin", allow_origin.clone())
+        .header("access-control-allow-methods", cors.allow_methods.join(", "));
+    let allow_headers = if cors.allow_headers.iter().any(|h| h == "*") {
+        req.header("access-control-request-headers").map(str::to_string)
+    } else if cors.allow_headers.is_empty() {
+        None
+    } else {
+        Some(cors.allow_headers.join(", "))
+    };
+    if let Some(h) = allow_headers {
+        resp.headers.push(("access-control-allow-headers".into(), h));
+    }
+    if let Some(age) = cors.max_age {
+        resp.headers.push(("access-control-max-age".into(), age.to_string()));
+    }
+    if cors.allow_credentials {
+        resp.headers.push(("access-control-allow-credentials".into(), "true".into()));
+    }
+    if allow_origin != "*" {
+        resp.headers.push(("vary".into(), "Origin".into()));
+    }
+    Some(resp)
+}
+
+/// Adds CORS headers to an actual response for an allowed origin.
+fn with_cors(req: &Request, rules: &SiteRules, mut resp: Response) -> Response {
+    let (Some(cors), Some(origin)) = (&rules.cors, req.header("origin")) else { return resp };
+    let Some(allow) = cors.allow_origin(origin) else { return resp };
+    if allow != "*" {
+        match resp.headers.iter_mut().find(|(n, _)| n == "vary") {
+            Some((_, v)) => v.push_str(", Origin"),
+            None => resp.headers.push(("vary".into(), "Origin".into())),
+        }
+    }
+    resp.headers.push(("access-control-allow-origin".into(), allow));
+    if !cors.expose_headers.is_empty() {
+        resp.headers.push(("access-control-expose-headers".into(), cors.expose_headers.join(", ")));
+    }
+    if cors.allow_credentials {
+        resp.headers.push(("access-control-allow-credentials".into(), "true".into()));
+    }
+    resp
 }
 
 #[derive(Serialize)]
@@ -343,8 +674,8 @@ impl<'a> From<&'a Metadata> for FileEntry<'a> {
             path: &m.path,
             size: m.size,
             content_type: &m.content_type,
-            etag: etag(m),
-            last_modified: rfc3339(m.last_modified),
+            etag: format!("\"{}\"", m.hash),
+            last_modified: http::rfc3339(m.last_modified),
         }
     }
 }
@@ -398,172 +729,4 @@ fn form_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::collections::BTreeMap;
-
-    #[derive(Default)]
-    struct Fake {
-        files: BTreeMap<String, Metadata>,
-    }
-
-    impl Fake {
-        fn with(paths: &[&str]) -> Self {
-            let mut f = Fake::default();
-            for (i, p) in paths.iter().enumerate() {
-                f.files.insert(
-                    p.to_string(),
-                    Metadata {
-                        path: p.to_string(),
-                        version: i as u64 + 1,
-                        size: 10,
-                        content_type: guess_content_type(p),
-                        hash: format!("{:064x}", i + 1),
-                        last_modified: 1_700_000_000,
-                        created: 1_700_000_000,
-                    },
-                );
-            }
-            f
-        }
-    }
-
-    impl Store for Fake {
-        fn stat(&mut self, path: &str) -> Result<Metadata, StoreError> {
-            self.files.get(path).cloned().ok_or(StoreError::NotFound)
-        }
-        fn list(&mut self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<Listing, StoreError> {
-            let mut files: Vec<Metadata> = self
-                .files
-                .values()
-                .filter(|m| m.path.starts_with(prefix) && cursor.is_none_or(|c| m.path.as_str() > c))
-                .cloned()
-                .collect();
-            let more = files.len() > limit as usize;
-            files.truncate(limit as usize);
-            let next_cursor = more.then(|| files.last().unwrap().path.clone());
-            Ok(Listing { files, next_cursor })
-        }
-        fn delete(&mut self, path: &str) -> Result<(), StoreError> {
-            self.files.remove(path).map(|_| ()).ok_or(StoreError::NotFound)
-        }
-    }
-
-    fn req(method: &str, target: &str) -> Request {
-        Request { method: method.into(), path_and_query: target.into(), headers: vec![] }
-    }
-
-    fn respond(outcome: Outcome) -> Response {
-        match outcome {
-            Outcome::Respond(r) => r,
-            other => panic!("expected a response, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn get_serves_file_with_headers() {
-        let mut s = Fake::with(&["a/b.css"]);
-        let r = respond(handle(&req("GET", "/a/b.css"), &mut s));
-        assert_eq!(r.status, 200);
-        assert_eq!(r.get("content-type"), Some("text/css; charset=utf-8"));
-        assert_eq!(r.get("content-length"), Some("10"));
-        assert_eq!(r.get("etag"), Some(format!("\"{:064x}\"", 1).as_str()));
-        assert_eq!(r.get("last-modified"), Some("Tue, 14 Nov 2023 22:13:20 GMT"));
-        assert_eq!(r.body, Body::File { version: 1, offset: 0, len: 10 });
-    }
-
-    #[test]
-    fn head_has_headers_and_no_body() {
-        let mut s = Fake::with(&["x.txt"]);
-        let r = respond(handle(&req("HEAD", "/x.txt"), &mut s));
-        assert_eq!(r.status, 200);
-        assert_eq!(r.get("content-length"), Some("10"));
-        assert_eq!(r.body, Body::Empty);
-    }
-
-    #[test]
-    fn index_and_redirect_and_404() {
-        let mut s = Fake::with(&["index.html", "docs/index.html"]);
-        assert_eq!(respond(handle(&req("GET", "/"), &mut s)).status, 200);
-        assert_eq!(respond(handle(&req("GET", "/docs/"), &mut s)).status, 200);
-        let r = respond(handle(&req("GET", "/docs?v=1"), &mut s));
-        assert_eq!((r.status, r.get("location")), (301, Some("/docs/?v=1")));
-        let r = respond(handle(&req("GET", "/nope"), &mut s));
-        assert_eq!(r.status, 404);
-        assert_eq!(r.body, Body::Bytes(b"not found\n".to_vec()));
-        assert_eq!(respond(handle(&req("GET", "/empty/"), &mut s)).status, 404);
-    }
-
-    #[test]
-    fn bad_paths_are_400() {
-        let mut s = Fake::default();
-        for t in ["/%2e%2e/x", "/a/../b", "/a%00", "/a\\b", "/%ff"] {
-            assert_eq!(respond(handle(&req("GET", t), &mut s)).status, 400, "{t}");
-            assert_eq!(respond(handle(&req("PUT", t), &mut s)).status, 400, "{t}");
-        }
-    }
-
-    #[test]
-    fn put_decides_type_and_refuses_dirs_and_reserved() {
-        let mut s = Fake::default();
-        assert_eq!(
-            handle(&req("PUT", "/site/app.js"), &mut s),
-            Outcome::Upload { path: "site/app.js".into(), content_type: "text/javascript; charset=utf-8".into() }
-        );
-        let mut r = req("PUT", "/blob");
-        r.headers.push(("Content-Type".into(), b"image/png".to_vec()));
-        assert_eq!(handle(&r, &mut s), Outcome::Upload { path: "blob".into(), content_type: "image/png".into() });
-        assert_eq!(
-            handle(&req("PUT", "/data.bin"), &mut s),
-            Outcome::Upload { path: "data.bin".into(), content_type: "application/octet-stream".into() }
-        );
-        assert_eq!(respond(handle(&req("PUT", "/dir/"), &mut s)).status, 400);
-        assert_eq!(respond(handle(&req("PUT", "/_api/x"), &mut s)).status, 400);
-        assert_eq!(respond(handle(&req("DELETE", "/_turserver/x"), &mut s)).status, 400);
-    }
-
-    #[test]
-    fn upload_outcomes() {
-        let meta = Fake::with(&["f.txt"]).files["f.txt"].clone();
-        let r = upload_response(Ok((meta.clone(), true)));
-        assert_eq!((r.status, r.get("location")), (201, Some("/f.txt")));
-        assert_eq!(upload_response(Ok((meta, false))).status, 204);
-        assert_eq!(upload_response(Err(StoreError::Unauthorized)).status, 401);
-        assert_eq!(upload_response(Err(StoreError::Forbidden)).status, 403);
-        assert_eq!(upload_response(Err(StoreError::TooLarge(5))).status, 413);
-        let r = upload_response(Err(StoreError::Unavailable("primary down".into())));
-        assert_eq!((r.status, r.get("retry-after")), (503, Some("1")));
-    }
-
-    #[test]
-    fn delete_and_methods() {
-        let mut s = Fake::with(&["a"]);
-        assert_eq!(respond(handle(&req("DELETE", "/a"), &mut s)).status, 204);
-        assert_eq!(respond(handle(&req("DELETE", "/a"), &mut s)).status, 404);
-        let r = respond(handle(&req("PATCH", "/a"), &mut s));
-        assert_eq!((r.status, r.get("allow")), (405, Some(ALLOW)));
-        assert_eq!(respond(handle(&req("POST", "/_api/files"), &mut s)).status, 405);
-    }
-
-    #[test]
-    fn list_pages_with_cursor() {
-        let mut s = Fake::with(&["a/1", "a/2", "a/3", "b/1"]);
-        let r = respond(handle(&req("GET", "/_api/files?prefix=a%2F&limit=2"), &mut s));
-        assert_eq!(r.status, 200);
-        let Body::Bytes(b) = r.body else { panic!() };
-        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(v["files"].as_array().unwrap().len(), 2);
-        assert_eq!(v["files"][0]["path"], "a/1");
-        assert_eq!(v["files"][0]["last_modified"], "2023-11-14T22:13:20Z");
-        assert_eq!(v["next_cursor"], "a/2");
-        let r = respond(handle(&req("GET", "/_api/files?prefix=a/&limit=2&cursor=a%2F2"), &mut s));
-        let Body::Bytes(b) = r.body else { panic!() };
-        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
-        assert_eq!(v["files"][0]["path"], "a/3");
-        assert!(v["next_cursor"].is_null());
-        for bad in ["limit=0", "limit=1001", "limit=x"] {
-            let r = respond(handle(&req("GET", &format!("/_api/files?{bad}")), &mut s));
-            assert_eq!(r.status, 400, "{bad}");
-        }
-    }
-}
+mod tests;

@@ -1,7 +1,7 @@
 //! The wasm entry point: converts between `wasi:http` and the core's types and
 //! streams bodies in pieces, so large files never sit whole in guest memory.
 
-use crate::core::{self, Body, Metadata, Outcome, StoreError};
+use crate::core::{self, Body, Expect, FilePart, Metadata, Outcome, Part, StoreError};
 
 wit_bindgen::generate!({
     path: "../wit",
@@ -31,7 +31,13 @@ impl Guest for Worker {
         };
         let resp = match core::handle(&req, &mut HostStore) {
             Outcome::Respond(resp) => resp,
-            Outcome::Upload { path, content_type } => core::upload_response(upload(request, &path, &content_type)),
+            Outcome::Upload { path, content_type, size_hint, expect } => {
+                core::upload_response(upload(request, &path, &content_type, size_hint, expect))
+            }
+            Outcome::PutSiteConfig => match read_body(request, core::MAX_SITE_CONFIG) {
+                Ok(body) => core::put_site_config(&body, &mut HostStore),
+                Err(resp) => resp,
+            },
         };
         send(resp, out);
     }
@@ -54,8 +60,18 @@ fn method_name(m: &Method) -> String {
 
 /// Streams the request body into a host upload. The upload is dropped (and
 /// its bytes discarded) on any failure, including a body cut off mid-way.
-fn upload(request: IncomingRequest, path: &str, content_type: &str) -> Result<(Metadata, bool), StoreError> {
-    let upload = files::begin_upload(path, content_type).map_err(from_wit)?;
+fn upload(
+    request: IncomingRequest,
+    path: &str,
+    content_type: &str,
+    size_hint: Option<u64>,
+    expect: Option<Expect>,
+) -> Result<(Metadata, bool), StoreError> {
+    let expect = expect.map(|e| match e {
+        Expect::Absent => files::Expectation::Absent,
+        Expect::Hash(h) => files::Expectation::Hash(h),
+    });
+    let upload = files::begin_upload(path, content_type, size_hint, expect.as_ref()).map_err(from_wit)?;
     let body = request.consume().map_err(|()| StoreError::Invalid("request body already taken".into()))?;
     let stream = body.stream().map_err(|()| StoreError::Invalid("request body unreadable".into()))?;
     loop {
@@ -72,6 +88,27 @@ fn upload(request: IncomingRequest, path: &str, content_type: &str) -> Result<(M
     let _trailers = IncomingBody::finish(body);
     let written = upload.finish().map_err(from_wit)?;
     Ok((to_core(written.metadata), written.created))
+}
+
+/// Reads a whole (small) request body, refusing more than `limit` bytes.
+fn read_body(request: IncomingRequest, limit: usize) -> Result<Vec<u8>, core::Response> {
+    let unreadable = || core::Response::text(400, "request body unreadable");
+    let body = request.consume().map_err(|()| unreadable())?;
+    let stream = body.stream().map_err(|()| unreadable())?;
+    let mut out = Vec::new();
+    loop {
+        match stream.blocking_read(PIECE) {
+            Ok(bytes) => {
+                out.extend_from_slice(&bytes);
+                if out.len() > limit {
+                    return Err(core::Response::text(413, format!("body larger than {limit} bytes")));
+                }
+            }
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(_)) => return Err(core::Response::text(400, "request body incomplete")),
+        }
+    }
+    Ok(out)
 }
 
 fn send(resp: core::Response, out: ResponseOutparam) {
@@ -92,7 +129,11 @@ fn send(resp: core::Response, out: ResponseOutparam) {
     let complete = match resp.body {
         Body::Empty => true,
         Body::Bytes(bytes) => write_all(&stream, &bytes),
-        Body::File { version, offset, len } => stream_file(&stream, version, offset, len),
+        Body::File(part) => stream_file(&stream, &part),
+        Body::Parts(parts) => parts.iter().all(|p| match p {
+            Part::Bytes(b) => write_all(&stream, b),
+            Part::File(f) => stream_file(&stream, f),
+        }),
     };
     drop(stream);
     if complete {
@@ -102,11 +143,12 @@ fn send(resp: core::Response, out: ResponseOutparam) {
     // rather than send a truncated file as if it were whole.
 }
 
-fn stream_file(stream: &OutputStream, version: u64, mut offset: u64, len: u64) -> bool {
-    let end = offset + len;
+fn stream_file(stream: &OutputStream, part: &FilePart) -> bool {
+    let mut offset = part.offset;
+    let end = part.offset + part.len;
     while offset < end {
         let want = PIECE.min(end - offset);
-        match files::read(version, offset, want) {
+        match files::read(part.version, &part.encoding, offset, want) {
             Ok(bytes) if bytes.is_empty() => return false,
             Ok(bytes) => {
                 offset += bytes.len() as u64;
@@ -150,8 +192,20 @@ impl core::Store for HostStore {
         Ok(core::Listing { files: l.files.into_iter().map(to_core).collect(), next_cursor: l.next_cursor })
     }
 
-    fn delete(&mut self, path: &str) -> Result<(), StoreError> {
-        files::delete(path).map_err(from_wit)
+    fn delete(&mut self, path: &str, expect: Option<Expect>) -> Result<(), StoreError> {
+        let expect = expect.map(|e| match e {
+            Expect::Absent => files::Expectation::Absent,
+            Expect::Hash(h) => files::Expectation::Hash(h),
+        });
+        files::delete(path, expect.as_ref()).map_err(from_wit)
+    }
+
+    fn site_config(&mut self) -> Result<Option<String>, StoreError> {
+        files::site_config().map_err(from_wit)
+    }
+
+    fn set_site_config(&mut self, json: &str) -> Result<(), StoreError> {
+        files::set_site_config(json).map_err(from_wit)
     }
 }
 
@@ -164,6 +218,7 @@ fn to_core(m: files::Metadata) -> Metadata {
         hash: m.hash,
         last_modified: m.last_modified,
         created: m.created,
+        encodings: m.encodings.into_iter().map(|e| (e.encoding, e.size)).collect(),
     }
 }
 
@@ -173,6 +228,7 @@ fn from_wit(e: files::Error) -> StoreError {
         files::Error::Unauthorized => StoreError::Unauthorized,
         files::Error::Forbidden => StoreError::Forbidden,
         files::Error::TooLarge(n) => StoreError::TooLarge(n),
+        files::Error::PreconditionFailed => StoreError::PreconditionFailed,
         files::Error::Invalid(s) => StoreError::Invalid(s),
         files::Error::Unavailable(s) => StoreError::Unavailable(s),
         files::Error::Internal(s) => StoreError::Internal(s),

@@ -9,7 +9,7 @@
 mod schema;
 mod upload;
 
-pub use upload::Upload;
+pub use upload::{Expect, Upload};
 
 use crate::error::StoreError;
 use anyhow::Context;
@@ -43,6 +43,8 @@ pub struct FileMeta {
     pub hash: String,
     pub last_modified: u64,
     pub created: u64,
+    /// Stored content codings and their sizes.
+    pub encodings: Vec<(String, u64)>,
 }
 
 pub struct Store {
@@ -55,7 +57,8 @@ pub struct Store {
 
 const META_COLUMNS: &str =
     "id, path, COALESCE(size, length(content)), content_type, hash, last_modified, created_at, \
-     CASE WHEN hash IS NULL THEN content END";
+     CASE WHEN hash IS NULL THEN content END, \
+     (SELECT group_concat(encoding || ':' || size, ',') FROM variants WHERE file_id = files.id)";
 
 impl Store {
     /// Opens the local database in `data_dir`, creating it if needed.
@@ -151,11 +154,17 @@ impl Store {
         rows.first().map(meta_from_row).transpose()
     }
 
-    /// Up to `len` bytes of body `version` from `offset`; `None` when that
-    /// version no longer exists.
-    pub async fn read(&self, version: u64, offset: u64, len: u64) -> Result<Option<Vec<u8>>, StoreError> {
+    /// Up to `len` bytes of body `version` in content coding `encoding` from
+    /// `offset`; `None` when that version (or coding) does not exist.
+    pub async fn read(
+        &self,
+        version: u64,
+        encoding: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
         let conn = self.conn().await?;
-        let result = read_body(&conn, version, offset, len).await;
+        let result = read_body(&conn, version, encoding, offset, len).await;
         self.put_back(conn);
         result
     }
@@ -193,28 +202,25 @@ impl Store {
     }
 
     /// Deletes the file at `path`; false when there was none.
-    pub async fn delete(&self, path: &str) -> Result<bool, StoreError> {
+    pub async fn delete(&self, path: &str, expect: Option<&Expect>) -> Result<bool, StoreError> {
+        let w = |e| StoreError::write("delete", e);
         let conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(|e| StoreError::write("delete", e))?;
-        let rows = query_all(&tx, "SELECT blob_id FROM files WHERE path = ?1", [path])
-            .await
-            .map_err(|e| StoreError::write("delete", e))?;
-        let Some(row) = rows.first() else {
-            tx.rollback().await.map_err(|e| StoreError::write("delete", e))?;
-            self.put_back(conn);
-            return Ok(false);
+        let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.map_err(w)?;
+        let current = current(&tx, path).await?;
+        let outcome = match (&current, check_expectation(expect, current.as_ref())) {
+            (_, Err(e)) => Err(e),
+            (None, Ok(())) => Ok(false),
+            (Some(c), Ok(())) => remove_file(&tx, c.id).await.map(|()| true),
         };
-        let blob = row.opt_i64(0)?;
-        tx.execute("DELETE FROM files WHERE path = ?1", [path]).await.map_err(|e| StoreError::write("delete", e))?;
-        if let Some(blob) = blob {
-            tx.execute("DELETE FROM chunks WHERE blob_id = ?1", [blob])
-                .await
-                .map_err(|e| StoreError::write("delete", e))?;
+        match outcome {
+            Ok(true) => tx.commit().await.map_err(w)?,
+            _ => tx.rollback().await.map_err(w)?,
         }
-        tx.commit().await.map_err(|e| StoreError::write("delete", e))?;
         self.put_back(conn);
-        self.written().await;
-        Ok(true)
+        if let Ok(true) = outcome {
+            self.written().await;
+        }
+        outcome
     }
 
     /// Starts an upload of `path`; nothing is visible until it finishes.
@@ -223,9 +229,38 @@ impl Store {
         path: &str,
         content_type: &str,
         max_size: u64,
+        size_hint: Option<u64>,
+        expect: Option<Expect>,
     ) -> Result<Upload, StoreError> {
+        if size_hint.is_some_and(|n| n > max_size) {
+            return Err(StoreError::TooLarge(max_size));
+        }
         let conn = self.conn().await?;
-        Ok(Upload::new(self.clone(), conn, path, content_type, max_size))
+        Ok(Upload::new(self.clone(), conn, path, content_type, max_size, expect))
+    }
+
+    /// A site configuration document, if one was set.
+    pub async fn site_config(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = query_all(&conn, "SELECT value FROM site_config WHERE key = ?1", [key])
+            .await
+            .map_err(|e| StoreError::read("site config", e))?;
+        self.put_back(conn);
+        rows.first().map(|r| r.text(0)).transpose()
+    }
+
+    pub async fn set_site_config(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            "INSERT INTO site_config (key, value, updated_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            libsql::params![key, value, unix_now()],
+        )
+        .await
+        .map_err(|e| StoreError::write("site config", e))?;
+        self.put_back(conn);
+        self.written().await;
+        Ok(())
     }
 
     /// Removes chunks of uploads that never finished (their writer crashed).
@@ -261,15 +296,32 @@ pub fn validate_path(path: &str) -> Result<(), String> {
     Ok(())
 }
 
-async fn read_body(conn: &Connection, version: u64, offset: u64, len: u64) -> Result<Option<Vec<u8>>, StoreError> {
-    let rows = query_all(
-        conn,
-        "SELECT COALESCE(size, length(content)), blob_id, chunk_size, \
-         CASE WHEN blob_id IS NULL THEN substr(content, ?2 + 1, ?3) END \
-         FROM files WHERE id = ?1",
-        libsql::params![version as i64, offset as i64, len as i64],
-    )
-    .await
+async fn read_body(
+    conn: &Connection,
+    version: u64,
+    encoding: &str,
+    offset: u64,
+    len: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let (v, o, l) = (version as i64, offset as i64, len as i64);
+    let rows = if encoding == "identity" {
+        query_all(
+            conn,
+            "SELECT COALESCE(size, length(content)), blob_id, chunk_size, \
+             CASE WHEN blob_id IS NULL THEN substr(content, ?2 + 1, ?3) END \
+             FROM files WHERE id = ?1",
+            libsql::params![v, o, l],
+        )
+        .await
+    } else {
+        query_all(
+            conn,
+            "SELECT size, blob_id, chunk_size, CASE WHEN blob_id IS NULL THEN substr(content, ?2 + 1, ?3) END \
+             FROM variants WHERE file_id = ?1 AND encoding = ?4",
+            libsql::params![v, o, l, encoding],
+        )
+        .await
+    }
     .map_err(|e| StoreError::read("read", e))?;
     let Some(row) = rows.first() else { return Ok(None) };
     let size = row.opt_i64(0)?.unwrap_or(0).max(0) as u64;
@@ -322,7 +374,65 @@ fn meta_from_row(row: &Record) -> Result<FileMeta, StoreError> {
         hash,
         last_modified: row.i64(5)?.max(0) as u64,
         created: row.i64(6)?.max(0) as u64,
+        encodings: parse_encodings(row.opt_text(8)?.as_deref().unwrap_or_default()),
     })
+}
+
+/// Parses `br:123,gzip:140` as produced by the metadata query.
+fn parse_encodings(list: &str) -> Vec<(String, u64)> {
+    list.split(',')
+        .filter_map(|e| {
+            let (name, size) = e.split_once(':')?;
+            Some((name.to_string(), size.parse().ok()?))
+        })
+        .collect()
+}
+
+/// The file currently at a path, as a write transaction sees it.
+pub(crate) struct Current {
+    pub id: i64,
+    pub created_at: i64,
+    pub hash: String,
+}
+
+pub(crate) async fn current(conn: &Connection, path: &str) -> Result<Option<Current>, StoreError> {
+    let rows = query_all(
+        conn,
+        "SELECT id, created_at, hash, CASE WHEN hash IS NULL THEN content END FROM files WHERE path = ?1",
+        [path],
+    )
+    .await
+    .map_err(|e| StoreError::write("reading the current file", e))?;
+    let Some(row) = rows.first() else { return Ok(None) };
+    let hash = match row.opt_text(2)? {
+        Some(h) => h,
+        None => hex::encode(Sha256::digest(row.opt_blob(3)?.unwrap_or_default())),
+    };
+    Ok(Some(Current { id: row.i64(0)?, created_at: row.i64(1)?, hash }))
+}
+
+/// Checks a conditional write against what is at the path.
+pub(crate) fn check_expectation(expect: Option<&Expect>, current: Option<&Current>) -> Result<(), StoreError> {
+    match (expect, current) {
+        (None, _) | (Some(Expect::Absent), None) => Ok(()),
+        (Some(Expect::Hash(h)), Some(c)) if *h == c.hash => Ok(()),
+        _ => Err(StoreError::PreconditionFailed),
+    }
+}
+
+/// Deletes a file row with its chunks and encodings.
+pub(crate) async fn remove_file(conn: &Connection, id: i64) -> Result<(), StoreError> {
+    let w = |e| StoreError::write("removing a file", e);
+    conn.execute(
+        "DELETE FROM chunks WHERE blob_id IN (SELECT blob_id FROM files WHERE id = ?1 AND blob_id IS NOT NULL \
+         UNION SELECT blob_id FROM variants WHERE file_id = ?1 AND blob_id IS NOT NULL)",
+        [id],
+    )
+    .await
+    .map_err(w)?;
+    conn.execute("DELETE FROM variants WHERE file_id = ?1", [id]).await.map_err(w)?;
+    conn.execute("DELETE FROM files WHERE id = ?1", [id]).await.map_err(w)?;
+    Ok(())
 }
 
 /// The smallest string greater than every string that starts with `prefix`,
@@ -406,6 +516,23 @@ pub(crate) fn unix_now() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn encodings_list() {
+        assert_eq!(parse_encodings(""), vec![]);
+        assert_eq!(parse_encodings("br:10,gzip:12"), vec![("br".to_string(), 10), ("gzip".to_string(), 12)]);
+    }
+
+    #[test]
+    fn expectations() {
+        let c = Current { id: 1, created_at: 0, hash: "abc".into() };
+        assert!(check_expectation(None, Some(&c)).is_ok());
+        assert!(check_expectation(Some(&Expect::Absent), None).is_ok());
+        assert!(check_expectation(Some(&Expect::Absent), Some(&c)).is_err());
+        assert!(check_expectation(Some(&Expect::Hash("abc".into())), Some(&c)).is_ok());
+        assert!(check_expectation(Some(&Expect::Hash("abd".into())), Some(&c)).is_err());
+        assert!(check_expectation(Some(&Expect::Hash("abc".into())), None).is_err());
+    }
 
     #[test]
     fn host_path_check() {

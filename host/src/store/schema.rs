@@ -38,6 +38,23 @@ const MIGRATIONS: &[&[&str]] = &[&[
         path TEXT NOT NULL,
         started_at INTEGER NOT NULL
     )",
+], &[
+    // Precompressed forms of a file's body, stored like bodies themselves.
+    "CREATE TABLE IF NOT EXISTS variants (
+        file_id INTEGER NOT NULL,
+        encoding TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        content BLOB,
+        blob_id INTEGER,
+        chunk_size INTEGER,
+        PRIMARY KEY (file_id, encoding)
+    )",
+    // Site-wide settings (one JSON document per key), replicated like files.
+    "CREATE TABLE IF NOT EXISTS site_config (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    )",
 ]];
 
 /// Brings the schema up to date in one transaction, so edges starting

@@ -1,22 +1,31 @@
 //! Streaming uploads. Bytes are buffered up to one chunk; full chunks are
 //! written at once under a staging `blob_id`, each in its own short
 //! statement (a slow client never holds a write transaction open on the
-//! primary). `finish` publishes the file in one small transaction; an upload
+//! primary). Compressible bodies are also compressed as they stream in (br,
+//! gzip, zstd), each staged the same way. `finish` publishes the file and the
+//! encodings that came out smaller in one small transaction; an upload
 //! dropped before that is discarded.
 
-use super::{query_all, unix_now, FileMeta, Store, CHUNK_SIZE};
-use std::sync::Arc;
+use super::{unix_now, FileMeta, Store, CHUNK_SIZE};
 use crate::error::StoreError;
 use libsql::Connection;
 use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::sync::Arc;
 
-pub struct Upload {
-    store: Arc<Store>,
-    conn: Connection,
-    path: String,
-    content_type: String,
-    max_size: u64,
-    hasher: Sha256,
+/// Bodies larger than this are not precompressed: compressing them at
+/// upload would take seconds of CPU for little gain on typical blobs.
+pub const MAX_COMPRESS_SIZE: u64 = 32 << 20;
+
+/// What a conditional write expects at its path (checked when publishing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    Absent,
+    Hash(String),
+}
+
+/// A body being written in chunks.
+struct BlobWriter {
     size: u64,
     /// Bytes not yet written: less than one chunk.
     pending: Vec<u8>,
@@ -25,19 +34,174 @@ pub struct Upload {
     next_seq: i64,
 }
 
+/// A finished body: inline bytes, or chunks under a blob id.
+struct Body {
+    size: u64,
+    inline: Option<Vec<u8>>,
+    blob: Option<i64>,
+}
+
+impl BlobWriter {
+    fn new() -> Self {
+        BlobWriter { size: 0, pending: Vec::new(), blob: None, next_seq: 0 }
+    }
+
+    async fn push(&mut self, conn: &Connection, path: &str, mut bytes: &[u8]) -> Result<(), StoreError> {
+        self.size += bytes.len() as u64;
+        while !bytes.is_empty() {
+            let take = (CHUNK_SIZE - self.pending.len()).min(bytes.len());
+            self.pending.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.pending.len() == CHUNK_SIZE {
+                let chunk = std::mem::take(&mut self.pending);
+                self.write_chunk(conn, path, chunk).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_chunk(&mut self, conn: &Connection, path: &str, chunk: Vec<u8>) -> Result<(), StoreError> {
+        let blob = match self.blob {
+            Some(b) => b,
+            None => {
+                conn.execute(
+                    "INSERT INTO uploads (path, started_at) VALUES (?1, ?2)",
+                    libsql::params![path, unix_now()],
+                )
+                .await
+                .map_err(|e| StoreError::write("staging an upload", e))?;
+                let b = conn.last_insert_rowid();
+                self.blob = Some(b);
+                b
+            }
+        };
+        conn.execute(
+            "INSERT INTO chunks (blob_id, seq, data) VALUES (?1, ?2, ?3)",
+            libsql::params![blob, self.next_seq, chunk],
+        )
+        .await
+        .map_err(|e| StoreError::write("writing a chunk", e))?;
+        self.next_seq += 1;
+        Ok(())
+    }
+
+    /// Writes what is left: inline when the whole body fits in one chunk.
+    async fn finish(mut self, conn: &Connection, path: &str) -> Result<Body, StoreError> {
+        if self.blob.is_none() {
+            return Ok(Body { size: self.size, inline: Some(std::mem::take(&mut self.pending)), blob: None });
+        }
+        if !self.pending.is_empty() {
+            let last = std::mem::take(&mut self.pending);
+            if let Err(e) = self.write_chunk(conn, path, last).await {
+                self.discard(conn).await;
+                return Err(e);
+            }
+        }
+        Ok(Body { size: self.size, inline: None, blob: self.blob })
+    }
+
+    async fn discard(&mut self, conn: &Connection) {
+        if let Some(blob) = self.blob.take() {
+            discard_logged(conn, blob).await;
+        }
+    }
+}
+
+enum Encoder {
+    Br(Box<brotli::CompressorWriter<Vec<u8>>>),
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+}
+
+impl Encoder {
+    fn all() -> Vec<Encoder> {
+        let mut v = vec![
+            Encoder::Br(Box::new(brotli::CompressorWriter::new(Vec::new(), 64 << 10, 9, 22))),
+            Encoder::Gzip(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best())),
+        ];
+        if let Ok(z) = zstd::stream::write::Encoder::new(Vec::new(), 15) {
+            v.push(Encoder::Zstd(z));
+        }
+        v
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Encoder::Br(_) => "br",
+            Encoder::Gzip(_) => "gzip",
+            Encoder::Zstd(_) => "zstd",
+        }
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            Encoder::Br(e) => e.write_all(bytes),
+            Encoder::Gzip(e) => e.write_all(bytes),
+            Encoder::Zstd(e) => e.write_all(bytes),
+        }
+    }
+
+    /// Compressed bytes produced so far.
+    fn take_output(&mut self) -> Vec<u8> {
+        match self {
+            Encoder::Br(e) => std::mem::take(e.get_mut()),
+            Encoder::Gzip(e) => std::mem::take(e.get_mut()),
+            Encoder::Zstd(e) => std::mem::take(e.get_mut()),
+        }
+    }
+
+    /// The remaining compressed bytes.
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Encoder::Br(e) => Ok(e.into_inner()),
+            Encoder::Gzip(e) => e.finish(),
+            Encoder::Zstd(e) => e.finish(),
+        }
+    }
+}
+
+/// One content coding being produced alongside the body.
+struct Variant {
+    encoder: Encoder,
+    writer: BlobWriter,
+}
+
+pub struct Upload {
+    store: Arc<Store>,
+    conn: Connection,
+    path: String,
+    content_type: String,
+    max_size: u64,
+    expect: Option<Expect>,
+    hasher: Sha256,
+    body: BlobWriter,
+    variants: Vec<Variant>,
+}
+
 impl Upload {
-    pub(super) fn new(store: Arc<Store>, conn: Connection, path: &str, content_type: &str, max_size: u64) -> Self {
+    pub(super) fn new(
+        store: Arc<Store>,
+        conn: Connection,
+        path: &str,
+        content_type: &str,
+        max_size: u64,
+        expect: Option<Expect>,
+    ) -> Self {
+        let variants = if is_compressible(content_type) {
+            Encoder::all().into_iter().map(|encoder| Variant { encoder, writer: BlobWriter::new() }).collect()
+        } else {
+            Vec::new()
+        };
         Upload {
             store,
             conn,
             path: path.to_string(),
             content_type: content_type.to_string(),
             max_size,
+            expect,
             hasher: Sha256::new(),
-            size: 0,
-            pending: Vec::new(),
-            blob: None,
-            next_seq: 0,
+            body: BlobWriter::new(),
+            variants,
         }
     }
 
@@ -46,70 +210,79 @@ impl Upload {
     }
 
     /// Appends bytes, writing every chunk that fills up.
-    pub async fn write(&mut self, mut bytes: &[u8]) -> Result<(), StoreError> {
-        let size = self.size + bytes.len() as u64;
-        if size > self.max_size {
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        if self.body.size + bytes.len() as u64 > self.max_size {
             return Err(StoreError::TooLarge(self.max_size));
         }
-        self.size = size;
         self.hasher.update(bytes);
-        while !bytes.is_empty() {
-            let room = CHUNK_SIZE - self.pending.len();
-            let take = room.min(bytes.len());
-            self.pending.extend_from_slice(&bytes[..take]);
-            bytes = &bytes[take..];
-            if self.pending.len() == CHUNK_SIZE {
-                let chunk = std::mem::take(&mut self.pending);
-                self.write_chunk(chunk).await?;
+        self.body.push(&self.conn, &self.path, bytes).await?;
+        if self.body.size > MAX_COMPRESS_SIZE {
+            self.drop_variants().await;
+        }
+        for i in 0..self.variants.len() {
+            let v = &mut self.variants[i];
+            // Compression is CPU work: keep it off the async scheduler.
+            let out = tokio::task::block_in_place(|| v.encoder.write(bytes).map(|()| v.encoder.take_output()));
+            match out {
+                Ok(out) => v.writer.push(&self.conn, &self.path, &out).await?,
+                Err(e) => return Err(StoreError::Internal(format!("compressing: {e}"))),
             }
         }
         Ok(())
     }
 
-    async fn write_chunk(&mut self, chunk: Vec<u8>) -> Result<(), StoreError> {
-        let blob = match self.blob {
-            Some(b) => b,
-            None => {
-                self.conn
-                    .execute(
-                        "INSERT INTO uploads (path, started_at) VALUES (?1, ?2)",
-                        libsql::params![self.path.as_str(), unix_now()],
-                    )
-                    .await
-                    .map_err(|e| StoreError::write("staging an upload", e))?;
-                let b = self.conn.last_insert_rowid();
-                self.blob = Some(b);
-                b
-            }
-        };
-        self.conn
-            .execute(
-                "INSERT INTO chunks (blob_id, seq, data) VALUES (?1, ?2, ?3)",
-                libsql::params![blob, self.next_seq, chunk],
-            )
-            .await
-            .map_err(|e| StoreError::write("writing a chunk", e))?;
-        self.next_seq += 1;
-        Ok(())
+    async fn drop_variants(&mut self) {
+        for mut v in std::mem::take(&mut self.variants) {
+            v.writer.discard(&self.conn).await;
+        }
     }
 
-    /// Publishes the file, replacing any previous one at its path. Returns
-    /// its metadata and whether the path was new.
+    /// Publishes the file (and its smaller encodings), replacing any previous
+    /// file at its path. Returns its metadata and whether the path was new.
     pub async fn finish(mut self) -> Result<(FileMeta, bool), StoreError> {
         let hash = hex::encode(std::mem::take(&mut self.hasher).finalize());
-        let inline = if self.blob.is_none() {
-            Some(std::mem::take(&mut self.pending))
-        } else {
-            if !self.pending.is_empty() {
-                let last = std::mem::take(&mut self.pending);
-                self.write_chunk(last).await?;
+        let mut variants = Vec::new();
+        for mut v in std::mem::take(&mut self.variants) {
+            let name = v.encoder.name();
+            let tail = tokio::task::block_in_place(|| v.encoder.finish());
+            let pushed = match tail {
+                Ok(tail) => v.writer.push(&self.conn, &self.path, &tail).await,
+                Err(e) => Err(StoreError::Internal(format!("compressing: {e}"))),
+            };
+            if let Err(e) = pushed {
+                v.writer.discard(&self.conn).await;
+                self.discard_all(variants).await;
+                return Err(e);
             }
-            None
+            variants.push((name, v.writer));
+        }
+        let body = match std::mem::replace(&mut self.body, BlobWriter::new()).finish(&self.conn, &self.path).await {
+            Ok(b) => b,
+            Err(e) => {
+                self.discard_all(variants).await;
+                return Err(e);
+            }
         };
+        // Keep only encodings that are smaller than the body itself.
+        let mut kept = Vec::new();
+        for (name, mut writer) in variants {
+            if writer.size < body.size {
+                match writer.finish(&self.conn, &self.path).await {
+                    Ok(b) => kept.push((name, b)),
+                    Err(e) => {
+                        tracing::warn!(cause = %e, encoding = name, "dropping an encoding that could not be stored");
+                    }
+                }
+            } else {
+                writer.discard(&self.conn).await;
+            }
+        }
         let now = unix_now();
-        let result = self.publish(&hash, inline, now).await;
+        let result = self.publish(&hash, &body, &kept, now).await;
         if result.is_err() {
-            self.discard_staged().await;
+            for blob in staged_blobs(&body, &kept) {
+                discard_logged(&self.conn, blob).await;
+            }
         }
         let (version, created_at, created) = result?;
         self.store.written().await;
@@ -117,73 +290,115 @@ impl Upload {
             FileMeta {
                 path: self.path.clone(),
                 version,
-                size: self.size,
+                size: body.size,
                 content_type: self.content_type.clone(),
                 hash,
                 last_modified: now as u64,
                 created: created_at as u64,
+                encodings: kept.iter().map(|(n, b)| (n.to_string(), b.size)).collect(),
             },
             created,
         ))
     }
 
-    async fn publish(&self, hash: &str, inline: Option<Vec<u8>>, now: i64) -> Result<(u64, i64, bool), StoreError> {
+    async fn discard_all(&self, writers: Vec<(&'static str, BlobWriter)>) {
+        for (_, mut w) in writers {
+            w.discard(&self.conn).await;
+        }
+    }
+
+    async fn publish(
+        &self,
+        hash: &str,
+        body: &Body,
+        variants: &[(&'static str, Body)],
+        now: i64,
+    ) -> Result<(u64, i64, bool), StoreError> {
         let w = |e| StoreError::write("publishing an upload", e);
         let tx = self.conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.map_err(w)?;
-        let old = query_all(&tx, "SELECT id, blob_id, created_at FROM files WHERE path = ?1", [self.path.as_str()])
-            .await
-            .map_err(w)?;
-        let mut created_at = now;
-        if let Some(row) = old.first() {
-            let id = row.i64(0)?;
-            let old_blob = row.opt_i64(1)?;
-            created_at = row.i64(2)?;
-            tx.execute("DELETE FROM files WHERE id = ?1", [id]).await.map_err(w)?;
-            if let Some(b) = old_blob {
-                tx.execute("DELETE FROM chunks WHERE blob_id = ?1", [b]).await.map_err(w)?;
-            }
+        let old = super::current(&tx, &self.path).await?;
+        if let Err(e) = super::check_expectation(self.expect.as_ref(), old.as_ref()) {
+            tx.rollback().await.map_err(w)?;
+            return Err(e);
         }
-        let (chunk_size, blob) = match self.blob {
-            Some(b) => (Some(CHUNK_SIZE as i64), Some(b)),
-            None => (None, None),
-        };
+        let mut created_at = now;
+        if let Some(old) = &old {
+            created_at = old.created_at;
+            super::remove_file(&tx, old.id).await?;
+        }
+        let chunk_size = body.blob.map(|_| CHUNK_SIZE as i64);
         tx.execute(
             "INSERT INTO files (path, content, content_type, last_modified, size, created_at, hash, blob_id, chunk_size) \
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             libsql::params![
                 self.path.as_str(),
-                inline,
+                body.inline.clone(),
                 self.content_type.as_str(),
                 now,
-                self.size as i64,
+                body.size as i64,
                 created_at,
                 hash,
-                blob,
+                body.blob,
                 chunk_size
             ],
         )
         .await
         .map_err(w)?;
         let version = tx.last_insert_rowid();
-        if let Some(b) = blob {
-            tx.execute("DELETE FROM uploads WHERE blob_id = ?1", [b]).await.map_err(w)?;
+        for (name, v) in variants {
+            tx.execute(
+                "INSERT INTO variants (file_id, encoding, size, content, blob_id, chunk_size) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                libsql::params![version, *name, v.size as i64, v.inline.clone(), v.blob, v.blob.map(|_| CHUNK_SIZE as i64)],
+            )
+            .await
+            .map_err(w)?;
+        }
+        for blob in staged_blobs(body, variants) {
+            tx.execute("DELETE FROM uploads WHERE blob_id = ?1", [blob]).await.map_err(w)?;
         }
         tx.commit().await.map_err(w)?;
-        Ok((version as u64, created_at, old.is_empty()))
+        Ok((version as u64, created_at, old.is_none()))
     }
 
     /// Drops the upload and deletes whatever it staged.
     pub async fn abort(mut self) {
-        self.discard_staged().await;
+        self.body.discard(&self.conn).await;
+        self.drop_variants().await;
     }
+}
 
-    async fn discard_staged(&mut self) {
-        if let Some(blob) = self.blob.take() {
-            if let Err(e) = discard(&self.conn, blob).await {
-                // Garbage collection removes it later.
-                tracing::warn!(cause = %e, blob, path = %self.path, "could not discard an unfinished upload");
-            }
-        }
+/// The staging ids of a body and its encodings (inline ones have none).
+fn staged_blobs(body: &Body, variants: &[(&'static str, Body)]) -> Vec<i64> {
+    let mut blobs: Vec<i64> = body.blob.into_iter().collect();
+    blobs.extend(variants.iter().filter_map(|(_, v)| v.blob));
+    blobs
+}
+
+/// Media types worth precompressing.
+pub fn is_compressible(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence.starts_with("text/")
+        || essence.ends_with("+json")
+        || essence.ends_with("+xml")
+        || matches!(
+            essence.as_str(),
+            "application/json"
+                | "application/javascript"
+                | "application/xml"
+                | "application/wasm"
+                | "application/manifest+json"
+                | "image/svg+xml"
+                | "application/x-javascript"
+                | "font/ttf"
+                | "font/otf"
+                | "application/vnd.ms-fontobject"
+        )
+}
+
+async fn discard_logged(conn: &Connection, blob: i64) {
+    if let Err(e) = discard(conn, blob).await {
+        // Garbage collection removes it later.
+        tracing::warn!(cause = %e, blob, "could not discard a staged body");
     }
 }
 
@@ -193,4 +408,47 @@ pub(super) async fn discard(conn: &Connection, blob: i64) -> Result<(), StoreErr
     conn.execute("DELETE FROM chunks WHERE blob_id = ?1", [blob]).await.map_err(w)?;
     conn.execute("DELETE FROM uploads WHERE blob_id = ?1", [blob]).await.map_err(w)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compressible_types() {
+        for t in ["text/html; charset=utf-8", "application/json", "image/svg+xml", "application/wasm", "application/ld+json"] {
+            assert!(is_compressible(t), "{t}");
+        }
+        for t in ["image/png", "application/octet-stream", "video/mp4", "application/zip"] {
+            assert!(!is_compressible(t), "{t}");
+        }
+    }
+
+    #[test]
+    fn encoders_round_trip() {
+        let text = "hello hello hello hello ".repeat(1000);
+        for mut e in Encoder::all() {
+            let name = e.name();
+            e.write(text.as_bytes()).unwrap();
+            let mut out = e.take_output();
+            out.extend(e.finish().unwrap());
+            assert!(out.len() < text.len() / 10, "{name} compressed to {}", out.len());
+            let back = match name {
+                "gzip" => {
+                    let mut d = flate2::read::GzDecoder::new(&out[..]);
+                    let mut s = String::new();
+                    std::io::Read::read_to_string(&mut d, &mut s).unwrap();
+                    s.into_bytes()
+                }
+                "zstd" => zstd::decode_all(&out[..]).unwrap(),
+                _ => {
+                    let mut d = brotli::Decompressor::new(&out[..], 4096);
+                    let mut v = Vec::new();
+                    std::io::Read::read_to_end(&mut d, &mut v).unwrap();
+                    v
+                }
+            };
+            assert_eq!(back, text.as_bytes(), "{name}");
+        }
+    }
 }
