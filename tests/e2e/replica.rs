@@ -104,3 +104,20 @@ fn twenty_mib_round_trips_with_bounded_memory() {
         "serving 20 MiB grew the host's RSS by {growth_mib:.1} MiB (before {before} KiB, peak {peak} KiB)"
     );
 }
+
+#[test]
+fn site_rules_reach_every_edge() {
+    let primary = Sqld::start();
+    let a = Server::replica(&primary, SYNC);
+    let b = Server::replica(&primary, SYNC);
+    assert_eq!(a.put("/index.html", None, b"<h1>app</h1>".to_vec()).status(), 201);
+    let r = client().put(a.url("/_api/site")).bearer_auth(TOKEN).body(r#"{"spa_fallback": "index.html"}"#).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let route = |edge: &Server| {
+        let r = client().get(edge.url("/some/client/route")).header("accept", "text/html").send().unwrap();
+        (r.status() == 200).then(|| r.text().unwrap())
+    };
+    assert_eq!(route(&a).as_deref(), Some("<h1>app</h1>"), "the writing edge applies the rules at once");
+    let seen = eventually(SYNC_INTERVAL * 2 + Duration::from_millis(500), || route(&b));
+    assert_eq!(seen.as_deref(), Some("<h1>app</h1>"), "edge B did not pick up the rules");
+}
