@@ -17,6 +17,8 @@ pub const DEFAULT_SYNC_INTERVAL: &str = "1s";
 pub const DEFAULT_MAX_UPLOAD: u64 = 1 << 30;
 /// Largest linear memory one worker instance may grow to (MiB).
 pub const DEFAULT_WORKER_MEMORY_MIB: u64 = 128;
+/// How long a worker instance may run without progress.
+pub const DEFAULT_WORKER_DEADLINE: &str = "10s";
 
 #[derive(Debug, Parser)]
 #[command(name = "turserver", version, about = "Edge file server: a wasm worker over a libSQL embedded replica")]
@@ -29,6 +31,28 @@ pub struct Cli {
 pub enum Command {
     /// Serve files over HTTP.
     Serve(ServeArgs),
+    /// Manage the worker of running servers.
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WorkerCommand {
+    /// Store a worker component on the primary; every edge swaps to it on
+    /// its next sync.
+    Deploy(DeployArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DeployArgs {
+    /// The component (.wasm) to deploy.
+    pub file: PathBuf,
+    /// A turserver edge to send it through (`http://` only).
+    #[arg(long, env = "TURSERVER_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The edge's write token.
+    #[arg(long, env = "TURSERVER_WRITE_TOKEN", hide_env_values = true)]
+    pub token: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -70,6 +94,11 @@ pub struct ServeArgs {
     /// Largest linear memory a worker instance may use, in MiB.
     #[arg(long, env = "TURSERVER_WORKER_MEMORY_MIB", default_value_t = DEFAULT_WORKER_MEMORY_MIB)]
     pub worker_memory_mib: u64,
+
+    /// How long a worker instance may run without progress (no body bytes
+    /// moving, no store calls) before it is stopped with 504.
+    #[arg(long, env = "TURSERVER_WORKER_DEADLINE", default_value = DEFAULT_WORKER_DEADLINE, value_parser = parse_duration)]
+    pub worker_deadline: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -92,6 +121,9 @@ impl ServeArgs {
         }
         if matches!(&self.write_token, Some(t) if t.trim().is_empty()) {
             bail!("--write-token must not be empty");
+        }
+        if self.worker_deadline < Duration::from_millis(50) {
+            bail!("--worker-deadline must be at least 50ms");
         }
         if self.worker_memory_mib == 0 || self.worker_memory_mib > 4096 {
             bail!("--worker-memory-mib must be between 1 and 4096");

@@ -26,6 +26,29 @@ pub struct FilesCtx {
     pub store: Arc<Store>,
     pub access: WriteAccess,
     pub max_upload: u64,
+    /// Store calls count as progress for the instance's deadline.
+    pub progress: Option<Arc<crate::runtime::Progress>>,
+}
+
+/// Marks progress when a store call starts and again when it ends, so a
+/// slow database never counts against the worker's deadline.
+struct ProgressGuard(Option<Arc<crate::runtime::Progress>>);
+
+impl Drop for ProgressGuard {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            p.touch();
+        }
+    }
+}
+
+impl FilesView<'_> {
+    fn progressed(&self) -> ProgressGuard {
+        if let Some(p) = &self.ctx.progress {
+            p.touch();
+        }
+        ProgressGuard(self.ctx.progress.clone())
+    }
 }
 
 /// An upload resource; `None` once finished.
@@ -93,6 +116,7 @@ type HostResult<T> = wasmtime::Result<Result<T, Error>>;
 
 impl files::Host for FilesView<'_> {
     async fn stat(&mut self, path: String) -> HostResult<Metadata> {
+        let _progress = self.progressed();
         Ok(match self.ctx.store.stat(&path).await {
             Ok(Some(m)) => Ok(to_metadata(m)),
             Ok(None) => Err(Error::NotFound),
@@ -101,6 +125,7 @@ impl files::Host for FilesView<'_> {
     }
 
     async fn read(&mut self, version: u64, encoding: String, offset: u64, len: u64) -> HostResult<Vec<u8>> {
+        let _progress = self.progressed();
         // The guest receives the bytes in its own memory; cap what one call
         // may ask for so a worker cannot make the host allocate without bound.
         let len = len.min(crate::store::CHUNK_SIZE as u64 * 4);
@@ -112,6 +137,7 @@ impl files::Host for FilesView<'_> {
     }
 
     async fn list_files(&mut self, prefix: String, cursor: Option<String>, limit: u32) -> HostResult<Listing> {
+        let _progress = self.progressed();
         Ok(match self.ctx.store.list(&prefix, cursor.as_deref(), limit).await {
             Ok((files, next_cursor)) => Ok(Listing { files: files.into_iter().map(to_metadata).collect(), next_cursor }),
             Err(e) => Err(to_wit("list", e)),
@@ -125,6 +151,7 @@ impl files::Host for FilesView<'_> {
         size_hint: Option<u64>,
         expect: Option<Expectation>,
     ) -> HostResult<Resource<UploadHandle>> {
+        let _progress = self.progressed();
         if let Err(e) = self.ctx.check_write() {
             return Ok(Err(e));
         }
@@ -139,8 +166,12 @@ impl files::Host for FilesView<'_> {
     }
 
     async fn delete(&mut self, path: String, expect: Option<Expectation>) -> HostResult<()> {
+        let _progress = self.progressed();
         if let Err(e) = self.ctx.check_write() {
             return Ok(Err(e));
+        }
+        if let Err(why) = crate::store::validate_path(&path) {
+            return Ok(Err(Error::Invalid(why)));
         }
         Ok(match self.ctx.store.delete(&path, to_expect(expect).as_ref()).await {
             Ok(true) => Ok(()),
@@ -166,6 +197,7 @@ impl files::Host for FilesView<'_> {
 
 impl files::HostUpload for FilesView<'_> {
     async fn write(&mut self, this: Resource<UploadHandle>, bytes: Vec<u8>) -> HostResult<()> {
+        let _progress = self.progressed();
         let Some(upload) = self.table.get_mut(&this)?.0.as_mut() else {
             return Ok(Err(Error::Invalid("upload already finished".into())));
         };
@@ -173,6 +205,7 @@ impl files::HostUpload for FilesView<'_> {
     }
 
     async fn finish(&mut self, this: Resource<UploadHandle>) -> HostResult<Written> {
+        let _progress = self.progressed();
         let Some(upload) = self.table.get_mut(&this)?.0.take() else {
             return Ok(Err(Error::Invalid("upload already finished".into())));
         };

@@ -4,8 +4,12 @@
 //!
 //! # Layout
 //! - [`config`]: command line and environment, validated up front.
+//! - [`client`]: `turserver worker deploy`, a client of a running edge.
 //! - [`server`]: the hyper server, host endpoints, write access, shutdown.
-//! - [`runtime`]: Engine, Linker, the pre-instantiated worker, per-request Stores.
+//! - [`runtime`]: Engine, Linker, per-request Stores, deadlines and memory limits.
+//! - [`workers`]: the active worker and hot swaps (watched file, database deploys).
+//! - [`cache`]: compiled workers cached on disk.
+//! - [`status`]: `GET /_turserver/status` and the sync counters behind it.
 //! - [`bindings`]: the only `bindgen!`, for `turserver:store/files`.
 //! - [`files`]: the host side of `turserver:store/files`.
 //! - [`store`]: the libSQL database: schema, queries, chunked uploads.
@@ -13,10 +17,14 @@
 //! - [`error`]: store errors, classified by what a caller should do.
 
 pub mod bindings;
+pub mod cache;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod files;
 pub mod runtime;
 pub mod server;
+pub mod status;
 pub mod store;
 pub mod sync;
+pub mod workers;

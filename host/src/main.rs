@@ -1,7 +1,7 @@
 use clap::Parser;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
-use turserver::config::{Cli, Command};
+use turserver::config::{Cli, Command, WorkerCommand};
 
 /// Applied when RUST_LOG is unset. libSQL's replication client warns about
 /// every slow frame fetch; the sync loop reports real failures itself.
@@ -16,6 +16,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve(args) => turserver::server::run(args).await,
+        Command::Worker(WorkerCommand::Deploy(args)) => turserver::client::deploy(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

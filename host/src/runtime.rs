@@ -1,7 +1,21 @@
-//! The wasm runtime: one Engine and Linker, the worker compiled and
+//! The wasm runtime: one Engine and Linker, workers compiled and
 //! pre-instantiated once, and a fresh Store and instance per request.
+//!
+//! Isolation: each instance lives in a pooled slot with a memory limit, and
+//! runs under a no-progress deadline. An epoch ticks every [`TICK`]; at each
+//! tick a running instance yields to the scheduler (so a spinning worker
+//! never starves other requests) and is interrupted once it has gone
+//! `deadline` without progress (request or response body bytes moving, or a
+//! store call). A long download that keeps moving is never cut off.
 
 use crate::bindings::files;
+use crate::cache::ArtifactCache;
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 use crate::files::{FilesCtx, FilesView};
 use hyper::body::Incoming;
 use std::future::Future;
@@ -11,6 +25,7 @@ use wasmtime::component::{Component, HasData, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use http_body_util::BodyExt;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
@@ -21,6 +36,60 @@ pub const DEFAULT_WORKER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/work
 /// Instances that may exist at once: the number of requests the worker can
 /// serve concurrently. Past it a request gets 503.
 const MAX_INSTANCES: u32 = 1000;
+/// Epoch period: how often a running instance yields and checks its deadline.
+pub const TICK: Duration = Duration::from_millis(10);
+
+/// When an instance last made progress; shared with the bodies and the
+/// store calls that count as progress.
+pub struct Progress {
+    base: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Arc<Progress> {
+        Arc::new(Progress { base: Instant::now(), last_ms: AtomicU64::new(0) })
+    }
+
+    pub fn touch(&self) {
+        self.last_ms.store(self.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        let now = self.base.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+/// A body that records progress whenever a frame passes through it.
+pub struct ProgressBody<B> {
+    inner: B,
+    progress: Arc<Progress>,
+}
+
+impl<B: Body + Unpin> Body for ProgressBody<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(_))) = &polled {
+            self.progress.touch();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The message of the error an instance is interrupted with.
+const DEADLINE_MESSAGE: &str = "worker made no progress within its deadline";
 
 /// Per-request state held in the Store.
 pub struct RequestState {
@@ -79,15 +148,26 @@ pub struct Worker {
     pre: ProxyPre<RequestState>,
     /// Hex SHA-256 of the component bytes: the worker's version.
     pub hash: String,
+    /// Whether it came from the compiled-artifact cache.
+    pub from_cache: bool,
 }
 
 pub struct Runtime {
     engine: Engine,
     linker: Linker<RequestState>,
+    cache: Option<ArtifactCache>,
+    deadline: Duration,
+    next_request_id: AtomicU64,
 }
 
 impl Runtime {
-    pub fn new(worker_memory_bytes: u64) -> anyhow::Result<Runtime> {
+    /// `cache_dir`: where compiled workers are kept (None: no cache).
+    /// `deadline`: how long an instance may run without progress.
+    pub fn new(
+        worker_memory_bytes: u64,
+        deadline: Duration,
+        cache_dir: Option<std::path::PathBuf>,
+    ) -> anyhow::Result<Runtime> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(MAX_INSTANCES)
             .total_core_instances(MAX_INSTANCES * 4)
@@ -109,8 +189,21 @@ impl Runtime {
             // reservation, so a thousand of them fit comfortably.
             .memory_reservation(worker_memory_bytes)
             .memory_guard_size(64 << 10)
-            .memory_reservation_for_growth(0);
+            .memory_reservation_for_growth(0)
+            .epoch_interruption(true);
         let engine = Engine::new(&config).context("creating the wasm engine")?;
+        // The epoch clock. It lives as long as the process, like the engine.
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .context("starting the epoch ticker")?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).context("linking WASI")?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).context("linking wasi:http")?;
@@ -119,28 +212,45 @@ impl Runtime {
             table: &mut s.table,
         })
         .context("linking turserver:store/files")?;
-        Ok(Runtime { engine, linker })
+        let cache = cache_dir.map(|dir| ArtifactCache::new(dir, &engine));
+        Ok(Runtime { engine, linker, cache, deadline, next_request_id: AtomicU64::new(1) })
     }
 
-    /// Compiles and links a worker component, checking it has the
-    /// `turserver:store/worker` shape (imports we provide, the wasi:http
-    /// handler export).
+    /// Compiles (or loads from the cache) and links a worker component,
+    /// checking it has the `turserver:store/worker` shape: imports the host
+    /// provides and the wasi:http handler export. CPU-heavy: call it from a
+    /// blocking context.
     pub fn load(&self, bytes: &[u8]) -> anyhow::Result<Worker> {
         let hash = hex::encode(Sha256::digest(bytes));
-        let component = Component::new(&self.engine, bytes).context("compiling the worker")?;
+        let cached = self.cache.as_ref().and_then(|c| c.load(&self.engine, &hash));
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.engine, bytes).context("compiling the worker")?;
+                if let Some(cache) = &self.cache {
+                    cache.store(&hash, &c);
+                }
+                c
+            }
+        };
         let instance_pre = self.linker.instantiate_pre(&component).context("linking the worker")?;
         let pre = ProxyPre::new(instance_pre).context("the worker does not export wasi:http/incoming-handler")?;
-        Ok(Worker { pre, hash })
+        Ok(Worker { pre, hash, from_cache })
     }
 
     /// Runs one request through `worker`. Failures of the worker become 500
     /// responses; the host itself never fails here.
     pub async fn handle(
         &self,
-        worker: &Worker,
+        worker: Arc<Worker>,
         req: hyper::Request<Incoming>,
-        files: FilesCtx,
+        mut files: FilesCtx,
     ) -> hyper::Response<HyperOutgoingBody> {
+        let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let progress = Progress::new();
+        files.progress = Some(progress.clone());
+        let req = req.map(|b| ProgressBody { inner: b, progress: progress.clone() });
         let state = RequestState {
             wasi: WasiCtx::builder().inherit_stderr().build(),
             http: WasiHttpCtx::new(),
@@ -149,6 +259,15 @@ impl Runtime {
             hooks: DenyOutbound,
         };
         let mut store = Store::new(&self.engine, state);
+        let deadline = self.deadline;
+        let watched = progress.clone();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if watched.idle() >= deadline {
+                return Err(wasmtime::Error::msg(DEADLINE_MESSAGE));
+            }
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        });
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let prepared = (|| -> wasmtime::Result<_> {
             let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
@@ -162,33 +281,41 @@ impl Runtime {
                 return crate::server::text_response(500, "internal error: the request could not reach the worker");
             }
         };
-        let pre = worker.pre.clone();
         // The instance runs in its own task: it goes on streaming the body
         // after the response head has been handed to hyper.
+        let version = worker.hash.clone();
         let task = tokio::spawn(async move {
             let result = async {
-                let proxy = pre.instantiate_async(&mut store).await.context("instantiating the worker")?;
+                let proxy = worker.pre.instantiate_async(&mut store).await.context("instantiating the worker")?;
                 proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
             }
             .await;
             if let Err(e) = &result {
-                tracing::error!(cause = %format!("{e:#}"), "worker failed");
+                tracing::error!(request_id, worker = %&version[..12], cause = %format!("{e:#}"), "worker failed");
             }
+            // The instance (and its pooled slot) is dropped here, also when
+            // it was interrupted.
             result
         });
-        match receiver.await {
-            Ok(Ok(resp)) => resp,
+        let mut resp = match receiver.await {
+            Ok(Ok(resp)) => resp.map(|b| ProgressBody { inner: b, progress }.boxed_unsync()),
             Ok(Err(code)) => worker_error_response(&code),
             Err(_) => {
-                // The worker never set a response: it trapped, or returned
-                // without answering. The task has logged the cause.
-                let status = match task.await {
-                    Ok(Err(e)) if is_resource_exhaustion(&e) => 503,
-                    _ => 500,
+                // The worker never set a response: it trapped, ran out of
+                // time or memory, or returned without answering. The task
+                // has logged the cause.
+                let (status, why) = match task.await {
+                    Ok(Err(e)) if format!("{e:#}").contains(DEADLINE_MESSAGE) => (504, "worker timed out"),
+                    Ok(Err(e)) if is_resource_exhaustion(&e) => (503, "worker capacity exhausted; retry"),
+                    _ => (500, "worker failed: it did not produce a response"),
                 };
-                crate::server::text_response(status, "worker failed: it did not produce a response")
+                crate::server::text_response(status, &format!("{why} (request {request_id})"))
             }
+        };
+        if let Ok(v) = http::HeaderValue::from_str(&request_id.to_string()) {
+            resp.headers_mut().insert("x-request-id", v);
         }
+        resp
     }
 }
 

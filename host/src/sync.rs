@@ -1,6 +1,7 @@
 //! Background upkeep of the store: the replica's periodic sync with the
 //! primary, and garbage collection of uploads whose writer died.
 
+use crate::status::SyncStats;
 use crate::store::{Mode, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +16,12 @@ const GC_INTERVAL: Duration = Duration::from_secs(600);
 /// Aborts the task when dropped, so background work dies with its owner.
 pub struct AbortOnDrop(JoinHandle<()>);
 
+impl AbortOnDrop {
+    pub fn new(handle: JoinHandle<()>) -> Self {
+        AbortOnDrop(handle)
+    }
+}
+
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
@@ -22,11 +29,11 @@ impl Drop for AbortOnDrop {
 }
 
 /// Starts the sync loop (replicas only) and the garbage collector.
-pub fn spawn(store: Arc<Store>, interval: Duration) -> Vec<AbortOnDrop> {
+pub fn spawn(store: Arc<Store>, interval: Duration, stats: Arc<SyncStats>) -> Vec<AbortOnDrop> {
     let mut tasks = Vec::new();
     if let Mode::Replica { url } = store.mode() {
-        let span = tracing::info_span!("sync", primary = %url);
-        tasks.push(AbortOnDrop(tokio::spawn(sync_loop(store.clone(), interval).instrument(span))));
+        let span = tracing::info_span!("sync", primary = %crate::status::redact_url(url));
+        tasks.push(AbortOnDrop(tokio::spawn(sync_loop(store.clone(), interval, stats).instrument(span))));
     }
     tasks.push(AbortOnDrop(tokio::spawn(gc_loop(store).instrument(tracing::info_span!("gc")))));
     tasks
@@ -34,12 +41,18 @@ pub fn spawn(store: Arc<Store>, interval: Duration) -> Vec<AbortOnDrop> {
 
 /// Syncs every `interval`. Failures back off exponentially up to
 /// [`MAX_BACKOFF`] and are logged once per change of state, not per attempt.
-async fn sync_loop(store: Arc<Store>, interval: Duration) {
+async fn sync_loop(store: Arc<Store>, interval: Duration, stats: Arc<SyncStats>) {
     let mut failures: u32 = 0;
     loop {
         let delay = if failures == 0 { interval } else { backoff(interval, failures) };
         tokio::time::sleep(delay).await;
-        match store.sync().await {
+        let started = std::time::Instant::now();
+        let result = store.sync().await;
+        match &result {
+            Ok(frame) => stats.succeeded(started.elapsed(), *frame),
+            Err(e) => stats.failed(e.to_string()),
+        }
+        match result {
             Ok(_) => {
                 if failures > 0 {
                     tracing::info!(failed_attempts = failures, "sync recovered");

@@ -293,6 +293,9 @@ pub fn validate_path(path: &str) -> Result<(), String> {
     if path.chars().any(|c| c.is_control() || c == '\\') {
         return Err("path has a control character or backslash".into());
     }
+    if path.split('/').next() == Some("_turserver") {
+        return Err("paths under _turserver/ are reserved for the host".into());
+    }
     Ok(())
 }
 
@@ -537,7 +540,7 @@ mod tests {
     #[test]
     fn host_path_check() {
         assert!(validate_path("a/b.txt").is_ok());
-        for bad in ["", "/a", "a/", "a//b", "a/../b", ".", "a\\b", "a\0b"] {
+        for bad in ["", "/a", "a/", "a//b", "a/../b", ".", "a\\b", "a\0b", "_turserver/worker.wasm"] {
             assert!(validate_path(bad).is_err(), "{bad:?}");
         }
     }
