@@ -4,4 +4,5 @@
 mod conformance;
 mod local;
 mod replica;
+mod swap;
 mod support;

@@ -340,3 +340,42 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
 pub fn reset_peak_rss(pid: u32) {
     std::fs::write(format!("/proc/{pid}/clear_refs"), "5").expect("reset VmHWM");
 }
+
+/// The test worker (tests/workers) built with `version` baked in, copied to
+/// a stable path. Builds are serialised; each version is built once per run.
+pub fn test_worker(version: &str) -> PathBuf {
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = built.iter().find(|(v, _)| v == version) {
+        return p.clone();
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let target = root.join("target/test-workers");
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .current_dir(&root)
+        .args(["build", "-p", "turserver-test-worker", "--target", "wasm32-wasip2", "--release", "--target-dir"])
+        .arg(&target)
+        .env("TEST_WORKER_VERSION", version)
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building the test worker failed");
+    let out = target.join(format!("test-worker-{version}.wasm"));
+    std::fs::copy(target.join("wasm32-wasip2/release/turserver_test_worker.wasm"), &out).unwrap();
+    built.push((version.to_string(), out.clone()));
+    out
+}
+
+/// Replaces `dest` atomically with the content of `src` (write, then rename).
+pub fn install_file(src: &Path, dest: &Path) {
+    let tmp = dest.with_extension("tmp");
+    std::fs::copy(src, &tmp).unwrap();
+    std::fs::rename(&tmp, dest).unwrap();
+}
+
+/// The host's status document.
+pub fn status(s: &Server) -> serde_json::Value {
+    s.get("/_turserver/status").json().expect("status JSON")
+}
