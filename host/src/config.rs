@@ -95,6 +95,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TURSERVER_WORKER_MEMORY_MIB", default_value_t = DEFAULT_WORKER_MEMORY_MIB)]
     pub worker_memory_mib: u64,
 
+    /// Discard the local replica and copy the primary again (for a replica
+    /// that is damaged or was made from another primary).
+    #[arg(long, env = "TURSERVER_REBUILD_REPLICA")]
+    pub rebuild_replica: bool,
+
+    /// How long a read that carries a replication position (from a write on
+    /// any edge) may wait for this edge to catch up before it gets 503.
+    #[arg(long, env = "TURSERVER_CONSISTENCY_WAIT", default_value = "2s", value_parser = parse_duration)]
+    pub consistency_wait: Duration,
+
     /// How long a worker instance may run without progress (no body bytes
     /// moving, no store calls) before it is stopped with 504.
     #[arg(long, env = "TURSERVER_WORKER_DEADLINE", default_value = DEFAULT_WORKER_DEADLINE, value_parser = parse_duration)]

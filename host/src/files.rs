@@ -107,6 +107,24 @@ fn to_expect(e: Option<Expectation>) -> Option<Expect> {
     })
 }
 
+/// Longest a write may wait on the primary before it fails with
+/// `unavailable` (a primary that accepts connections but never answers).
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs a write with [`WRITE_TIMEOUT`].
+async fn bounded<T>(
+    op: &'static str,
+    fut: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(WRITE_TIMEOUT, fut).await {
+        Ok(r) => r.map_err(|e| to_wit(op, e)),
+        Err(_) => {
+            tracing::warn!(op, "write timed out waiting for the primary");
+            Err(Error::Unavailable(format!("the primary did not answer within {WRITE_TIMEOUT:?}")))
+        }
+    }
+}
+
 /// Key of the site configuration document in `site_config`.
 const SITE_KEY: &str = "site";
 /// Largest site configuration accepted.
@@ -173,10 +191,11 @@ impl files::Host for FilesView<'_> {
         if let Err(why) = crate::store::validate_path(&path) {
             return Ok(Err(Error::Invalid(why)));
         }
-        Ok(match self.ctx.store.delete(&path, to_expect(expect).as_ref()).await {
+        let expect = to_expect(expect);
+        Ok(match bounded("delete", self.ctx.store.delete(&path, expect.as_ref())).await {
             Ok(true) => Ok(()),
             Ok(false) => Err(Error::NotFound),
-            Err(e) => Err(to_wit("delete", e)),
+            Err(e) => Err(e),
         })
     }
 
@@ -191,7 +210,7 @@ impl files::Host for FilesView<'_> {
         if json.len() > MAX_SITE_CONFIG {
             return Ok(Err(Error::Invalid(format!("site configuration larger than {MAX_SITE_CONFIG} bytes"))));
         }
-        Ok(self.ctx.store.set_site_config(SITE_KEY, &json).await.map_err(|e| to_wit("set site config", e)))
+        Ok(bounded("set site config", self.ctx.store.set_site_config(SITE_KEY, &json)).await)
     }
 }
 
@@ -201,7 +220,7 @@ impl files::HostUpload for FilesView<'_> {
         let Some(upload) = self.table.get_mut(&this)?.0.as_mut() else {
             return Ok(Err(Error::Invalid("upload already finished".into())));
         };
-        Ok(upload.write(&bytes).await.map_err(|e| to_wit("upload write", e)))
+        Ok(bounded("upload write", upload.write(&bytes)).await)
     }
 
     async fn finish(&mut self, this: Resource<UploadHandle>) -> HostResult<Written> {
@@ -210,12 +229,12 @@ impl files::HostUpload for FilesView<'_> {
             return Ok(Err(Error::Invalid("upload already finished".into())));
         };
         let path = upload.path().to_string();
-        Ok(match upload.finish().await {
+        Ok(match bounded("upload finish", upload.finish()).await {
             Ok((meta, created)) => {
                 tracing::info!(path, size = meta.size, created, "file written");
                 Ok(Written { metadata: to_metadata(meta), created })
             }
-            Err(e) => Err(to_wit("upload finish", e)),
+            Err(e) => Err(e),
         })
     }
 

@@ -10,6 +10,7 @@
 //! - [`workers`]: the active worker and hot swaps (watched file, database deploys).
 //! - [`cache`]: compiled workers cached on disk.
 //! - [`status`]: `GET /_turserver/status` and the sync counters behind it.
+//! - [`metrics`]: `GET /metrics` (Prometheus).
 //! - [`bindings`]: the only `bindgen!`, for `turserver:store/files`.
 //! - [`files`]: the host side of `turserver:store/files`.
 //! - [`store`]: the libSQL database: schema, queries, chunked uploads.
@@ -22,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod metrics;
 pub mod runtime;
 pub mod server;
 pub mod status;

@@ -4,7 +4,9 @@
 use crate::config::ServeArgs;
 use crate::files::{FilesCtx, WriteAccess};
 use crate::runtime::Runtime;
+use crate::metrics::Metrics;
 use crate::status::SyncStats;
+use crate::sync::AbortOnDrop;
 use crate::store::{Mode, Store};
 use crate::workers::{self, WorkerSlot};
 use anyhow::Context;
@@ -17,7 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
@@ -39,7 +41,8 @@ pub struct AppState {
     max_upload: u64,
 }
 
-/// Opens the store, loads the worker, binds, and serves until SIGINT/SIGTERM.
+/// Binds, serves at once (answering 503 until ready), opens the store,
+/// loads the worker, and serves until SIGINT/SIGTERM.
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     args.validate()?;
     let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
@@ -47,24 +50,51 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Tests (and people) read the address from this first line.
     tracing::info!("listening on http://{addr}");
 
+    let sync_stats = Arc::new(SyncStats::default());
+    let shared = Arc::new(Shared {
+        app: OnceLock::new(),
+        metrics: Metrics::new(&sync_stats),
+        consistency_wait: args.consistency_wait,
+    });
+    let server = tokio::spawn(serve(listener, shared.clone(), shutdown_signal()));
+    let (app, _tasks) = tokio::select! {
+        started = start(&args, sync_stats) => started?,
+        ended = until_finished(&server) => return ended,
+    };
+    let _ = shared.app.set(app);
+    server.await.context("the server task failed")?
+}
+
+async fn until_finished(server: &tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+    while !server.is_finished() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Opens the store and loads the worker; the tasks returned run as long as
+/// they are kept.
+async fn start(args: &ServeArgs, sync_stats: Arc<SyncStats>) -> anyhow::Result<(Arc<AppState>, Vec<AbortOnDrop>)> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
     let store = match args.primary_http_url() {
-        None => Store::open_local(&args.data_dir).await?,
+        None => Store::open_local(&args.data_dir, sync_stats.clone()).await?,
         Some(url) => {
             if args.primary_token.is_none() {
                 tracing::warn!("no --primary-token: connecting to the primary without authentication");
             }
-            Store::open_replica(&args.data_dir, &url, args.primary_token.as_deref()).await?
+            let token = args.primary_token.as_deref();
+            Store::open_replica(&args.data_dir, &url, token, args.rebuild_replica, sync_stats.clone()).await?
         }
     };
     let store = Arc::new(store);
     match store.mode() {
         Mode::Local => tracing::info!(data_dir = %args.data_dir.display(), "serving from a local database"),
-        Mode::Replica { url } => tracing::info!(primary = %url, "serving from an embedded replica"),
+        Mode::Replica { url } => {
+            tracing::info!(primary = %crate::status::redact_url(url), "serving from an embedded replica")
+        }
     }
-    let sync_stats = Arc::new(SyncStats::default());
-    let _sync = crate::sync::spawn(store.clone(), args.sync_interval, sync_stats.clone());
+    let mut tasks = crate::sync::spawn(store.clone(), args.sync_interval);
 
     let runtime = Arc::new(Runtime::new(
         args.worker_memory_mib << 20,
@@ -107,16 +137,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         write_token_digest: args.write_token.as_deref().map(|t| Sha256::digest(t.as_bytes()).into()),
         max_upload: args.max_upload_size,
     });
-    let _watch = match &args.worker {
+    tasks.push(match &args.worker {
         Some(path) => workers::spawn_file_watch(state.clone(), path.clone()),
         None => workers::spawn_database_watch(state.clone(), args.sync_interval),
-    };
-    serve(listener, state, shutdown_signal()).await
+    });
+    Ok((state, tasks))
+}
+
+/// What the accept loop shares: the app once it has started, and what
+/// works before that.
+pub struct Shared {
+    app: OnceLock<Arc<AppState>>,
+    metrics: Metrics,
+    consistency_wait: Duration,
 }
 
 /// Serves connections on `listener` until `shutdown` resolves, then stops
 /// accepting and drains in-flight requests.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(listener: TcpListener, state: Arc<Shared>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
@@ -136,7 +174,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
                 let state = state.clone();
                 let service = hyper::service::service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(&state, req).await) }
+                    async move { Ok::<_, Infallible>(observed(&state, req).await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
@@ -158,12 +196,66 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, shutdown: impl F
     Ok(())
 }
 
-async fn handle(state: &AppState, mut req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+/// Answers a request and records it in the metrics.
+async fn observed(shared: &Shared, req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+    let started = std::time::Instant::now();
+    let method = req.method().as_str().to_string();
+    let resp = route(shared, req).await;
+    shared.metrics.observe(&method, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    let counter = shared.metrics.bytes_served.clone();
+    resp.map(|b| CountingBody { inner: b, counter }.boxed_unsync())
+}
+
+async fn route(shared: &Shared, req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+    let app = shared.app.get();
     match req.uri().path() {
         "/_turserver/health" => return text_response(200, "ok"),
-        "/_turserver/status" => return json_response(200, crate::status::render(state)),
-        "/_turserver/worker" => return deploy_worker(state, req).await,
+        "/_turserver/ready" => {
+            return match app {
+                Some(app) if app.store.is_ready() => text_response(200, "ready"),
+                Some(_) => retry_later(503, "not ready: the replica has not completed a sync with the primary yet"),
+                None => retry_later(503, "not ready: starting"),
+            };
+        }
+        "/metrics" => {
+            let mut r = text_response(200, shared.metrics.render().trim_end());
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            return r;
+        }
         _ => {}
+    }
+    let Some(app) = app else {
+        return retry_later(503, "starting: the store and worker are not loaded yet");
+    };
+    match req.uri().path() {
+        "/_turserver/status" => json_response(200, crate::status::render(app)),
+        "/_turserver/worker" => deploy_worker(app, req).await,
+        _ => handle(app, shared.consistency_wait, req).await,
+    }
+}
+
+/// The replication position a read asks for: the header, else the cookie a
+/// write set.
+fn requested_position(req: &hyper::Request<Incoming>) -> Option<u64> {
+    if let Some(v) = req.headers().get(POSITION_HEADER) {
+        return v.to_str().ok()?.trim().parse().ok();
+    }
+    req.headers().get_all(hyper::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|cookies| {
+        cookies.split(';').find_map(|c| c.trim().strip_prefix(POSITION_COOKIE)?.strip_prefix('=')?.parse().ok())
+    })
+}
+
+async fn handle(state: &AppState, wait: Duration, mut req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+    let is_write = !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS);
+    if !is_write {
+        if let Some(position) = requested_position(&req) {
+            if !state.store.wait_for(position, wait).await {
+                return retry_later(503, "this edge has not caught up with your last write yet");
+            }
+        }
     }
     let access = write_access(state, &mut req);
     let files = FilesCtx { store: state.store.clone(), access, max_upload: state.max_upload, progress: None };
@@ -173,7 +265,61 @@ async fn handle(state: &AppState, mut req: hyper::Request<Incoming>) -> hyper::R
     if let Some(v) = version {
         resp.headers_mut().insert("x-turserver-worker", v);
     }
+    if is_write && resp.status().is_success() {
+        if let Some(position) = state.store.write_position() {
+            let headers = resp.headers_mut();
+            headers.insert(POSITION_HEADER, http::HeaderValue::from(position));
+            let cookie = format!("{POSITION_COOKIE}={position}; Path=/; Max-Age=300; SameSite=Lax");
+            if let Ok(v) = http::HeaderValue::from_str(&cookie) {
+                headers.append(hyper::header::SET_COOKIE, v);
+            }
+        }
+    }
     resp
+}
+
+/// Response header carrying the primary's replication index after a write;
+/// a read may send it back (or the cookie) to be served only once the edge
+/// has caught up with it.
+pub const POSITION_HEADER: &str = "turserver-position";
+pub const POSITION_COOKIE: &str = "turserver_position";
+
+fn retry_later(status: u16, message: &str) -> hyper::Response<HyperOutgoingBody> {
+    let mut r = text_response(status, message);
+    r.headers_mut().insert(hyper::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
+    r
+}
+
+/// Counts response body bytes into a metric as they are sent.
+struct CountingBody {
+    inner: HyperOutgoingBody,
+    counter: prometheus_client::metrics::counter::Counter,
+}
+
+impl http_body::Body for CountingBody {
+    type Data = Bytes;
+    type Error = <HyperOutgoingBody as http_body::Body>::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.counter.inc_by(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// `PUT /_turserver/worker`: deploy a worker component to every edge.

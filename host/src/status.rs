@@ -2,13 +2,16 @@
 
 use crate::server::AppState;
 use crate::store::Mode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// Counters the sync loop keeps.
-#[derive(Default)]
+/// What every sync with the primary records (the periodic loop, the sync
+/// after a write, and on-demand syncs for read-your-writes).
 pub struct SyncStats {
     pub ok: AtomicU64,
     pub failed: AtomicU64,
@@ -18,10 +21,34 @@ pub struct SyncStats {
     /// The replica's replication index (frame number) after the last sync.
     pub replication_index: AtomicU64,
     pub last_error: Mutex<Option<String>>,
+    pub duration: Histogram,
+    pub failures: Counter,
+    pub index_gauge: Gauge,
+}
+
+impl Default for SyncStats {
+    fn default() -> Self {
+        SyncStats {
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            last_success_ms: AtomicU64::new(0),
+            last_duration_us: AtomicU64::new(0),
+            replication_index: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            // 1 ms to ~16 s.
+            duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            failures: Counter::default(),
+            index_gauge: Gauge::default(),
+        }
+    }
 }
 
 impl SyncStats {
     pub fn succeeded(&self, took: Duration, frame: Option<u64>) {
+        self.duration.observe(took.as_secs_f64());
+        if let Some(f) = frame {
+            self.index_gauge.set(f as i64);
+        }
         self.ok.fetch_add(1, Ordering::Relaxed);
         self.last_success_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
         self.last_duration_us.store(took.as_micros() as u64, Ordering::Relaxed);
@@ -32,6 +59,7 @@ impl SyncStats {
     }
 
     pub fn failed(&self, why: String) {
+        self.failures.inc();
         self.failed.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock().expect("poisoned") = Some(why);
     }

@@ -3,6 +3,7 @@
 
 mod conformance;
 mod local;
+mod operations;
 mod replica;
 mod swap;
 mod support;

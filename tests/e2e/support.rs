@@ -119,6 +119,20 @@ impl Sqld {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// Kills the primary (its data stays).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts the primary again on the same port and data.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
     /// Runs statements directly on the primary with the libSQL remote client.
     pub fn execute(&self, sql: &str, params: Vec<libsql::Value>) {
         let url = self.url();
@@ -183,9 +197,9 @@ impl Server {
         Server::start(&data, &["--primary-url", &primary.url(), "--sync-interval", sync_interval], Some(dir))
     }
 
-    pub fn start(data_dir: &Path, extra: &[&str], dir: Option<TempDir>) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_turserver"))
-            .arg("serve")
+    fn command(data_dir: &Path, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_turserver"));
+        cmd.arg("serve")
             .args(["--listen", "127.0.0.1:0", "--write-token", TOKEN])
             .arg("--data-dir")
             .arg(data_dir)
@@ -193,10 +207,32 @@ impl Server {
             .env("RUST_LOG", "info,libsql=warn,libsql::replication=error,libsql_replication=error")
             .env_remove("TURSERVER_PRIMARY_URL")
             .env_remove("TURSERVER_WORKER")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start turserver");
+            .stdout(Stdio::null());
+        cmd
+    }
+
+    /// Runs a server that is expected to stop by itself (refusing to start);
+    /// returns its exit success and log.
+    pub fn run_to_exit(data_dir: &Path, extra: &[&str]) -> (bool, String) {
+        let mut child = Server::command(data_dir, extra).stderr(Stdio::piped()).spawn().expect("start turserver");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut log = String::new();
+                child.stderr.take().unwrap().read_to_string(&mut log).unwrap();
+                return (status.success(), log);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("turserver did not exit");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Serves `data_dir` (kept by the caller) with extra flags.
+    pub fn start(data_dir: &Path, extra: &[&str], dir: Option<TempDir>) -> Server {
+        let mut child = Server::command(data_dir, extra).stderr(Stdio::piped()).spawn().expect("start turserver");
         let log = Log::default();
         let (tx, rx) = std::sync::mpsc::channel();
         let stderr = child.stderr.take().unwrap();
@@ -246,6 +282,21 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// SIGKILL: no shutdown, no draining.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// A metric's value from /metrics (0 when absent).
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.get("/metrics").text().unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or(0.0)
     }
 
     pub fn log(&self) -> String {

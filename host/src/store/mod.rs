@@ -12,6 +12,7 @@ mod upload;
 pub use upload::{Expect, Upload};
 
 use crate::error::StoreError;
+use crate::status::SyncStats;
 use anyhow::Context;
 use libsql::{Connection, Database, Value};
 use sha2::{Digest, Sha256};
@@ -25,6 +26,25 @@ pub const CHUNK_SIZE: usize = 1 << 20;
 pub const MAX_LIST_LIMIT: u32 = 1000;
 /// Staged uploads older than this are garbage (their writer died).
 pub const STALE_UPLOAD_SECS: i64 = 3600;
+/// The replica's database file in the data directory; libSQL keeps three
+/// more beside it (`-wal`, `-shm`, `-client_wal_index`).
+const REPLICA_FILE: &str = "replica.db";
+/// Records which primary the replica was made from.
+const REPLICA_MARKER: &str = "replica.primary";
+/// How long startup waits for the first sync before serving a stale replica.
+const FIRST_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Removes every file of the replica (and its marker).
+fn discard_replica(data_dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(data_dir).with_context(|| format!("reading {}", data_dir.display()))? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with(REPLICA_FILE) || name == REPLICA_MARKER {
+            std::fs::remove_file(entry.path()).with_context(|| format!("removing {name}"))?;
+        }
+    }
+    Ok(())
+}
 
 /// Whether the database is a local file or a replica of a primary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +70,7 @@ pub struct FileMeta {
 pub struct Store {
     db: Database,
     mode: Mode,
+    stats: Arc<SyncStats>,
     /// Idle connections. Opening one per request would cost a file open and a
     /// cold page cache each time.
     idle: Mutex<Vec<Connection>>,
@@ -62,13 +83,13 @@ const META_COLUMNS: &str =
 
 impl Store {
     /// Opens the local database in `data_dir`, creating it if needed.
-    pub async fn open_local(data_dir: &Path) -> anyhow::Result<Store> {
+    pub async fn open_local(data_dir: &Path, stats: Arc<SyncStats>) -> anyhow::Result<Store> {
         let path = data_dir.join("local.db");
         let db = libsql::Builder::new_local(&path)
             .build()
             .await
             .with_context(|| format!("opening {}", path.display()))?;
-        let store = Store { db, mode: Mode::Local, idle: Mutex::new(Vec::new()) };
+        let store = Store { db, mode: Mode::Local, stats, idle: Mutex::new(Vec::new()) };
         let conn = store.conn().await?;
         // WAL lets readers proceed while a write commits.
         query_all(&conn, "PRAGMA journal_mode=WAL", ()).await.context("enabling WAL")?;
@@ -77,10 +98,37 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens (or creates) the embedded replica of `url` in `data_dir`,
-    /// migrates the primary's schema and completes a first sync.
-    pub async fn open_replica(data_dir: &Path, url: &str, token: Option<&str>) -> anyhow::Result<Store> {
-        let path = data_dir.join("replica.db");
+    /// Opens (or creates) the embedded replica of `url` in `data_dir`.
+    ///
+    /// A replica made from another primary, or one whose files are damaged,
+    /// is refused (`rebuild` discards it and copies the primary again). When
+    /// the primary cannot be reached, an existing replica is served as it is
+    /// (the edge is not ready until a sync succeeds); without one, opening
+    /// fails.
+    pub async fn open_replica(
+        data_dir: &Path,
+        url: &str,
+        token: Option<&str>,
+        rebuild: bool,
+        stats: Arc<SyncStats>,
+    ) -> anyhow::Result<Store> {
+        let path = data_dir.join(REPLICA_FILE);
+        let marker = data_dir.join(REPLICA_MARKER);
+        let hint = "restart with --rebuild-replica to discard it and copy the primary again";
+        if rebuild {
+            discard_replica(data_dir)?;
+            tracing::warn!(dir = %data_dir.display(), "discarded the replica; copying the primary again");
+        }
+        let existed = path.exists();
+        match std::fs::read_to_string(&marker) {
+            Ok(owner) if owner.trim() != url => anyhow::bail!(
+                "the replica in {} was made from the primary {}, not {}; {hint}",
+                data_dir.display(),
+                crate::status::redact_url(owner.trim()),
+                crate::status::redact_url(url)
+            ),
+            _ => {}
+        }
         let db = libsql::Builder::new_remote_replica(&path, url.to_string(), token.unwrap_or_default().to_string())
             // libSQL's own read-your-writes pulls frames after every delegated
             // statement, once per staged chunk; `written` syncs once per
@@ -88,14 +136,55 @@ impl Store {
             .read_your_writes(false)
             .build()
             .await
-            .with_context(|| format!("opening the replica {} of {url}", path.display()))?;
-        db.sync().await.with_context(|| format!("first sync from {url}"))?;
-        let store = Store { db, mode: Mode::Replica { url: url.to_string() }, idle: Mutex::new(Vec::new()) };
-        let conn = store.conn().await?;
-        schema::migrate(&conn).await.context("migrating the primary's schema")?;
-        store.put_back(conn);
-        store.db.sync().await.context("sync after migration")?;
+            .map_err(|e| anyhow::anyhow!("opening the replica {} failed ({e}); {hint}", path.display()))?;
+        let store = Store { db, mode: Mode::Replica { url: url.to_string() }, stats, idle: Mutex::new(Vec::new()) };
+        if existed {
+            store.check_integrity().await.map_err(|why| {
+                anyhow::anyhow!("the replica in {} is damaged ({why}); {hint}", data_dir.display())
+            })?;
+        }
+        let first_sync = tokio::time::timeout(FIRST_SYNC_TIMEOUT, store.sync()).await;
+        match first_sync {
+            Ok(Ok(_)) => {
+                let conn = store.conn().await?;
+                schema::migrate(&conn).await.context("migrating the primary's schema")?;
+                store.put_back(conn);
+                store.sync().await.context("sync after migration")?;
+            }
+            failed => {
+                let why = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => format!("no answer within {FIRST_SYNC_TIMEOUT:?}"),
+                };
+                if !existed || store.check_schema().await.is_err() {
+                    anyhow::bail!("cannot reach the primary {} ({why}) and there is no local copy to serve", crate::status::redact_url(url));
+                }
+                tracing::warn!(cause = %why, "the primary is unreachable; serving the local replica as it is until a sync succeeds");
+            }
+        }
+        std::fs::write(&marker, url).with_context(|| format!("writing {}", marker.display()))?;
         Ok(store)
+    }
+
+    /// A structural check of the local replica, run locally (a `SELECT`, so
+    /// libSQL does not delegate it to the primary).
+    async fn check_integrity(&self) -> Result<(), String> {
+        let conn = self.conn().await.map_err(|e| e.to_string())?;
+        let rows = query_all(&conn, "SELECT * FROM pragma_quick_check", ()).await.map_err(|e| e.to_string())?;
+        let verdict: Vec<String> = rows.iter().filter_map(|r| r.opt_text(0).ok().flatten()).collect();
+        if verdict != ["ok"] {
+            return Err(verdict.join("; "));
+        }
+        self.check_schema().await?;
+        self.put_back(conn);
+        Ok(())
+    }
+
+    async fn check_schema(&self) -> Result<(), String> {
+        let conn = self.conn().await.map_err(|e| e.to_string())?;
+        query_all(&conn, "SELECT count(*) FROM files", ()).await.map_err(|e| e.to_string())?;
+        self.put_back(conn);
+        Ok(())
     }
 
     pub fn mode(&self) -> &Mode {
@@ -104,10 +193,56 @@ impl Store {
 
     /// Pulls new frames from the primary; a no-op for a local database.
     pub async fn sync(&self) -> Result<Option<u64>, libsql::Error> {
-        match self.mode {
-            Mode::Local => Ok(None),
-            Mode::Replica { .. } => Ok(self.db.sync().await?.frame_no()),
+        if self.mode == Mode::Local {
+            return Ok(None);
         }
+        let started = std::time::Instant::now();
+        match self.db.sync().await {
+            Ok(r) => {
+                self.stats.succeeded(started.elapsed(), r.frame_no());
+                Ok(r.frame_no())
+            }
+            Err(e) => {
+                self.stats.failed(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether this edge is ready to serve: a replica must have synced once.
+    pub fn is_ready(&self) -> bool {
+        self.mode == Mode::Local || self.stats.ok.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    /// The primary's replication index after this process's latest write:
+    /// a position other edges can wait for (None in local mode).
+    pub fn write_position(&self) -> Option<u64> {
+        match self.mode {
+            Mode::Local => None,
+            Mode::Replica { .. } => self.db.max_write_replication_index(),
+        }
+    }
+
+    /// Waits until this replica has caught up with `position`, syncing on
+    /// demand, for at most `bound`. False when it has not caught up.
+    pub async fn wait_for(&self, position: u64, bound: std::time::Duration) -> bool {
+        if self.mode == Mode::Local {
+            return true;
+        }
+        let caught_up = |i: Option<u64>| i.is_some_and(|i| i >= position);
+        if caught_up(self.db.replication_index().await.ok().flatten()) {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + bound;
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, self.sync()).await {
+                Ok(Ok(frame)) if caught_up(frame) => return true,
+                Ok(Ok(_)) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                Ok(Err(_)) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                Err(_) => break,
+            }
+        }
+        caught_up(self.db.replication_index().await.ok().flatten())
     }
 
     /// Read-your-writes: after a write commits on the primary, pull it into
@@ -116,7 +251,7 @@ impl Store {
     /// and the periodic sync catches up.
     pub(crate) async fn written(&self) {
         if let Mode::Replica { .. } = self.mode {
-            if let Err(e) = self.db.sync().await {
+            if let Err(e) = self.sync().await {
                 tracing::warn!(cause = %e, "sync after a write failed; the write is on the primary but not yet visible here");
             }
         }

@@ -1,0 +1,66 @@
+//! Prometheus metrics (`GET /metrics`, text exposition format).
+
+use crate::status::SyncStats;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub method: String,
+    /// `2xx`, `3xx`, `4xx` or `5xx`.
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MethodLabels {
+    pub method: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<MethodLabels, Histogram>,
+    pub bytes_served: Counter,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to ~3 s.
+    Histogram::new(exponential_buckets(0.00005, 2.0, 16))
+}
+
+impl Metrics {
+    pub fn new(sync: &SyncStats) -> Metrics {
+        let mut registry = Registry::with_prefix("turserver");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("requests", "HTTP requests answered, by method and status class", requests.clone());
+        let latency = Family::<MethodLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register("request_duration_seconds", "Time to the response head, by method", latency.clone());
+        let bytes_served = Counter::default();
+        registry.register("response_body_bytes", "Response body bytes sent", bytes_served.clone());
+        registry.register("sync_duration_seconds", "Duration of syncs with the primary", sync.duration.clone());
+        registry.register("sync_failures", "Syncs with the primary that failed", sync.failures.clone());
+        registry.register("replication_index", "The replica's replication index (frame number)", sync.index_gauge.clone());
+        Metrics { registry, requests, latency, bytes_served }
+    }
+
+    pub fn observe(&self, method: &str, status: u16, seconds: f64) {
+        let method = match method {
+            "GET" | "HEAD" | "PUT" | "DELETE" | "POST" | "OPTIONS" => method.to_string(),
+            _ => "other".to_string(),
+        };
+        let class = format!("{}xx", status / 100);
+        self.requests.get_or_create(&RequestLabels { method: method.clone(), status: class }).inc();
+        self.latency.get_or_create(&MethodLabels { method }).observe(seconds);
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::error!(cause = %e, "encoding metrics");
+        }
+        out
+    }
+}

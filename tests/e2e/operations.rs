@@ -1,0 +1,223 @@
+//! Operating edges: status, metrics, readiness, read-your-writes across
+//! edges, primary outages, crashes and damaged replicas. The primary is a
+//! real sqld that these tests stop and restart.
+
+use crate::support::*;
+use std::time::{Duration, Instant};
+
+fn replica_args<'a>(primary_url: &'a str, interval: &'a str) -> Vec<&'a str> {
+    vec!["--primary-url", primary_url, "--sync-interval", interval]
+}
+
+#[test]
+fn status_and_metrics_after_known_traffic() {
+    let primary = Sqld::start();
+    let edge = Server::replica(&primary, "200ms");
+    let before = |s: &str| edge.metric(s);
+    let (puts0, gets0, misses0, bytes0) = (
+        before("turserver_requests_total{method=\"PUT\",status=\"2xx\"}"),
+        before("turserver_requests_total{method=\"GET\",status=\"2xx\"}"),
+        before("turserver_requests_total{method=\"GET\",status=\"4xx\"}"),
+        before("turserver_response_body_bytes_total"),
+    );
+    for i in 0..3 {
+        assert_eq!(edge.put(&format!("/m/{i}.txt"), None, vec![b'x'; 1000]).status(), 201);
+    }
+    for i in 0..5 {
+        assert_eq!(edge.get(&format!("/m/{}.txt", i % 3)).status(), 200);
+    }
+    assert_eq!(client().get(edge.url("/m/none.txt")).send().unwrap().status(), 404);
+
+    let m = |s: &str| edge.metric(s);
+    assert_eq!(m("turserver_requests_total{method=\"PUT\",status=\"2xx\"}") - puts0, 3.0);
+    // The metrics scrapes themselves are GETs too: read them before counting.
+    let gets = m("turserver_requests_total{method=\"GET\",status=\"2xx\"}") - gets0;
+    assert!((5.0..=10.0).contains(&gets), "GET 2xx grew by {gets}");
+    assert_eq!(m("turserver_requests_total{method=\"GET\",status=\"4xx\"}") - misses0, 1.0);
+    assert!(m("turserver_response_body_bytes_total") - bytes0 >= 5000.0);
+    assert!(m("turserver_request_duration_seconds_count{method=\"PUT\"}") >= 3.0);
+    assert!(m("turserver_sync_duration_seconds_count") >= 1.0);
+    assert!(m("turserver_replication_index") > 0.0);
+
+    let st = status(&edge);
+    assert_eq!(st["mode"], "replica");
+    assert_eq!(st["primary"], primary.url());
+    assert!(st["sync"]["replication_index"].as_u64().unwrap() > 0);
+    assert!(st["sync"]["last_success"].as_str().unwrap().ends_with('Z'));
+    assert!(st["sync"]["syncs_ok"].as_u64().unwrap() >= 1);
+    assert!(st["sync"]["last_error"].is_null());
+    assert_eq!(st["worker"]["origin"], "built-in");
+    assert_eq!(st["worker"]["version"].as_str().unwrap().len(), 64);
+    assert_eq!(edge.get("/_turserver/ready").status(), 200);
+}
+
+#[test]
+fn read_your_writes_across_edges() {
+    let primary = Sqld::start();
+    // Edge B would not sync by itself for a minute.
+    let a = Server::replica(&primary, "60s");
+    let b_dir = TempDir::new("ryw-b");
+    let b_data = b_dir.path().to_path_buf();
+    let b = Server::start(
+        &b_data,
+        &["--primary-url", &primary.url(), "--sync-interval", "60s", "--consistency-wait", "1s"],
+        Some(b_dir),
+    );
+    let r = a.put("/ryw.txt", None, b"fresh".to_vec());
+    assert_eq!(r.status(), 201);
+    let position = r.headers()["turserver-position"].to_str().unwrap().to_string();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(cookie.starts_with(&format!("turserver_position={position};")), "{cookie}");
+    assert!(position.parse::<u64>().unwrap() > 0);
+
+    // Without the position, B serves what it has: nothing yet.
+    assert_eq!(client().get(b.url("/ryw.txt")).header("accept", "text/plain").send().unwrap().status(), 404);
+    // With it, B catches up first.
+    let r = client().get(b.url("/ryw.txt")).header("turserver-position", &position).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "fresh");
+    // The cookie works the same way, for a later write.
+    let r = a.put("/ryw2.txt", None, b"second".to_vec());
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let r = client().get(b.url("/ryw2.txt")).header("cookie", format!("theme=dark; {cookie}")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    // A position the primary never reached: 503 with Retry-After, not stale data.
+    let started = Instant::now();
+    let r = client().get(b.url("/ryw.txt")).header("turserver-position", "999999999").send().unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+}
+
+#[test]
+fn primary_outage_keeps_reads_and_fails_writes_fast() {
+    let mut primary = Sqld::start();
+    let a = Server::replica(&primary, "200ms");
+    let b = Server::replica(&primary, "200ms");
+    for i in 0..5 {
+        assert_eq!(a.put(&format!("/o/{i}.txt"), None, format!("file {i}").into_bytes()).status(), 201);
+    }
+    let all_on_b = eventually(Duration::from_secs(5), || (b.get("/o/4.txt").status() == 200).then_some(()));
+    assert!(all_on_b.is_some());
+
+    primary.stop();
+    let mut served = 0;
+    for round in 0..20 {
+        for edge in [&a, &b] {
+            let r = edge.get(&format!("/o/{}.txt", round % 5));
+            assert_eq!(r.status(), 200, "read during the outage");
+            assert_eq!(r.text().unwrap(), format!("file {}", round % 5));
+            served += 1;
+        }
+    }
+    assert_eq!(served, 40);
+    for edge in [&a, &b] {
+        let started = Instant::now();
+        let r = edge.put("/o/during.txt", None, b"nope".to_vec());
+        let took = started.elapsed();
+        assert_eq!(r.status(), 503, "{}", r.text().unwrap_or_default());
+        assert_eq!(r.headers()["retry-after"], "1");
+        assert!(took < Duration::from_secs(1), "a write during the outage took {took:?}");
+    }
+    let err = eventually(Duration::from_secs(5), || status(&a)["sync"]["last_error"].as_str().map(str::to_string));
+    assert!(err.is_some(), "status shows the sync failure");
+    assert!(a.log().matches("sync failed; retrying with backoff").count() <= 2, "logged once per state change");
+
+    primary.restart();
+    let written = eventually(Duration::from_secs(15), || (a.put("/o/after.txt", None, b"back".to_vec()).status() == 201).then_some(()));
+    assert!(written.is_some(), "writes resume after the primary returns");
+    let caught_up = eventually(Duration::from_secs(10), || (b.get("/o/after.txt").status() == 200).then_some(()));
+    assert!(caught_up.is_some(), "edge B catches up by itself");
+    assert!(a.log().contains("sync recovered") || b.log().contains("sync recovered"));
+    for i in 0..5 {
+        assert_eq!(b.get(&format!("/o/{i}.txt")).text().unwrap(), format!("file {i}"), "nothing lost");
+    }
+    assert_eq!(client().get(b.url("/o/during.txt")).header("accept", "text/plain").send().unwrap().status(), 404);
+}
+
+#[test]
+fn ready_waits_for_a_first_sync() {
+    let mut primary = Sqld::start();
+    let dir = TempDir::new("ready");
+    let url = primary.url();
+    {
+        let edge = Server::start(dir.path(), &replica_args(&url, "200ms"), None);
+        assert_eq!(edge.get("/_turserver/ready").status(), 200);
+        assert_eq!(edge.put("/kept.txt", None, b"kept".to_vec()).status(), 201);
+    }
+    primary.stop();
+    // Restarted while the primary is down: the local copy is served, but
+    // the edge is not ready.
+    let edge = Server::start(dir.path(), &replica_args(&url, "200ms"), None);
+    assert_eq!(edge.get("/kept.txt").text().unwrap(), "kept");
+    let r = edge.get("/_turserver/ready");
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    primary.restart();
+    let ready = eventually(Duration::from_secs(10), || (edge.get("/_turserver/ready").status() == 200).then_some(()));
+    assert!(ready.is_some(), "ready after the first successful sync");
+    assert_eq!(edge.get("/_turserver/health").status(), 200);
+}
+
+#[test]
+fn sigkill_mid_upload_loses_nothing_acknowledged() {
+    let dir = TempDir::new("sigkill");
+    let s = Server::start(dir.path(), &[], None);
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        let body = pseudo_random(200_000 + i * 500_000, i as u64);
+        assert_eq!(s.put(&format!("/k/{i}.bin"), None, body.clone()).status(), 201);
+        acked.push(body);
+    }
+    let mut stream = std::net::TcpStream::connect(s.addr).unwrap();
+    use std::io::Write;
+    write!(stream, "PUT /k/partial.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 5000000\r\n\r\n")
+        .unwrap();
+    stream.write_all(&pseudo_random(3_000_000, 99)).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    s.kill();
+    drop(stream);
+
+    let s = Server::start(dir.path(), &[], None);
+    for (i, body) in acked.iter().enumerate() {
+        let got = s.get(&format!("/k/{i}.bin")).bytes().unwrap();
+        assert_eq!(sha256_hex(&got), sha256_hex(body), "acknowledged file {i}");
+    }
+    assert_eq!(client().get(s.url("/k/partial.bin")).header("accept", "text/plain").send().unwrap().status(), 404);
+    let list: serde_json::Value = s.get("/_api/files?prefix=k/").json().unwrap();
+    assert_eq!(list["files"].as_array().unwrap().len(), 5);
+}
+
+#[test]
+fn damaged_or_foreign_replicas_are_refused_and_rebuilt() {
+    let primary = Sqld::start();
+    let other = Sqld::start();
+    let dir = TempDir::new("damaged");
+    let url = primary.url();
+    {
+        let edge = Server::start(dir.path(), &replica_args(&url, "200ms"), None);
+        assert_eq!(edge.put("/precious.txt", None, b"precious".to_vec()).status(), 201);
+    }
+    // The same directory pointed at another primary.
+    let other_url = other.url();
+    let (ok, log) = Server::run_to_exit(dir.path(), &replica_args(&other_url, "200ms"));
+    assert!(!ok);
+    assert!(log.contains("was made from the primary") && log.contains("--rebuild-replica"), "{log}");
+
+    // Damage the replica: the database file and its WAL (a damaged page
+    // that the WAL still holds a good copy of would not be damage at all).
+    for name in ["replica.db", "replica.db-wal"] {
+        let file = dir.path().join(name);
+        if let Ok(bytes) = std::fs::read(&file) {
+            std::fs::write(&file, vec![0x5a; bytes.len()]).unwrap();
+        }
+    }
+    let (ok, log) = Server::run_to_exit(dir.path(), &replica_args(&url, "200ms"));
+    assert!(!ok, "a damaged replica must not be served");
+    assert!(log.contains("--rebuild-replica"), "{log}");
+
+    let mut args = replica_args(&url, "200ms");
+    args.push("--rebuild-replica");
+    let edge = Server::start(dir.path(), &args, None);
+    assert_eq!(edge.get("/precious.txt").text().unwrap(), "precious");
+}
