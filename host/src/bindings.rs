@@ -8,6 +8,7 @@ wasmtime::component::bindgen!({
     imports: { default: async | trappable },
     with: {
         "turserver:store/files.upload": crate::files::UploadHandle,
+        "turserver:store/files.batch": crate::files::BatchHandle,
     },
 });
 

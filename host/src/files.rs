@@ -7,7 +7,7 @@
 
 use crate::bindings::files::{self, Encoded, Error, Expectation, Listing, Metadata, Written};
 use crate::error::StoreError;
-use crate::store::{Expect, FileMeta, Store, Upload};
+use crate::store::{Batch, Expect, FileMeta, Store, Upload};
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
 
@@ -53,6 +53,9 @@ impl FilesView<'_> {
 
 /// An upload resource; `None` once finished.
 pub struct UploadHandle(Option<Upload>);
+
+/// A batch resource; `None` once committed.
+pub struct BatchHandle(Option<Batch>);
 
 /// The parts of the per-request state the `files` interface needs.
 pub struct FilesView<'a> {
@@ -183,6 +186,17 @@ impl files::Host for FilesView<'_> {
         }
     }
 
+    async fn begin_batch(&mut self) -> HostResult<Resource<BatchHandle>> {
+        let _progress = self.progressed();
+        if let Err(e) = self.ctx.check_write() {
+            return Ok(Err(e));
+        }
+        match self.ctx.store.begin_batch(self.ctx.max_upload).await {
+            Ok(batch) => Ok(Ok(self.table.push(BatchHandle(Some(batch)))?)),
+            Err(e) => Ok(Err(to_wit("begin batch", e))),
+        }
+    }
+
     async fn delete(&mut self, path: String, expect: Option<Expectation>) -> HostResult<()> {
         let _progress = self.progressed();
         if let Err(e) = self.ctx.check_write() {
@@ -242,6 +256,49 @@ impl files::HostUpload for FilesView<'_> {
         if let Some(upload) = self.table.delete(this)?.0 {
             tracing::info!(path = upload.path(), "discarding an unfinished upload");
             upload.abort().await;
+        }
+        Ok(())
+    }
+}
+
+impl files::HostBatch for FilesView<'_> {
+    async fn add(&mut self, this: Resource<BatchHandle>, path: String, content_type: String) -> HostResult<()> {
+        let _progress = self.progressed();
+        if let Err(why) = crate::store::validate_path(&path) {
+            return Ok(Err(Error::Invalid(format!("{path:?}: {why}"))));
+        }
+        let Some(batch) = self.table.get_mut(&this)?.0.as_mut() else {
+            return Ok(Err(Error::Invalid("batch already committed".into())));
+        };
+        Ok(bounded("batch add", batch.add(&path, &content_type)).await)
+    }
+
+    async fn write(&mut self, this: Resource<BatchHandle>, bytes: Vec<u8>) -> HostResult<()> {
+        let _progress = self.progressed();
+        let Some(batch) = self.table.get_mut(&this)?.0.as_mut() else {
+            return Ok(Err(Error::Invalid("batch already committed".into())));
+        };
+        Ok(bounded("batch write", batch.write(&bytes)).await)
+    }
+
+    async fn commit(&mut self, this: Resource<BatchHandle>) -> HostResult<Vec<Written>> {
+        let _progress = self.progressed();
+        let Some(batch) = self.table.get_mut(&this)?.0.take() else {
+            return Ok(Err(Error::Invalid("batch already committed".into())));
+        };
+        Ok(match bounded("batch commit", batch.commit()).await {
+            Ok(files) => {
+                tracing::info!(files = files.len(), "batch written");
+                Ok(files.into_iter().map(|(meta, created)| Written { metadata: to_metadata(meta), created }).collect())
+            }
+            Err(e) => Err(e),
+        })
+    }
+
+    async fn drop(&mut self, this: Resource<BatchHandle>) -> wasmtime::Result<()> {
+        if let Some(batch) = self.table.delete(this)?.0 {
+            tracing::info!("discarding an uncommitted batch");
+            batch.abort().await;
         }
         Ok(())
     }

@@ -221,3 +221,67 @@ fn damaged_or_foreign_replicas_are_refused_and_rebuilt() {
     let edge = Server::start(dir.path(), &args, None);
     assert_eq!(edge.get("/precious.txt").text().unwrap(), "precious");
 }
+
+fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let mut h = tar::Header::new_gnu();
+        // Written raw: the builder itself refuses names with `..`.
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, &data[..]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn post_batch(s: &Server, archive: Vec<u8>) -> reqwest::blocking::Response {
+    client().post(s.url("/_api/batch")).bearer_auth(TOKEN).header("content-type", "application/x-tar").body(archive).send().unwrap()
+}
+
+#[test]
+fn batch_publishes_every_file_at_once() {
+    let primary = Sqld::start();
+    let edge = Server::replica(&primary, "200ms");
+    let mut files: Vec<(String, Vec<u8>)> = (0..40)
+        .map(|i| (format!("site/page{i}.html"), format!("<p>page {i}</p>").repeat(50).into_bytes()))
+        .collect();
+    files.push(("site/big.bin".into(), pseudo_random(2_500_000, 77)));
+    let r = post_batch(&edge, tar_of(&files));
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+    assert!(r.headers().contains_key("turserver-position"));
+    let body: serde_json::Value = r.json().unwrap();
+    assert_eq!(body["count"], 41);
+    for (name, data) in &files {
+        let got = edge.get(&format!("/{name}")).bytes().unwrap();
+        assert_eq!(sha256_hex(&got), sha256_hex(data), "{name}");
+    }
+    let on_primary = primary.query_column("SELECT count(*) FROM files WHERE path LIKE 'site/%'", vec![]);
+    assert_eq!(on_primary, vec![libsql::Value::Integer(41)]);
+    let r = client().post(edge.url("/_api/batch")).body(tar_of(&files[..1])).send().unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+#[test]
+fn batch_with_one_bad_entry_stores_nothing() {
+    let primary = Sqld::start();
+    let edge = Server::replica(&primary, "200ms");
+    let mut files: Vec<(String, Vec<u8>)> =
+        (0..10).map(|i| (format!("v2/file{i}.txt"), format!("file {i}").into_bytes())).collect();
+    files.insert(3, ("v2/large.bin".into(), pseudo_random(1_500_000, 3)));
+    files.push(("../escape.txt".into(), b"evil".to_vec()));
+    let r = post_batch(&edge, tar_of(&files));
+    assert_eq!(r.status(), 400);
+    assert!(r.text().unwrap().contains("escape.txt"));
+    let list: serde_json::Value = edge.get("/_api/files?prefix=v2/").json().unwrap();
+    assert_eq!(list["files"].as_array().unwrap().len(), 0, "no file of the batch is visible");
+    assert_eq!(primary.query_column("SELECT count(*) FROM files", vec![]), vec![libsql::Value::Integer(0)]);
+    let cleaned = eventually(Duration::from_secs(5), || {
+        let staged = primary.query_column("SELECT count(*) FROM chunks", vec![]);
+        (staged == vec![libsql::Value::Integer(0)]).then_some(())
+    });
+    assert!(cleaned.is_some(), "the staged chunks of the refused batch are deleted");
+}

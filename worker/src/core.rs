@@ -183,6 +183,9 @@ pub enum Outcome {
     /// Read the request body (at most [`MAX_SITE_CONFIG`] bytes) and pass it
     /// to [`put_site_config`].
     PutSiteConfig,
+    /// Stream the request body (a tar archive) into a batch: each regular
+    /// file goes through [`batch_entry`]; answer with [`batch_response`].
+    Batch,
 }
 
 /// Methods the file routes answer.
@@ -194,6 +197,7 @@ pub const MAX_LIST_LIMIT: u32 = 1000;
 pub const MAX_SITE_CONFIG: usize = 64 << 10;
 const LIST_ROUTE: &str = "_api/files";
 const SITE_ROUTE: &str = "_api/site";
+const BATCH_ROUTE: &str = "_api/batch";
 /// Top-level names the host and the API own; files cannot be written there.
 const RESERVED: [&str; 2] = ["_api", "_turserver"];
 
@@ -224,6 +228,12 @@ fn route(req: &Request, target: &NormalPath, query: Option<&str>, rules: &SiteRu
             "GET" | "HEAD" => head_if(req, list(query, store)),
             _ => method_not_allowed("GET, HEAD"),
         });
+    }
+    if !target.dir && target.path == BATCH_ROUTE {
+        return match req.method.as_str() {
+            "POST" => Outcome::Batch,
+            _ => Outcome::Respond(method_not_allowed("POST")),
+        };
     }
     if !target.dir && target.path == SITE_ROUTE {
         return match req.method.as_str() {
@@ -557,6 +567,38 @@ fn delete(req: &Request, target: &NormalPath, store: &mut impl Store) -> Respons
     };
     match store.delete(&target.path, expect) {
         Ok(()) => Response::new(204),
+        Err(e) => error_response(e),
+    }
+}
+
+/// The store path and media type for a file named `name` in a batch
+/// archive; the error says why the entry (and so the batch) is refused.
+pub fn batch_entry(name: &str) -> Result<(String, String), String> {
+    let target = path::normalise(&format!("/{}", name.trim_start_matches("./").trim_start_matches('/')))
+        .map_err(|e| format!("entry {name:?}: {e}"))?;
+    if let Err(resp) = writable(&target) {
+        let why = match resp.body {
+            Body::Bytes(b) => String::from_utf8_lossy(&b).trim().to_string(),
+            _ => "not writable".into(),
+        };
+        return Err(format!("entry {name:?}: {why}"));
+    }
+    let content_type = guess_content_type(&target.path);
+    Ok((target.path, content_type))
+}
+
+/// The answer to a committed (or failed) batch.
+pub fn batch_response(result: Result<Vec<(Metadata, bool)>, StoreError>) -> Response {
+    #[derive(Serialize)]
+    struct BatchBody<'a> {
+        count: usize,
+        files: Vec<FileEntry<'a>>,
+    }
+    match result {
+        Ok(files) => Response::json(
+            200,
+            &BatchBody { count: files.len(), files: files.iter().map(|(m, _)| FileEntry::from(m)).collect() },
+        ),
         Err(e) => error_response(e),
     }
 }

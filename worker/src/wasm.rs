@@ -34,6 +34,7 @@ impl Guest for Worker {
             Outcome::Upload { path, content_type, size_hint, expect } => {
                 core::upload_response(upload(request, &path, &content_type, size_hint, expect))
             }
+            Outcome::Batch => batch(request),
             Outcome::PutSiteConfig => match read_body(request, core::MAX_SITE_CONFIG) {
                 Ok(body) => core::put_site_config(&body, &mut HostStore),
                 Err(resp) => resp,
@@ -88,6 +89,77 @@ fn upload(
     let _trailers = IncomingBody::finish(body);
     let written = upload.finish().map_err(from_wit)?;
     Ok((to_core(written.metadata), written.created))
+}
+
+/// `std::io::Read` over a `wasi:io` input stream.
+struct StreamReader<'a>(&'a wasi::io::streams::InputStream);
+
+impl std::io::Read for StreamReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.blocking_read(buf.len() as u64) {
+                Ok(bytes) if bytes.is_empty() => continue,
+                Ok(bytes) => {
+                    buf[..bytes.len()].copy_from_slice(&bytes);
+                    return Ok(bytes.len());
+                }
+                Err(StreamError::Closed) => return Ok(0),
+                Err(StreamError::LastOperationFailed(e)) => {
+                    return Err(std::io::Error::other(format!("request body incomplete: {}", e.to_debug_string())))
+                }
+            }
+        }
+    }
+}
+
+/// Streams a tar archive into one batch: all files are published together,
+/// or (on any bad entry, a cut-off body or a store failure) none is.
+fn batch(request: IncomingRequest) -> core::Response {
+    let batch = match files::begin_batch() {
+        Ok(b) => b,
+        Err(e) => return core::error_response(from_wit(e)),
+    };
+    let unreadable = || core::Response::text(400, "request body unreadable");
+    let Ok(body) = request.consume() else { return unreadable() };
+    let Ok(stream) = body.stream() else { return unreadable() };
+    let result = (|| -> Result<(), core::Response> {
+        let mut archive = tar::Archive::new(StreamReader(&stream));
+        let bad = |e: std::io::Error| core::Response::text(400, format!("bad tar archive: {e}"));
+        let mut buf = vec![0u8; PIECE as usize];
+        for entry in archive.entries().map_err(bad)? {
+            let mut entry = entry.map_err(bad)?;
+            let kind = entry.header().entry_type();
+            if kind.is_dir() {
+                continue;
+            }
+            let name = entry.path().map_err(bad)?.to_string_lossy().to_string();
+            if !kind.is_file() {
+                return Err(core::Response::text(400, format!("entry {name:?}: only regular files and directories")));
+            }
+            let (path, content_type) = core::batch_entry(&name).map_err(|why| core::Response::text(400, why))?;
+            batch.add(&path, &content_type).map_err(|e| core::error_response(from_wit(e)))?;
+            loop {
+                let n = std::io::Read::read(&mut entry, &mut buf).map_err(bad)?;
+                if n == 0 {
+                    break;
+                }
+                batch.write(&buf[..n]).map_err(|e| core::error_response(from_wit(e)))?;
+            }
+        }
+        Ok(())
+    })();
+    if let Err(resp) = result {
+        // Dropping the batch discards what it staged.
+        return resp;
+    }
+    drop(stream);
+    let _trailers = IncomingBody::finish(body);
+    core::batch_response(
+        batch
+            .commit()
+            .map(|files| files.into_iter().map(|w| (to_core(w.metadata), w.created)).collect())
+            .map_err(from_wit),
+    )
 }
 
 /// Reads a whole (small) request body, refusing more than `limit` bytes.

@@ -9,7 +9,7 @@
 mod schema;
 mod upload;
 
-pub use upload::{Expect, Upload};
+pub use upload::{Batch, Expect, Upload};
 
 use crate::error::StoreError;
 use crate::status::SyncStats;
@@ -372,6 +372,12 @@ impl Store {
         }
         let conn = self.conn().await?;
         Ok(Upload::new(self.clone(), conn, path, content_type, max_size, expect))
+    }
+
+    /// Starts a batch of files published together.
+    pub async fn begin_batch(self: &Arc<Self>, max_size: u64) -> Result<Batch, StoreError> {
+        let conn = self.conn().await?;
+        Ok(Batch::new(self.clone(), conn, max_size))
     }
 
     /// A site configuration document, if one was set.

@@ -240,6 +240,16 @@ impl Upload {
     /// Publishes the file (and its smaller encodings), replacing any previous
     /// file at its path. Returns its metadata and whether the path was new.
     pub async fn finish(mut self) -> Result<(FileMeta, bool), StoreError> {
+        let staged = self.stage().await?;
+        let conn = self.conn.clone();
+        let mut published = publish(&conn, vec![staged]).await?;
+        self.store.written().await;
+        Ok(published.remove(0))
+    }
+
+    /// Writes what is still buffered and decides which encodings to keep:
+    /// everything is stored but nothing is visible yet.
+    async fn stage(&mut self) -> Result<Staged, StoreError> {
         let hash = hex::encode(std::mem::take(&mut self.hasher).finalize());
         let mut variants = Vec::new();
         for mut v in std::mem::take(&mut self.variants) {
@@ -277,87 +287,20 @@ impl Upload {
                 writer.discard(&self.conn).await;
             }
         }
-        let now = unix_now();
-        let result = self.publish(&hash, &body, &kept, now).await;
-        if result.is_err() {
-            for blob in staged_blobs(&body, &kept) {
-                discard_logged(&self.conn, blob).await;
-            }
-        }
-        let (version, created_at, created) = result?;
-        self.store.written().await;
-        Ok((
-            FileMeta {
-                path: self.path.clone(),
-                version,
-                size: body.size,
-                content_type: self.content_type.clone(),
-                hash,
-                last_modified: now as u64,
-                created: created_at as u64,
-                encodings: kept.iter().map(|(n, b)| (n.to_string(), b.size)).collect(),
-            },
-            created,
-        ))
+        Ok(Staged {
+            path: self.path.clone(),
+            content_type: self.content_type.clone(),
+            expect: self.expect.take(),
+            hash,
+            body,
+            variants: kept,
+        })
     }
 
     async fn discard_all(&self, writers: Vec<(&'static str, BlobWriter)>) {
         for (_, mut w) in writers {
             w.discard(&self.conn).await;
         }
-    }
-
-    async fn publish(
-        &self,
-        hash: &str,
-        body: &Body,
-        variants: &[(&'static str, Body)],
-        now: i64,
-    ) -> Result<(u64, i64, bool), StoreError> {
-        let w = |e| StoreError::write("publishing an upload", e);
-        let tx = self.conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.map_err(w)?;
-        let old = super::current(&tx, &self.path).await?;
-        if let Err(e) = super::check_expectation(self.expect.as_ref(), old.as_ref()) {
-            tx.rollback().await.map_err(w)?;
-            return Err(e);
-        }
-        let mut created_at = now;
-        if let Some(old) = &old {
-            created_at = old.created_at;
-            super::remove_file(&tx, old.id).await?;
-        }
-        let chunk_size = body.blob.map(|_| CHUNK_SIZE as i64);
-        tx.execute(
-            "INSERT INTO files (path, content, content_type, last_modified, size, created_at, hash, blob_id, chunk_size) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            libsql::params![
-                self.path.as_str(),
-                body.inline.clone(),
-                self.content_type.as_str(),
-                now,
-                body.size as i64,
-                created_at,
-                hash,
-                body.blob,
-                chunk_size
-            ],
-        )
-        .await
-        .map_err(w)?;
-        let version = tx.last_insert_rowid();
-        for (name, v) in variants {
-            tx.execute(
-                "INSERT INTO variants (file_id, encoding, size, content, blob_id, chunk_size) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                libsql::params![version, *name, v.size as i64, v.inline.clone(), v.blob, v.blob.map(|_| CHUNK_SIZE as i64)],
-            )
-            .await
-            .map_err(w)?;
-        }
-        for blob in staged_blobs(body, variants) {
-            tx.execute("DELETE FROM uploads WHERE blob_id = ?1", [blob]).await.map_err(w)?;
-        }
-        tx.commit().await.map_err(w)?;
-        Ok((version as u64, created_at, old.is_none()))
     }
 
     /// Drops the upload and deletes whatever it staged.
@@ -367,11 +310,183 @@ impl Upload {
     }
 }
 
-/// The staging ids of a body and its encodings (inline ones have none).
-fn staged_blobs(body: &Body, variants: &[(&'static str, Body)]) -> Vec<i64> {
-    let mut blobs: Vec<i64> = body.blob.into_iter().collect();
-    blobs.extend(variants.iter().filter_map(|(_, v)| v.blob));
-    blobs
+/// A file whose bytes are stored but not yet published.
+pub struct Staged {
+    path: String,
+    content_type: String,
+    expect: Option<Expect>,
+    hash: String,
+    body: Body,
+    variants: Vec<(&'static str, Body)>,
+}
+
+impl Staged {
+    /// The staging ids of the body and its encodings (inline ones have none).
+    fn blobs(&self) -> Vec<i64> {
+        let mut blobs: Vec<i64> = self.body.blob.into_iter().collect();
+        blobs.extend(self.variants.iter().filter_map(|(_, v)| v.blob));
+        blobs
+    }
+}
+
+/// Publishes staged files in one transaction: all become visible, replacing
+/// what was at their paths, or none does (and their staged bytes are
+/// deleted).
+pub(super) async fn publish(conn: &Connection, staged: Vec<Staged>) -> Result<Vec<(FileMeta, bool)>, StoreError> {
+    let now = unix_now();
+    let result = publish_in_transaction(conn, &staged, now).await;
+    if result.is_err() {
+        for s in &staged {
+            for blob in s.blobs() {
+                discard_logged(conn, blob).await;
+            }
+        }
+    }
+    let outcomes = result?;
+    Ok(staged
+        .into_iter()
+        .zip(outcomes)
+        .map(|(s, (version, created_at, created))| {
+            let encodings = s.variants.iter().map(|(n, b)| (n.to_string(), b.size)).collect();
+            let meta = FileMeta {
+                path: s.path,
+                version,
+                size: s.body.size,
+                content_type: s.content_type,
+                hash: s.hash,
+                last_modified: now as u64,
+                created: created_at as u64,
+                encodings,
+            };
+            (meta, created)
+        })
+        .collect())
+}
+
+async fn publish_in_transaction(conn: &Connection, staged: &[Staged], now: i64) -> Result<Vec<(u64, i64, bool)>, StoreError> {
+    let w = |e| StoreError::write("publishing an upload", e);
+    let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.map_err(w)?;
+    let mut outcomes = Vec::with_capacity(staged.len());
+    for s in staged {
+        let old = super::current(&tx, &s.path).await?;
+        if let Err(e) = super::check_expectation(s.expect.as_ref(), old.as_ref()) {
+            tx.rollback().await.map_err(w)?;
+            return Err(e);
+        }
+        let mut created_at = now;
+        if let Some(old) = &old {
+            created_at = old.created_at;
+            super::remove_file(&tx, old.id).await?;
+        }
+        tx.execute(
+            "INSERT INTO files (path, content, content_type, last_modified, size, created_at, hash, blob_id, chunk_size) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            libsql::params![
+                s.path.as_str(),
+                s.body.inline.clone(),
+                s.content_type.as_str(),
+                now,
+                s.body.size as i64,
+                created_at,
+                s.hash.as_str(),
+                s.body.blob,
+                s.body.blob.map(|_| CHUNK_SIZE as i64)
+            ],
+        )
+        .await
+        .map_err(w)?;
+        let version = tx.last_insert_rowid();
+        for (name, v) in &s.variants {
+            tx.execute(
+                "INSERT INTO variants (file_id, encoding, size, content, blob_id, chunk_size) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                libsql::params![version, *name, v.size as i64, v.inline.clone(), v.blob, v.blob.map(|_| CHUNK_SIZE as i64)],
+            )
+            .await
+            .map_err(w)?;
+        }
+        for blob in s.blobs() {
+            tx.execute("DELETE FROM uploads WHERE blob_id = ?1", [blob]).await.map_err(w)?;
+        }
+        outcomes.push((version as u64, created_at, old.is_none()));
+    }
+    tx.commit().await.map_err(w)?;
+    Ok(outcomes)
+}
+
+/// Most files one batch may hold.
+pub const MAX_BATCH_FILES: usize = 10_000;
+
+/// Files written together and published in one transaction.
+pub struct Batch {
+    store: Arc<Store>,
+    conn: Connection,
+    max_size: u64,
+    /// Bytes of the files staged so far.
+    staged_bytes: u64,
+    current: Option<Upload>,
+    staged: Vec<Staged>,
+}
+
+impl Batch {
+    pub(super) fn new(store: Arc<Store>, conn: Connection, max_size: u64) -> Batch {
+        Batch { store, conn, max_size, staged_bytes: 0, current: None, staged: Vec::new() }
+    }
+
+    /// Starts the next file; the previous one is staged.
+    pub async fn add(&mut self, path: &str, content_type: &str) -> Result<(), StoreError> {
+        self.stage_current().await?;
+        if self.staged.len() >= MAX_BATCH_FILES {
+            return Err(StoreError::Invalid(format!("a batch holds at most {MAX_BATCH_FILES} files")));
+        }
+        // The whole batch shares the upload size limit.
+        let room = self.max_size.saturating_sub(self.staged_bytes);
+        self.current = Some(Upload::new(self.store.clone(), self.conn.clone(), path, content_type, room, None));
+        Ok(())
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        let max = self.max_size;
+        let Some(upload) = self.current.as_mut() else {
+            return Err(StoreError::Invalid("write before the first add".into()));
+        };
+        upload.write(bytes).await.map_err(|e| match e {
+            StoreError::TooLarge(_) => StoreError::TooLarge(max),
+            other => other,
+        })
+    }
+
+    async fn stage_current(&mut self) -> Result<(), StoreError> {
+        if let Some(mut upload) = self.current.take() {
+            let staged = upload.stage().await?;
+            self.staged_bytes += staged.body.size;
+            self.staged.push(staged);
+        }
+        Ok(())
+    }
+
+    /// Publishes every file in one transaction.
+    pub async fn commit(mut self) -> Result<Vec<(FileMeta, bool)>, StoreError> {
+        if let Err(e) = self.stage_current().await {
+            self.abort().await;
+            return Err(e);
+        }
+        let staged = std::mem::take(&mut self.staged);
+        let published = publish(&self.conn, staged).await?;
+        self.store.written().await;
+        Ok(published)
+    }
+
+    /// Discards everything staged so far.
+    pub async fn abort(mut self) {
+        if let Some(upload) = self.current.take() {
+            upload.abort().await;
+        }
+        for s in std::mem::take(&mut self.staged) {
+            for blob in s.blobs() {
+                discard_logged(&self.conn, blob).await;
+            }
+        }
+    }
 }
 
 /// Media types worth precompressing.

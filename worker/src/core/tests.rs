@@ -342,3 +342,15 @@ fn list_pages_with_cursor() {
         assert_eq!(r.status, 400, "{bad}");
     }
 }
+
+#[test]
+fn batch_entries() {
+    let mut s = Fake::default();
+    assert_eq!(handle(&req("POST", "/_api/batch"), &mut s), Outcome::Batch);
+    assert_eq!(respond(handle(&req("GET", "/_api/batch"), &mut s)).status, 405);
+    assert_eq!(batch_entry("site/index.html").unwrap(), ("site/index.html".into(), "text/html; charset=utf-8".into()));
+    assert_eq!(batch_entry("./a.css").unwrap().0, "a.css");
+    for bad in ["../evil", "a/../../b", "dir/", "_turserver/x", "a\\b"] {
+        assert!(batch_entry(bad).is_err(), "{bad}");
+    }
+}
