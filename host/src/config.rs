@@ -95,6 +95,15 @@ pub struct ServeArgs {
     #[arg(long, env = "TURSERVER_WORKER_MEMORY_MIB", default_value_t = DEFAULT_WORKER_MEMORY_MIB)]
     pub worker_memory_mib: u64,
 
+    /// Memory for the edge response cache, in MiB; 0 turns it off.
+    #[arg(long, env = "TURSERVER_RESPONSE_CACHE_MIB", default_value_t = 64)]
+    pub response_cache_mib: u64,
+
+    /// Also answer `/_turserver/native/{path}` straight from the store,
+    /// without the worker: for benchmarks that isolate the worker's cost.
+    #[arg(long, env = "TURSERVER_BENCH_NATIVE", hide = true)]
+    pub bench_native: bool,
+
     /// Discard the local replica and copy the primary again (for a replica
     /// that is damaged or was made from another primary).
     #[arg(long, env = "TURSERVER_REBUILD_REPLICA")]

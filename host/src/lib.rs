@@ -11,6 +11,7 @@
 //! - [`cache`]: compiled workers cached on disk.
 //! - [`status`]: `GET /_turserver/status` and the sync counters behind it.
 //! - [`metrics`]: `GET /metrics` (Prometheus).
+//! - [`edge_cache`]: the in-memory response cache in front of the worker.
 //! - [`bindings`]: the only `bindgen!`, for `turserver:store/files`.
 //! - [`files`]: the host side of `turserver:store/files`.
 //! - [`store`]: the libSQL database: schema, queries, chunked uploads.
@@ -21,6 +22,7 @@ pub mod bindings;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod edge_cache;
 pub mod error;
 pub mod files;
 pub mod metrics;

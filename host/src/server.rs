@@ -4,6 +4,7 @@
 use crate::config::ServeArgs;
 use crate::files::{FilesCtx, WriteAccess};
 use crate::runtime::Runtime;
+use crate::edge_cache::{self, EdgeCache};
 use crate::metrics::Metrics;
 use crate::status::SyncStats;
 use crate::sync::AbortOnDrop;
@@ -39,6 +40,8 @@ pub struct AppState {
     /// timing independent of how much of a guessed token is right.
     write_token_digest: Option<[u8; 32]>,
     max_upload: u64,
+    edge_cache: Option<Arc<EdgeCache>>,
+    bench_native: bool,
 }
 
 /// Binds, serves at once (answering 503 until ready), opens the store,
@@ -51,14 +54,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("listening on http://{addr}");
 
     let sync_stats = Arc::new(SyncStats::default());
+    let edge_cache = (args.response_cache_mib > 0).then(|| Arc::new(EdgeCache::new(args.response_cache_mib << 20)));
     let shared = Arc::new(Shared {
         app: OnceLock::new(),
-        metrics: Metrics::new(&sync_stats),
+        metrics: Metrics::new(&sync_stats, edge_cache.as_deref()),
         consistency_wait: args.consistency_wait,
     });
     let server = tokio::spawn(serve(listener, shared.clone(), shutdown_signal()));
     let (app, _tasks) = tokio::select! {
-        started = start(&args, sync_stats) => started?,
+        started = start(&args, sync_stats, edge_cache) => started?,
         ended = until_finished(&server) => return ended,
     };
     let _ = shared.app.set(app);
@@ -74,7 +78,11 @@ async fn until_finished(server: &tokio::task::JoinHandle<anyhow::Result<()>>) ->
 
 /// Opens the store and loads the worker; the tasks returned run as long as
 /// they are kept.
-async fn start(args: &ServeArgs, sync_stats: Arc<SyncStats>) -> anyhow::Result<(Arc<AppState>, Vec<AbortOnDrop>)> {
+async fn start(
+    args: &ServeArgs,
+    sync_stats: Arc<SyncStats>,
+    edge_cache: Option<Arc<EdgeCache>>,
+) -> anyhow::Result<(Arc<AppState>, Vec<AbortOnDrop>)> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
     let store = match args.primary_http_url() {
@@ -136,6 +144,8 @@ async fn start(args: &ServeArgs, sync_stats: Arc<SyncStats>) -> anyhow::Result<(
         sync_stats,
         write_token_digest: args.write_token.as_deref().map(|t| Sha256::digest(t.as_bytes()).into()),
         max_upload: args.max_upload_size,
+        edge_cache,
+        bench_native: args.bench_native,
     });
     tasks.push(match &args.worker {
         Some(path) => workers::spawn_file_watch(state.clone(), path.clone()),
@@ -233,8 +243,49 @@ async fn route(shared: &Shared, req: hyper::Request<Incoming>) -> hyper::Respons
     match req.uri().path() {
         "/_turserver/status" => json_response(200, crate::status::render(app)),
         "/_turserver/worker" => deploy_worker(app, req).await,
+        path if app.bench_native && path.starts_with("/_turserver/native/") => native(app, req).await,
         _ => handle(app, shared.consistency_wait, req).await,
     }
+}
+
+/// Benchmark baseline: a file answered by the host straight from the store,
+/// with no worker (`--bench-native`). Only plain GETs of whole files.
+async fn native(state: &AppState, req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+    let path = req.uri().path().trim_start_matches("/_turserver/native/").to_string();
+    let meta = match state.store.stat(&path).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return text_response(404, "not found"),
+        Err(e) => return text_response(500, &e.to_string()),
+    };
+    let mut body = Vec::with_capacity(meta.size as usize);
+    while (body.len() as u64) < meta.size {
+        match state.store.read(meta.version, "identity", body.len() as u64, crate::store::CHUNK_SIZE as u64).await {
+            Ok(Some(piece)) if !piece.is_empty() => body.extend_from_slice(&piece),
+            _ => return text_response(500, "read failed"),
+        }
+    }
+    let mut resp = hyper::Response::new(Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}).boxed_unsync());
+    let h = resp.headers_mut();
+    if let Ok(v) = http::HeaderValue::from_str(&meta.content_type) {
+        h.insert(hyper::header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = http::HeaderValue::from_str(&format!("\"{}\"", meta.hash)) {
+        h.insert(hyper::header::ETAG, v);
+    }
+    resp
+}
+
+fn header_text(req: &hyper::Request<Incoming>, name: hyper::header::HeaderName) -> String {
+    req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+fn cached_response(entry: &edge_cache::Entry, head: bool) -> hyper::Response<HyperOutgoingBody> {
+    let body = if head { Bytes::new() } else { entry.body.clone() };
+    let mut resp = hyper::Response::new(Full::new(body).map_err(|never: Infallible| match never {}).boxed_unsync());
+    *resp.status_mut() = entry.status;
+    *resp.headers_mut() = entry.headers.clone();
+    resp.headers_mut().insert("turserver-cache", http::HeaderValue::from_static("hit"));
+    resp
 }
 
 /// The replication position a read asks for: the header, else the cookie a
@@ -257,13 +308,55 @@ async fn handle(state: &AppState, wait: Duration, mut req: hyper::Request<Incomi
             }
         }
     }
+    let worker = state.workers.current();
+    let is_get = req.method() == hyper::Method::GET;
+    let is_head = req.method() == hyper::Method::HEAD;
+    // Stamp before the worker runs: a change during the request leaves the
+    // entry already stale.
+    let generation = state.store.generation();
+    let cache_key = state
+        .edge_cache
+        .as_ref()
+        .filter(|_| edge_cache::request_is_cacheable(req.method(), req.headers()))
+        .map(|_| edge_cache::Key {
+            target: req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string(),
+            accept_encoding: header_text(&req, hyper::header::ACCEPT_ENCODING),
+            origin: header_text(&req, hyper::header::ORIGIN),
+            worker: worker.hash.clone(),
+        });
+    if let (Some(cache), Some(key)) = (&state.edge_cache, &cache_key) {
+        if let Some(entry) = cache.get(key, generation) {
+            return cached_response(&entry, is_head);
+        }
+    }
     let access = write_access(state, &mut req);
     let files = FilesCtx { store: state.store.clone(), access, max_upload: state.max_upload, progress: None };
-    let worker = state.workers.current();
     let version = http::HeaderValue::from_str(&worker.hash[..16]).ok();
     let mut resp = state.runtime.handle(worker, req, files).await;
     if let Some(v) = version {
         resp.headers_mut().insert("x-turserver-worker", v);
+    }
+    if let (Some(cache), Some(key), true) = (&state.edge_cache, cache_key, is_get) {
+        if edge_cache::response_is_cacheable(resp.status(), resp.headers()) {
+            let (mut parts, body) = resp.into_parts();
+            let bytes = match body.collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e) => {
+                    tracing::warn!(cause = ?e, "the worker's response body failed");
+                    return text_response(500, "worker failed while sending the response");
+                }
+            };
+            parts.headers.remove("x-request-id");
+            cache.insert(
+                key,
+                edge_cache::Entry { generation, status: parts.status, headers: parts.headers.clone(), body: bytes.clone() },
+            );
+            parts.headers.insert("turserver-cache", http::HeaderValue::from_static("miss"));
+            return hyper::Response::from_parts(
+                parts,
+                Full::new(bytes).map_err(|never: Infallible| match never {}).boxed_unsync(),
+            );
+        }
     }
     if is_write && resp.status().is_success() {
         if let Some(position) = state.store.write_position() {

@@ -17,6 +17,7 @@ use anyhow::Context;
 use libsql::{Connection, Database, Value};
 use sha2::{Digest, Sha256};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Size of a body chunk. One chunk is one statement to the primary: well
@@ -71,6 +72,11 @@ pub struct Store {
     db: Database,
     mode: Mode,
     stats: Arc<SyncStats>,
+    /// Changes whenever the local database may have changed (a write here,
+    /// or a sync that brought frames): what caches of its content check.
+    generation: AtomicU64,
+    /// Replication index after the last sync, to tell whether one changed anything.
+    last_frame: AtomicU64,
     /// Idle connections. Opening one per request would cost a file open and a
     /// cold page cache each time.
     idle: Mutex<Vec<Connection>>,
@@ -82,6 +88,27 @@ const META_COLUMNS: &str =
      (SELECT group_concat(encoding || ':' || size, ',') FROM variants WHERE file_id = files.id)";
 
 impl Store {
+    fn new(db: Database, mode: Mode, stats: Arc<SyncStats>) -> Store {
+        Store {
+            db,
+            mode,
+            stats,
+            generation: AtomicU64::new(0),
+            last_frame: AtomicU64::new(0),
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// See [`Store::generation`]'s field: compare two readings to know
+    /// whether anything may have changed in between.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// Opens the local database in `data_dir`, creating it if needed.
     pub async fn open_local(data_dir: &Path, stats: Arc<SyncStats>) -> anyhow::Result<Store> {
         let path = data_dir.join("local.db");
@@ -89,7 +116,7 @@ impl Store {
             .build()
             .await
             .with_context(|| format!("opening {}", path.display()))?;
-        let store = Store { db, mode: Mode::Local, stats, idle: Mutex::new(Vec::new()) };
+        let store = Store::new(db, Mode::Local, stats);
         let conn = store.conn().await?;
         // WAL lets readers proceed while a write commits.
         query_all(&conn, "PRAGMA journal_mode=WAL", ()).await.context("enabling WAL")?;
@@ -137,7 +164,7 @@ impl Store {
             .build()
             .await
             .map_err(|e| anyhow::anyhow!("opening the replica {} failed ({e}); {hint}", path.display()))?;
-        let store = Store { db, mode: Mode::Replica { url: url.to_string() }, stats, idle: Mutex::new(Vec::new()) };
+        let store = Store::new(db, Mode::Replica { url: url.to_string() }, stats);
         if existed {
             store.check_integrity().await.map_err(|why| {
                 anyhow::anyhow!("the replica in {} is damaged ({why}); {hint}", data_dir.display())
@@ -200,6 +227,10 @@ impl Store {
         match self.db.sync().await {
             Ok(r) => {
                 self.stats.succeeded(started.elapsed(), r.frame_no());
+                let frame = r.frame_no().unwrap_or(0);
+                if self.last_frame.swap(frame, Ordering::AcqRel) != frame {
+                    self.changed();
+                }
                 Ok(r.frame_no())
             }
             Err(e) => {
@@ -250,6 +281,9 @@ impl Store {
     /// The write itself has succeeded either way; a failed pull is logged
     /// and the periodic sync catches up.
     pub(crate) async fn written(&self) {
+        if self.mode == Mode::Local {
+            self.changed();
+        }
         if let Mode::Replica { .. } = self.mode {
             if let Err(e) = self.sync().await {
                 tracing::warn!(cause = %e, "sync after a write failed; the write is on the primary but not yet visible here");

@@ -43,7 +43,13 @@ mod wasm {
                 }
                 _ => "ok".to_string(),
             };
-            let headers = Fields::from_list(&[("content-type".to_string(), b"text/plain".to_vec())]).unwrap();
+            let headers = Fields::from_list(&[
+                ("content-type".to_string(), b"text/plain".to_vec()),
+                ("content-length".to_string(), body.len().to_string().into_bytes()),
+                // Cacheable, so the host's response cache is exercised across swaps.
+                ("cache-control".to_string(), b"max-age=60".to_vec()),
+            ])
+            .unwrap();
             let resp = OutgoingResponse::new(headers);
             let body_handle = resp.body().unwrap();
             ResponseOutparam::set(out, Ok(resp));

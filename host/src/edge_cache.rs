@@ -1,0 +1,166 @@
+//! The edge response cache: GET responses the worker marks cacheable are
+//! kept in memory, as a CDN in front of the worker would keep them, so a hit
+//! skips the worker and the database.
+//!
+//! Entries are keyed by request target, `Accept-Encoding`, `Origin` (CORS
+//! headers depend on it) and worker version (a swapped-in worker never sees
+//! the old one's responses), and
+//! stamped with the store's generation: any change to the local database (a
+//! write here, or a sync that brought frames) makes every older entry stale.
+//! That is coarse (one change anywhere drops everything) but never serves a
+//! replaced or deleted file. Bounded in bytes, least-recently-used first.
+
+use bytes::Bytes;
+use http::{HeaderMap, StatusCode};
+use prometheus_client::metrics::counter::Counter;
+use std::sync::Arc;
+
+/// Largest response body kept.
+pub const MAX_ENTRY_BYTES: usize = 256 << 10;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct Key {
+    pub target: String,
+    pub accept_encoding: String,
+    pub origin: String,
+    pub worker: String,
+}
+
+pub struct Entry {
+    pub generation: u64,
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+#[derive(Clone)]
+struct ByBytes;
+
+impl quick_cache::Weighter<Key, Arc<Entry>> for ByBytes {
+    fn weight(&self, key: &Key, val: &Arc<Entry>) -> u64 {
+        // Body plus a rough allowance for the key and headers.
+        (val.body.len() + key.target.len() + 512) as u64
+    }
+}
+
+pub struct EdgeCache {
+    entries: quick_cache::sync::Cache<Key, Arc<Entry>, ByBytes>,
+    pub hits: Counter,
+    pub misses: Counter,
+}
+
+impl EdgeCache {
+    pub fn new(capacity_bytes: u64) -> EdgeCache {
+        let estimated_items = (capacity_bytes / 4096).clamp(16, 1 << 20) as usize;
+        EdgeCache {
+            entries: quick_cache::sync::Cache::with_weighter(estimated_items, capacity_bytes, ByBytes),
+            hits: Counter::default(),
+            misses: Counter::default(),
+        }
+    }
+
+    /// A fresh entry for `key`, if there is one.
+    pub fn get(&self, key: &Key, generation: u64) -> Option<Arc<Entry>> {
+        match self.entries.get(key) {
+            Some(e) if e.generation == generation => {
+                self.hits.inc();
+                Some(e)
+            }
+            _ => {
+                self.misses.inc();
+                None
+            }
+        }
+    }
+
+    pub fn insert(&self, key: Key, entry: Entry) {
+        self.entries.insert(key, Arc::new(entry));
+    }
+}
+
+/// Whether a request may be answered from the cache: a plain GET or HEAD
+/// with no validators, ranges, credentials or replication position.
+pub fn request_is_cacheable(method: &http::Method, headers: &HeaderMap) -> bool {
+    const BYPASS: [&str; 9] = [
+        "range",
+        "if-match",
+        "if-none-match",
+        "if-modified-since",
+        "if-unmodified-since",
+        "if-range",
+        "authorization",
+        "cookie",
+        crate::server::POSITION_HEADER,
+    ];
+    (method == http::Method::GET || method == http::Method::HEAD) && !BYPASS.iter().any(|h| headers.contains_key(*h))
+}
+
+/// Whether the worker's response may be kept: a 200 with a Cache-Control
+/// that allows storing, varying only by what the key holds
+/// (Accept-Encoding, Origin), no cookies, and a known body length within
+/// [`MAX_ENTRY_BYTES`].
+pub fn response_is_cacheable(status: StatusCode, headers: &HeaderMap) -> bool {
+    let text = |name| headers.get(name).and_then(|v: &http::HeaderValue| v.to_str().ok());
+    let cache_control = match text(http::header::CACHE_CONTROL) {
+        Some(cc) => cc.to_ascii_lowercase(),
+        None => return false,
+    };
+    let storable = !cache_control.contains("no-store") && !cache_control.contains("private");
+    let vary_ok = headers.get_all(http::header::VARY).iter().all(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',').map(str::trim).all(|f| f.eq_ignore_ascii_case("accept-encoding") || f.eq_ignore_ascii_case("origin"))
+        })
+    });
+    let small = text(http::header::CONTENT_LENGTH)
+        .and_then(|l| l.parse::<usize>().ok())
+        .is_some_and(|l| l <= MAX_ENTRY_BYTES);
+    status == StatusCode::OK && storable && vary_ok && small && !headers.contains_key(http::header::SET_COOKIE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.insert(*n, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn cacheable_responses() {
+        let ok = headers(&[("cache-control", "no-cache"), ("content-length", "10")]);
+        assert!(response_is_cacheable(StatusCode::OK, &ok));
+        assert!(!response_is_cacheable(StatusCode::NOT_FOUND, &ok));
+        assert!(!response_is_cacheable(StatusCode::OK, &headers(&[("content-length", "10")])));
+        assert!(!response_is_cacheable(StatusCode::OK, &headers(&[("cache-control", "no-store"), ("content-length", "1")])));
+        assert!(!response_is_cacheable(StatusCode::OK, &headers(&[("cache-control", "private"), ("content-length", "1")])));
+        let origin = headers(&[("cache-control", "max-age=60"), ("content-length", "1"), ("vary", "Accept-Encoding, Origin")]);
+        assert!(response_is_cacheable(StatusCode::OK, &origin));
+        let cookie = headers(&[("cache-control", "max-age=60"), ("content-length", "1"), ("vary", "Cookie")]);
+        assert!(!response_is_cacheable(StatusCode::OK, &cookie));
+        let big = headers(&[("cache-control", "max-age=60"), ("content-length", "999999999")]);
+        assert!(!response_is_cacheable(StatusCode::OK, &big));
+    }
+
+    #[test]
+    fn cacheable_requests() {
+        assert!(request_is_cacheable(&http::Method::GET, &HeaderMap::new()));
+        assert!(!request_is_cacheable(&http::Method::PUT, &HeaderMap::new()));
+        assert!(!request_is_cacheable(&http::Method::GET, &headers(&[("range", "bytes=0-1")])));
+        assert!(!request_is_cacheable(&http::Method::GET, &headers(&[("if-none-match", "\"x\"")])));
+    }
+
+    #[test]
+    fn stale_generations_miss() {
+        let c = EdgeCache::new(1 << 20);
+        let key = Key { target: "/a".into(), accept_encoding: String::new(), origin: String::new(), worker: "w".into() };
+        let entry = Entry { generation: 1, status: StatusCode::OK, headers: HeaderMap::new(), body: Bytes::from_static(b"x") };
+        c.insert(key.clone(), entry);
+        assert!(c.get(&key, 1).is_some());
+        assert!(c.get(&key, 2).is_none());
+        assert_eq!((c.hits.get(), c.misses.get()), (1, 1));
+    }
+}
