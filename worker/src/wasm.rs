@@ -16,8 +16,11 @@ use wasi::http::types::{
 };
 use wasi::io::streams::{OutputStream, StreamError};
 
-/// Bytes asked of the host per `read` call, and of the request body per read.
+/// Bytes read from the request body at a time.
 const PIECE: u64 = 256 * 1024;
+/// The host stores bodies in chunks of this size; reading whole, aligned
+/// chunks costs one database read each.
+const CHUNK: u64 = 1024 * 1024;
 
 struct Worker;
 export!(Worker);
@@ -219,7 +222,7 @@ fn stream_file(stream: &OutputStream, part: &FilePart) -> bool {
     let mut offset = part.offset;
     let end = part.offset + part.len;
     while offset < end {
-        let want = PIECE.min(end - offset);
+        let want = (CHUNK - offset % CHUNK).min(end - offset);
         match files::read(part.version, &part.encoding, offset, want) {
             Ok(bytes) if bytes.is_empty() => return false,
             Ok(bytes) => {

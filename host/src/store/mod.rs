@@ -35,6 +35,38 @@ const REPLICA_MARKER: &str = "replica.primary";
 /// How long startup waits for the first sync before serving a stale replica.
 const FIRST_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Reads of at most this many bytes are cached (whole small files; large
+/// bodies stream through without displacing them).
+const SMALL_READ_BYTES: u64 = 64 << 10;
+/// Memory for cached metadata and small bodies.
+const READ_CACHE_BYTES: u64 = 32 << 20;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+enum ReadKey {
+    Stat(String),
+    /// version, encoding, offset, length
+    Body(u64, String, u64, u64),
+}
+
+/// A cached read, stamped with the generation it was read at.
+#[derive(Clone)]
+enum ReadEntry {
+    Stat(u64, Option<FileMeta>),
+    Body(u64, Option<bytes::Bytes>),
+}
+
+#[derive(Clone)]
+struct ReadWeight;
+
+impl quick_cache::Weighter<ReadKey, ReadEntry> for ReadWeight {
+    fn weight(&self, _key: &ReadKey, val: &ReadEntry) -> u64 {
+        match val {
+            ReadEntry::Stat(..) => 512,
+            ReadEntry::Body(_, b) => 256 + b.as_ref().map_or(0, |b| b.len() as u64),
+        }
+    }
+}
+
 /// Removes every file of the replica (and its marker).
 fn discard_replica(data_dir: &Path) -> anyhow::Result<()> {
     for entry in std::fs::read_dir(data_dir).with_context(|| format!("reading {}", data_dir.display()))? {
@@ -77,6 +109,10 @@ pub struct Store {
     generation: AtomicU64,
     /// Replication index after the last sync, to tell whether one changed anything.
     last_frame: AtomicU64,
+    /// The site document as of a generation: read on every request, so kept.
+    site_cache: Mutex<Option<(u64, String, Option<String>)>>,
+    /// Metadata and small bodies as of a generation: a hot file costs no SQL.
+    reads: quick_cache::sync::Cache<ReadKey, ReadEntry, ReadWeight>,
     /// Idle connections. Opening one per request would cost a file open and a
     /// cold page cache each time.
     idle: Mutex<Vec<Connection>>,
@@ -95,6 +131,8 @@ impl Store {
             stats,
             generation: AtomicU64::new(0),
             last_frame: AtomicU64::new(0),
+            site_cache: Mutex::new(None),
+            reads: quick_cache::sync::Cache::with_weighter(4096, READ_CACHE_BYTES, ReadWeight),
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -306,7 +344,7 @@ impl Store {
 
     /// Returns a connection for reuse. Only connections outside a transaction
     /// come back; the caller drops the others.
-    fn put_back(&self, conn: Connection) {
+    pub(crate) fn put_back(&self, conn: Connection) {
         if conn.is_autocommit() {
             let mut idle = self.idle.lock().expect("connection pool poisoned");
             if idle.len() < 64 {
@@ -316,6 +354,19 @@ impl Store {
     }
 
     pub async fn stat(&self, path: &str) -> Result<Option<FileMeta>, StoreError> {
+        let generation = self.generation();
+        let key = ReadKey::Stat(path.to_string());
+        if let Some(ReadEntry::Stat(g, meta)) = self.reads.get(&key) {
+            if g == generation {
+                return Ok(meta);
+            }
+        }
+        let meta = self.stat_uncached(path).await?;
+        self.reads.insert(key, ReadEntry::Stat(generation, meta.clone()));
+        Ok(meta)
+    }
+
+    async fn stat_uncached(&self, path: &str) -> Result<Option<FileMeta>, StoreError> {
         let conn = self.conn().await?;
         let sql = format!("SELECT {META_COLUMNS} FROM files WHERE path = ?1");
         let rows = query_all(&conn, &sql, [path]).await.map_err(|e| StoreError::read("stat", e))?;
@@ -332,9 +383,23 @@ impl Store {
         offset: u64,
         len: u64,
     ) -> Result<Option<Vec<u8>>, StoreError> {
+        let generation = self.generation();
+        let small = len <= SMALL_READ_BYTES;
+        let key = ReadKey::Body(version, encoding.to_string(), offset, len);
+        if small {
+            if let Some(ReadEntry::Body(g, bytes)) = self.reads.get(&key) {
+                if g == generation {
+                    return Ok(bytes.map(|b| b.to_vec()));
+                }
+            }
+        }
         let conn = self.conn().await?;
         let result = read_body(&conn, version, encoding, offset, len).await;
         self.put_back(conn);
+        if let (true, Ok(bytes)) = (small, &result) {
+            let entry = ReadEntry::Body(generation, bytes.as_deref().map(bytes::Bytes::copy_from_slice));
+            self.reads.insert(key, entry);
+        }
         result
     }
 
@@ -416,6 +481,18 @@ impl Store {
 
     /// A site configuration document, if one was set.
     pub async fn site_config(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let generation = self.generation();
+        if let Some((g, k, v)) = &*self.site_cache.lock().expect("poisoned") {
+            if *g == generation && k == key {
+                return Ok(v.clone());
+            }
+        }
+        let value = self.read_site_config(key).await?;
+        *self.site_cache.lock().expect("poisoned") = Some((generation, key.to_string(), value.clone()));
+        Ok(value)
+    }
+
+    async fn read_site_config(&self, key: &str) -> Result<Option<String>, StoreError> {
         let conn = self.conn().await?;
         let rows = query_all(&conn, "SELECT value FROM site_config WHERE key = ?1", [key])
             .await

@@ -16,6 +16,8 @@ use std::sync::Arc;
 /// Bodies larger than this are not precompressed: compressing them at
 /// upload would take seconds of CPU for little gain on typical blobs.
 pub const MAX_COMPRESS_SIZE: u64 = 32 << 20;
+/// Bodies smaller than this are not worth compressing.
+pub const MIN_COMPRESS_SIZE: u64 = 256;
 
 /// What a conditional write expects at its path (checked when publishing).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,12 +116,19 @@ enum Encoder {
 }
 
 impl Encoder {
-    fn all() -> Vec<Encoder> {
+    /// One encoder per coding, sized for a body of about `size_hint` bytes
+    /// (None: large or unknown): window buffers sized for megabytes cost
+    /// more to set up than compressing a small file does.
+    fn all(size_hint: Option<u64>) -> Vec<Encoder> {
+        let window = size_hint.map_or(22, |n| (64 - n.max(1).leading_zeros()).clamp(10, 22));
         let mut v = vec![
-            Encoder::Br(Box::new(brotli::CompressorWriter::new(Vec::new(), 64 << 10, 9, 22))),
+            Encoder::Br(Box::new(brotli::CompressorWriter::new(Vec::new(), 64 << 10, 9, window))),
             Encoder::Gzip(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best())),
         ];
-        if let Ok(z) = zstd::stream::write::Encoder::new(Vec::new(), 15) {
+        if let Ok(mut z) = zstd::stream::write::Encoder::new(Vec::new(), 15) {
+            if let Some(n) = size_hint {
+                let _ = z.set_pledged_src_size(Some(n));
+            }
             v.push(Encoder::Zstd(z));
         }
         v
@@ -175,6 +184,10 @@ pub struct Upload {
     expect: Option<Expect>,
     hasher: Sha256,
     body: BlobWriter,
+    /// Whether encodings are wanted (by media type) and still possible.
+    compress: bool,
+    /// The encodings being produced; started only once the body outgrows
+    /// its first chunk (smaller bodies are compressed whole at the end).
     variants: Vec<Variant>,
 }
 
@@ -187,11 +200,6 @@ impl Upload {
         max_size: u64,
         expect: Option<Expect>,
     ) -> Self {
-        let variants = if is_compressible(content_type) {
-            Encoder::all().into_iter().map(|encoder| Variant { encoder, writer: BlobWriter::new() }).collect()
-        } else {
-            Vec::new()
-        };
         Upload {
             store,
             conn,
@@ -201,7 +209,8 @@ impl Upload {
             expect,
             hasher: Sha256::new(),
             body: BlobWriter::new(),
-            variants,
+            compress: is_compressible(content_type),
+            variants: Vec::new(),
         }
     }
 
@@ -215,10 +224,23 @@ impl Upload {
             return Err(StoreError::TooLarge(self.max_size));
         }
         self.hasher.update(bytes);
-        self.body.push(&self.conn, &self.path, bytes).await?;
-        if self.body.size > MAX_COMPRESS_SIZE {
+        if self.body.size + bytes.len() as u64 > MAX_COMPRESS_SIZE {
+            self.compress = false;
             self.drop_variants().await;
         }
+        // The body is about to leave the buffer: start the encoders with
+        // what is buffered so far.
+        let leaves_buffer = self.body.blob.is_none() && self.body.pending.len() + bytes.len() >= CHUNK_SIZE;
+        if self.compress && self.variants.is_empty() && leaves_buffer {
+            self.variants = Encoder::all(None).into_iter().map(|encoder| Variant { encoder, writer: BlobWriter::new() }).collect();
+            let buffered = self.body.pending.clone();
+            self.feed_variants(&buffered).await?;
+        }
+        self.body.push(&self.conn, &self.path, bytes).await?;
+        self.feed_variants(bytes).await
+    }
+
+    async fn feed_variants(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         for i in 0..self.variants.len() {
             let v = &mut self.variants[i];
             // Compression is CPU work: keep it off the async scheduler.
@@ -243,6 +265,9 @@ impl Upload {
         let staged = self.stage().await?;
         let conn = self.conn.clone();
         let mut published = publish(&conn, vec![staged]).await?;
+        // Reuse the connection: with a replica each new one opens another
+        // write-delegation session on the primary, which holds it for a while.
+        self.store.put_back(conn);
         self.store.written().await;
         Ok(published.remove(0))
     }
@@ -251,6 +276,13 @@ impl Upload {
     /// everything is stored but nothing is visible yet.
     async fn stage(&mut self) -> Result<Staged, StoreError> {
         let hash = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        // A body that stayed within its first chunk is compressed whole now.
+        if self.compress && self.variants.is_empty() && self.body.blob.is_none() && self.body.size >= MIN_COMPRESS_SIZE {
+            let size = self.body.size;
+            self.variants = Encoder::all(Some(size)).into_iter().map(|encoder| Variant { encoder, writer: BlobWriter::new() }).collect();
+            let buffered = self.body.pending.clone();
+            self.feed_variants(&buffered).await?;
+        }
         let mut variants = Vec::new();
         for mut v in std::mem::take(&mut self.variants) {
             let name = v.encoder.name();
@@ -307,6 +339,7 @@ impl Upload {
     pub async fn abort(mut self) {
         self.body.discard(&self.conn).await;
         self.drop_variants().await;
+        self.store.put_back(self.conn.clone());
     }
 }
 
@@ -472,6 +505,7 @@ impl Batch {
         }
         let staged = std::mem::take(&mut self.staged);
         let published = publish(&self.conn, staged).await?;
+        self.store.put_back(self.conn.clone());
         self.store.written().await;
         Ok(published)
     }
@@ -542,7 +576,7 @@ mod tests {
     #[test]
     fn encoders_round_trip() {
         let text = "hello hello hello hello ".repeat(1000);
-        for mut e in Encoder::all() {
+        for mut e in Encoder::all(None).into_iter().chain(Encoder::all(Some(text.len() as u64))) {
             let name = e.name();
             e.write(text.as_bytes()).unwrap();
             let mut out = e.take_output();

@@ -1,0 +1,343 @@
+#!/usr/bin/env python3
+"""Benchmarks turserver against nginx and against its own native path.
+
+Everything is measured in one run on this machine, so the ratios mean
+something even on a noisy shared host. It builds release, prepares the same
+files in turserver and on disk, starts nginx (on loopback, with a config it
+writes) and a real sqld primary, runs wrk (each run bounded in time) and
+prints one table with each target marked met or not.
+
+    python3 tests/bench.py            # full run, about 6 minutes
+    python3 tests/bench.py --quick    # shorter runs, for a rough look
+
+Needs wrk and nginx (Debian: apt-get install wrk nginx-light).
+"""
+
+import argparse
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKEN = "bench-token"
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A child process killed at exit."""
+
+    live = []
+
+    def __init__(self, args, **kw):
+        self.p = subprocess.Popen(args, **kw)
+        Proc.live.append(self)
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+
+
+def cleanup():
+    for p in Proc.live:
+        p.stop()
+
+
+def http(method, url, body=None, headers=None):
+    req = urllib.request.Request(url, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read(), dict(r.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+def start_turserver(binary, data_dir, *extra):
+    args = [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir, "--write-token", TOKEN,
+            "--bench-native", *extra]
+    env = dict(os.environ, RUST_LOG="warn,turserver::server=info")
+    p = Proc(args, stderr=subprocess.PIPE, text=True, env=env)
+    addr = None
+    for line in p.p.stderr:
+        m = re.search(r"listening on http://(\S+)", line)
+        if m:
+            addr = m.group(1)
+            break
+    if not addr:
+        raise SystemExit("turserver printed no address")
+    threading.Thread(target=lambda: [None for _ in p.p.stderr], daemon=True).start()
+    url = f"http://{addr}"
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if http("GET", url + "/_turserver/ready")[0] == 200:
+                return p, url
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit("turserver did not become ready")
+
+
+def put(url, path, data, content_type="application/octet-stream"):
+    status, body, _ = http("PUT", f"{url}/{path}", data,
+                           {"Authorization": f"Bearer {TOKEN}", "Content-Type": content_type})
+    if status not in (201, 204):
+        raise SystemExit(f"PUT {path}: {status} {body[:200]!r}")
+
+
+def wrk(url, conns, seconds):
+    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", url],
+                         capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise SystemExit(f"wrk {url}: {errors.group(1)} error responses")
+
+    def pct(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)\b", out)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+    return rps, pct(50), pct(99)
+
+
+def nginx(root):
+    port = free_port()
+    prefix = tempfile.mkdtemp(prefix="bench-nginx-")
+    conf = os.path.join(prefix, "nginx.conf")
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes auto;
+daemon off;
+user root;
+error_log {prefix}/error.log;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 100000;
+    client_body_temp_path {prefix};
+    proxy_temp_path {prefix};
+    fastcgi_temp_path {prefix};
+    uwsgi_temp_path {prefix};
+    scgi_temp_path {prefix};
+    types {{ application/octet-stream bin; }}
+    server {{
+        listen 127.0.0.1:{port};
+        root {root};
+    }}
+}}
+""")
+    Proc(["nginx", "-c", conf, "-p", prefix], stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            http("GET", url + "/f1k.bin")
+            return url
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("nginx did not start")
+
+
+def rss_kib(pid, field):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+def download_test(url, pid, path, size, clients):
+    with open(f"/proc/{pid}/clear_refs", "w") as f:
+        f.write("5")
+    before = rss_kib(pid, "VmRSS")
+    started = time.time()
+    procs = [subprocess.Popen(["curl", "-s", "-o", "/dev/null", f"{url}/{path}"]) for _ in range(clients)]
+    for p in procs:
+        p.wait()
+    took = time.time() - started
+    peak = rss_kib(pid, "VmHWM")
+    return clients * size / took / (1 << 30), (peak - before) / 1024
+
+
+def sync_lag(primary_url, edge_url, writes, interval):
+    """Write-on-primary to visible-on-edge, in ms, over `writes` writes."""
+    lags = []
+    for i in range(writes):
+        sql = {"statements": [{"q": "INSERT INTO files (path, content, content_type) VALUES (?, ?, 'text/plain')",
+                               "params": [f"lag/{i}.txt", f"lag {i}"]}]}
+        # Spread writes over the sync cycle, so the figure covers every phase.
+        time.sleep((i % 7) / 7 * interval)
+        t0 = time.time()
+        status, body, _ = http("POST", primary_url, json.dumps(sql).encode(), {"Content-Type": "application/json"})
+        if status != 200:
+            raise SystemExit(f"write on the primary failed: {status} {body[:200]!r}")
+        while http("GET", f"{edge_url}/lag/{i}.txt", headers={"Accept": "text/plain"})[0] != 200:
+            time.sleep(0.002)
+        lags.append((time.time() - t0) * 1000)
+    lags.sort()
+    return lags[len(lags) // 2], lags[min(len(lags) - 1, int(len(lags) * 0.99))]
+
+
+def batch_vs_put(url, files):
+    payload = [(f"put/{i}.txt", os.urandom(1024)) for i in range(files)]
+    t0 = time.time()
+    for path, data in payload:
+        put(url, path, data)
+    single = files / (time.time() - t0)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, data in payload:
+            info = tarfile.TarInfo("batch/" + path)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    t0 = time.time()
+    status, body, _ = http("POST", f"{url}/_api/batch", buf.getvalue(),
+                           {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/x-tar"})
+    if status != 200:
+        raise SystemExit(f"batch failed: {status} {body[:200]!r}")
+    batched = files / (time.time() - t0)
+    return single, batched
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="shorter runs")
+    opts = ap.parse_args()
+    seconds = 3 if opts.quick else 8
+    lag_writes = 40 if opts.quick else 200
+    for tool in ("wrk", "nginx", "curl"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing: apt-get install wrk nginx-light curl")
+
+    log("building release...")
+    subprocess.run(["cargo", "build", "--release", "-p", "turserver"], cwd=ROOT, check=True)
+    binary = os.path.join(ROOT, "target/release/turserver")
+    sqld = subprocess.run(["bash", "tests/setup.sh"], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout.strip().splitlines()[-1]
+
+    work = tempfile.mkdtemp(prefix="turserver-bench-")
+    files = {"f1k.bin": os.urandom(1024), "f100k.bin": os.urandom(100 * 1024)}
+    big = os.urandom(1 << 20) * 100
+    disk = os.path.join(work, "www")
+    os.makedirs(disk)
+    for name, data in list(files.items()) + [("big.bin", big)]:
+        with open(os.path.join(disk, name), "wb") as f:
+            f.write(data)
+
+    nginx_url = nginx(disk)
+    plain, plain_url = start_turserver(binary, os.path.join(work, "plain"), "--response-cache-mib", "0")
+    cached, cached_url = start_turserver(binary, os.path.join(work, "cached"))
+    for url in (plain_url, cached_url):
+        for name, data in files.items():
+            put(url, name, data)
+    put(plain_url, "big.bin", big)
+
+    rows = []
+    for name in files:
+        for conns in (2, 64):
+            results = {}
+            for label, url in [("nginx", f"{nginx_url}/{name}"),
+                               ("native", f"{plain_url}/_turserver/native/{name}"),
+                               ("worker", f"{plain_url}/{name}"),
+                               ("worker+cache", f"{cached_url}/{name}")]:
+                log(f"wrk {label} {name} c={conns}")
+                results[label] = wrk(url, conns, seconds)
+            for label, (rps, p50, p99) in results.items():
+                rows.append((f"{name} c={conns}", label, rps, p50, p99,
+                             rps / results["nginx"][0], rps / results["native"][0]))
+
+    log("replica mode: starting sqld")
+    port = free_port()
+    primary = Proc([sqld, "--db-path", os.path.join(work, "primary"), "--http-listen-addr",
+                    f"127.0.0.1:{port}", "--no-welcome"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    primary_url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if http("GET", primary_url + "/health")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.05)
+    edge, edge_url = start_turserver(binary, os.path.join(work, "edge"), "--primary-url", primary_url,
+                                     "--response-cache-mib", "0")
+    put(edge_url, "f1k.bin", files["f1k.bin"])
+    replica_rows = {}
+    for conns in (2, 64):
+        log(f"wrk replica c={conns}")
+        replica_rows[conns] = wrk(f"{edge_url}/f1k.bin", conns, seconds)
+    log(f"sync lag over {lag_writes} writes at the default 1s interval")
+    lag50, lag99 = sync_lag(primary_url, edge_url, lag_writes, 1.0)
+    log("batch vs single PUT (200 x 1 KiB, replica mode)")
+    single_rate, batch_rate = batch_vs_put(edge_url, 200)
+
+    log("100 MiB downloads")
+    one_gibs, _ = download_test(plain_url, plain.p.pid, "big.bin", len(big), 1)
+    many_gibs, rss_growth = download_test(plain_url, plain.p.pid, "big.bin", len(big), 16)
+    nginx_gibs, _ = download_test(nginx_url, Proc.live[0].p.pid, "big.bin", len(big), 1)
+
+    print()
+    print(f"{'test':<16} {'target':<13} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'/nginx':>7} {'/native':>8}")
+    for test, label, rps, p50, p99, vs_nginx, vs_native in rows:
+        print(f"{test:<16} {label:<13} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f} {vs_nginx:>7.2f} {vs_native:>8.2f}")
+    for conns, (rps, p50, p99) in replica_rows.items():
+        print(f"{'f1k.bin c=' + str(conns):<16} {'replica':<13} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f}")
+    print()
+    print(f"100 MiB download, 1 client: {one_gibs:.2f} GiB/s (nginx {nginx_gibs:.2f} GiB/s)")
+    print(f"100 MiB download, 16 clients: {many_gibs:.2f} GiB/s aggregate, host RSS growth {rss_growth:.1f} MiB")
+    print(f"sync lag (write on primary -> visible on edge, 1s interval): p50 {lag50:.0f} ms, p99 {lag99:.0f} ms")
+    print(f"writes, 200 x 1 KiB in replica mode: {single_rate:.0f} files/s one PUT each, "
+          f"{batch_rate:.0f} files/s in one batch ({batch_rate / single_rate:.1f}x)")
+
+    def ratio(test, label, base):
+        for t, l, rps, _, _, vn, vnat in rows:
+            if t == test and l == label:
+                return vn if base == "nginx" else vnat
+    checks = [
+        ("1 KiB worker, 64 conns >= 0.5x nginx", ratio("f1k.bin c=64", "worker", "nginx") >= 0.5,
+         f"{ratio('f1k.bin c=64', 'worker', 'nginx'):.2f}x"),
+        ("1 KiB worker+cache, 64 conns >= 1.0x nginx", ratio("f1k.bin c=64", "worker+cache", "nginx") >= 1.0,
+         f"{ratio('f1k.bin c=64', 'worker+cache', 'nginx'):.2f}x"),
+        ("worker >= 0.4x native (1 KiB, 64 conns)", ratio("f1k.bin c=64", "worker", "native") >= 0.4,
+         f"{ratio('f1k.bin c=64', 'worker', 'native'):.2f}x"),
+        ("100 MiB download >= 2 GiB/s", one_gibs >= 2.0, f"{one_gibs:.2f} GiB/s"),
+        ("RSS growth <= 64 MiB with 16 downloads", rss_growth <= 64, f"{rss_growth:.1f} MiB"),
+        ("edge read p99 < 1 ms at 2 conns (replica)", replica_rows[2][2] < 1.0, f"{replica_rows[2][2]:.2f} ms"),
+        ("sync lag p99 <= interval + 50 ms", lag99 <= 1050, f"{lag99:.0f} ms"),
+    ]
+    print()
+    for name, ok, figure in checks:
+        print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        cleanup()
