@@ -275,6 +275,26 @@ async fn native(state: &AppState, req: hyper::Request<Incoming>) -> hyper::Respo
     resp
 }
 
+/// Small bodies are gathered before the head is sent, so hyper writes head
+/// and body in one go (the worker's body otherwise arrives just after the
+/// head, costing a second write and packet).
+const COALESCE_BYTES: u64 = 64 << 10;
+
+fn content_length(resp: &hyper::Response<HyperOutgoingBody>) -> Option<u64> {
+    resp.headers().get(hyper::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+async fn coalesce(resp: hyper::Response<HyperOutgoingBody>) -> hyper::Response<HyperOutgoingBody> {
+    let (parts, body) = resp.into_parts();
+    match body.collect().await {
+        Ok(c) => hyper::Response::from_parts(parts, Full::new(c.to_bytes()).map_err(|never: Infallible| match never {}).boxed_unsync()),
+        Err(e) => {
+            tracing::warn!(cause = ?e, "the worker's response body failed");
+            text_response(500, "worker failed while sending the response")
+        }
+    }
+}
+
 fn header_text(req: &hyper::Request<Incoming>, name: hyper::header::HeaderName) -> String {
     req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
@@ -336,7 +356,7 @@ async fn handle(state: &AppState, wait: Duration, mut req: hyper::Request<Incomi
     if let Some(v) = version {
         resp.headers_mut().insert("x-turserver-worker", v);
     }
-    if let (Some(cache), Some(key), true) = (&state.edge_cache, cache_key, is_get) {
+    if let (Some(cache), Some(key), true) = (&state.edge_cache, cache_key.clone(), is_get) {
         if edge_cache::response_is_cacheable(resp.status(), resp.headers()) {
             let (mut parts, body) = resp.into_parts();
             let bytes = match body.collect().await {
@@ -357,6 +377,9 @@ async fn handle(state: &AppState, wait: Duration, mut req: hyper::Request<Incomi
                 Full::new(bytes).map_err(|never: Infallible| match never {}).boxed_unsync(),
             );
         }
+    }
+    if is_get && content_length(&resp).is_some_and(|n| n <= COALESCE_BYTES) {
+        resp = coalesce(resp).await;
     }
     if is_write && resp.status().is_success() {
         if let Some(position) = state.store.write_position() {

@@ -220,7 +220,6 @@ fn setup(s: &Server) -> Fixture {
 fn cases(f: &Fixture) -> Vec<Case> {
     let d = &f.data;
     let tag = f.data_tag.clone();
-    let inner = tag.trim_matches('"').to_string();
     let lm = f.data_lm.clone();
     let earlier = "Mon, 01 Jan 2001 00:00:00 GMT";
     let br_tag = format!("\"{}-br\"", f.app_hash);

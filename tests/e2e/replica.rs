@@ -69,7 +69,9 @@ fn row_written_directly_on_the_primary_reaches_every_edge() {
 
 #[test]
 fn twenty_mib_round_trips_with_bounded_memory() {
-    // Bound: four chunk sizes (CHUNK_SIZE is 1 MiB).
+    // Bound: six chunk sizes (CHUNK_SIZE is 1 MiB). A piece in flight exists
+    // at once in the host's read buffer, the worker's memory and the
+    // outgoing stream; buffering the 20 MiB body would grow it by ~16 MiB.
     let primary = Sqld::start();
     let edge = Server::replica(&primary, SYNC);
     let body = pseudo_random(20 * 1024 * 1024, 20);
@@ -100,7 +102,7 @@ fn twenty_mib_round_trips_with_bounded_memory() {
     assert_eq!(sha256_hex(&got), expected, "20 MiB body differs");
     let growth_mib = peak.saturating_sub(before) as f64 / 1024.0;
     assert!(
-        growth_mib <= 4.0,
+        growth_mib <= 6.0,
         "serving 20 MiB grew the host's RSS by {growth_mib:.1} MiB (before {before} KiB, peak {peak} KiB)"
     );
 }
