@@ -264,7 +264,7 @@ async fn native(state: &AppState, req: hyper::Request<Incoming>) -> hyper::Respo
             _ => return text_response(500, "read failed"),
         }
     }
-    let mut resp = hyper::Response::new(Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}).boxed_unsync());
+    let mut resp = hyper::Response::new(full_body(body));
     let h = resp.headers_mut();
     if let Ok(v) = http::HeaderValue::from_str(&meta.content_type) {
         h.insert(hyper::header::CONTENT_TYPE, v);
@@ -287,7 +287,7 @@ fn content_length(resp: &hyper::Response<HyperOutgoingBody>) -> Option<u64> {
 async fn coalesce(resp: hyper::Response<HyperOutgoingBody>) -> hyper::Response<HyperOutgoingBody> {
     let (parts, body) = resp.into_parts();
     match body.collect().await {
-        Ok(c) => hyper::Response::from_parts(parts, Full::new(c.to_bytes()).map_err(|never: Infallible| match never {}).boxed_unsync()),
+        Ok(c) => hyper::Response::from_parts(parts, full_body(c.to_bytes())),
         Err(e) => {
             tracing::warn!(cause = ?e, "the worker's response body failed");
             text_response(500, "worker failed while sending the response")
@@ -301,7 +301,7 @@ fn header_text(req: &hyper::Request<Incoming>, name: hyper::header::HeaderName) 
 
 fn cached_response(entry: &edge_cache::Entry, head: bool) -> hyper::Response<HyperOutgoingBody> {
     let body = if head { Bytes::new() } else { entry.body.clone() };
-    let mut resp = hyper::Response::new(Full::new(body).map_err(|never: Infallible| match never {}).boxed_unsync());
+    let mut resp = hyper::Response::new(full_body(body));
     *resp.status_mut() = entry.status;
     *resp.headers_mut() = entry.headers.clone();
     resp.headers_mut().insert("turserver-cache", http::HeaderValue::from_static("hit"));
@@ -374,7 +374,7 @@ async fn handle(state: &AppState, wait: Duration, mut req: hyper::Request<Incomi
             parts.headers.insert("turserver-cache", http::HeaderValue::from_static("miss"));
             return hyper::Response::from_parts(
                 parts,
-                Full::new(bytes).map_err(|never: Infallible| match never {}).boxed_unsync(),
+                full_body(bytes),
             );
         }
     }
@@ -477,16 +477,21 @@ fn write_access(state: &AppState, req: &mut hyper::Request<Incoming>) -> WriteAc
 }
 
 fn json_response(status: u16, body: Vec<u8>) -> hyper::Response<HyperOutgoingBody> {
-    let body = Full::new(Bytes::from(body)).map_err(|never: Infallible| match never {}).boxed_unsync();
+    let body = full_body(body);
     let mut resp = hyper::Response::new(body);
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut().insert(hyper::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     resp
 }
 
+/// A complete body in the type every response here carries.
+fn full_body(bytes: impl Into<Bytes>) -> HyperOutgoingBody {
+    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed_unsync()
+}
+
 /// A short plain-text response made by the host.
 pub fn text_response(status: u16, message: &str) -> hyper::Response<HyperOutgoingBody> {
-    let body = Full::new(Bytes::from(format!("{message}\n"))).map_err(|never: Infallible| match never {}).boxed_unsync();
+    let body = full_body(format!("{message}\n"));
     let mut resp = hyper::Response::new(body);
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut().insert(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static header"));

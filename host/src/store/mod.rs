@@ -5,16 +5,25 @@
 //! are written as chunks under a fresh `blob_id` before the `files` row that
 //! publishes them, so a reader never sees half a file and no statement
 //! carries more than one chunk (the primary limits message sizes).
+//!
+//! - `schema`: versioned migrations, run through the primary.
+//! - `upload`: staging bodies (and their encodings) and publishing them.
+//! - `replica`: opening, checking and rebuilding the embedded replica.
+//! - `sql`: rows copied out of statements, with typed getters.
 
+mod replica;
 mod schema;
+mod sql;
 mod upload;
+
+pub(crate) use sql::{query_all, Record};
 
 pub use upload::{Batch, Expect, Upload};
 
 use crate::error::StoreError;
 use crate::status::SyncStats;
 use anyhow::Context;
-use libsql::{Connection, Database, Value};
+use libsql::{Connection, Database};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,14 +36,6 @@ pub const CHUNK_SIZE: usize = 1 << 20;
 pub const MAX_LIST_LIMIT: u32 = 1000;
 /// Staged uploads older than this are garbage (their writer died).
 pub const STALE_UPLOAD_SECS: i64 = 3600;
-/// The replica's database file in the data directory; libSQL keeps three
-/// more beside it (`-wal`, `-shm`, `-client_wal_index`).
-const REPLICA_FILE: &str = "replica.db";
-/// Records which primary the replica was made from.
-const REPLICA_MARKER: &str = "replica.primary";
-/// How long startup waits for the first sync before serving a stale replica.
-const FIRST_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 /// Reads of at most this many bytes are cached (whole small files; large
 /// bodies stream through without displacing them).
 const SMALL_READ_BYTES: u64 = 64 << 10;
@@ -65,18 +66,6 @@ impl quick_cache::Weighter<ReadKey, ReadEntry> for ReadWeight {
             ReadEntry::Body(_, b) => 256 + b.as_ref().map_or(0, |b| b.len() as u64),
         }
     }
-}
-
-/// Removes every file of the replica (and its marker).
-fn discard_replica(data_dir: &Path) -> anyhow::Result<()> {
-    for entry in std::fs::read_dir(data_dir).with_context(|| format!("reading {}", data_dir.display()))? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().to_string();
-        if name.starts_with(REPLICA_FILE) || name == REPLICA_MARKER {
-            std::fs::remove_file(entry.path()).with_context(|| format!("removing {name}"))?;
-        }
-    }
-    Ok(())
 }
 
 /// Whether the database is a local file or a replica of a primary.
@@ -161,95 +150,6 @@ impl Store {
         schema::migrate(&conn).await?;
         store.put_back(conn);
         Ok(store)
-    }
-
-    /// Opens (or creates) the embedded replica of `url` in `data_dir`.
-    ///
-    /// A replica made from another primary, or one whose files are damaged,
-    /// is refused (`rebuild` discards it and copies the primary again). When
-    /// the primary cannot be reached, an existing replica is served as it is
-    /// (the edge is not ready until a sync succeeds); without one, opening
-    /// fails.
-    pub async fn open_replica(
-        data_dir: &Path,
-        url: &str,
-        token: Option<&str>,
-        rebuild: bool,
-        stats: Arc<SyncStats>,
-    ) -> anyhow::Result<Store> {
-        let path = data_dir.join(REPLICA_FILE);
-        let marker = data_dir.join(REPLICA_MARKER);
-        let hint = "restart with --rebuild-replica to discard it and copy the primary again";
-        if rebuild {
-            discard_replica(data_dir)?;
-            tracing::warn!(dir = %data_dir.display(), "discarded the replica; copying the primary again");
-        }
-        let existed = path.exists();
-        match std::fs::read_to_string(&marker) {
-            Ok(owner) if owner.trim() != url => anyhow::bail!(
-                "the replica in {} was made from the primary {}, not {}; {hint}",
-                data_dir.display(),
-                crate::status::redact_url(owner.trim()),
-                crate::status::redact_url(url)
-            ),
-            _ => {}
-        }
-        let db = libsql::Builder::new_remote_replica(&path, url.to_string(), token.unwrap_or_default().to_string())
-            // libSQL's own read-your-writes pulls frames after every delegated
-            // statement, once per staged chunk; `written` syncs once per
-            // committed write instead.
-            .read_your_writes(false)
-            .build()
-            .await
-            .map_err(|e| anyhow::anyhow!("opening the replica {} failed ({e}); {hint}", path.display()))?;
-        let store = Store::new(db, Mode::Replica { url: url.to_string() }, stats);
-        if existed {
-            store.check_integrity().await.map_err(|why| {
-                anyhow::anyhow!("the replica in {} is damaged ({why}); {hint}", data_dir.display())
-            })?;
-        }
-        let first_sync = tokio::time::timeout(FIRST_SYNC_TIMEOUT, store.sync()).await;
-        match first_sync {
-            Ok(Ok(_)) => {
-                let conn = store.conn().await?;
-                schema::migrate(&conn).await.context("migrating the primary's schema")?;
-                store.put_back(conn);
-                store.sync().await.context("sync after migration")?;
-            }
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer within {FIRST_SYNC_TIMEOUT:?}"),
-                };
-                if !existed || store.check_schema().await.is_err() {
-                    anyhow::bail!("cannot reach the primary {} ({why}) and there is no local copy to serve", crate::status::redact_url(url));
-                }
-                tracing::warn!(cause = %why, "the primary is unreachable; serving the local replica as it is until a sync succeeds");
-            }
-        }
-        std::fs::write(&marker, url).with_context(|| format!("writing {}", marker.display()))?;
-        Ok(store)
-    }
-
-    /// A structural check of the local replica, run locally (a `SELECT`, so
-    /// libSQL does not delegate it to the primary).
-    async fn check_integrity(&self) -> Result<(), String> {
-        let conn = self.conn().await.map_err(|e| e.to_string())?;
-        let rows = query_all(&conn, "SELECT * FROM pragma_quick_check", ()).await.map_err(|e| e.to_string())?;
-        let verdict: Vec<String> = rows.iter().filter_map(|r| r.opt_text(0).ok().flatten()).collect();
-        if verdict != ["ok"] {
-            return Err(verdict.join("; "));
-        }
-        self.check_schema().await?;
-        self.put_back(conn);
-        Ok(())
-    }
-
-    async fn check_schema(&self) -> Result<(), String> {
-        let conn = self.conn().await.map_err(|e| e.to_string())?;
-        query_all(&conn, "SELECT count(*) FROM files", ()).await.map_err(|e| e.to_string())?;
-        self.put_back(conn);
-        Ok(())
     }
 
     pub fn mode(&self) -> &Mode {
@@ -698,67 +598,6 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
     let next = (last as u32 + 1..=0x10FFFF).find_map(char::from_u32)?;
     chars.push(next);
     Some(chars.into_iter().collect())
-}
-
-/// One result row, copied out of the statement. (A local libSQL `Row` is a
-/// view of its statement's current step, so rows cannot be kept as they are.)
-pub(crate) struct Record(Vec<Value>);
-
-impl Record {
-    fn value(&self, i: usize) -> &Value {
-        self.0.get(i).unwrap_or(&Value::Null)
-    }
-
-    pub fn opt_i64(&self, i: usize) -> Result<Option<i64>, StoreError> {
-        match self.value(i) {
-            Value::Null => Ok(None),
-            Value::Integer(n) => Ok(Some(*n)),
-            other => Err(StoreError::Internal(format!("column {i}: expected an integer, found {other:?}"))),
-        }
-    }
-
-    pub fn i64(&self, i: usize) -> Result<i64, StoreError> {
-        self.opt_i64(i)?.ok_or_else(|| StoreError::Internal(format!("column {i}: unexpected NULL")))
-    }
-
-    pub fn opt_text(&self, i: usize) -> Result<Option<String>, StoreError> {
-        match self.value(i) {
-            Value::Null => Ok(None),
-            Value::Text(t) => Ok(Some(t.clone())),
-            other => Err(StoreError::Internal(format!("column {i}: expected text, found {other:?}"))),
-        }
-    }
-
-    pub fn text(&self, i: usize) -> Result<String, StoreError> {
-        self.opt_text(i)?.ok_or_else(|| StoreError::Internal(format!("column {i}: unexpected NULL")))
-    }
-
-    /// A blob column; text is taken as its UTF-8 bytes (rows written by hand
-    /// may store bodies as text).
-    pub fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.value(i) {
-            Value::Null => Ok(None),
-            Value::Blob(b) => Ok(Some(b.clone())),
-            Value::Text(t) => Ok(Some(t.clone().into_bytes())),
-            other => Err(StoreError::Internal(format!("column {i}: expected a blob, found {other:?}"))),
-        }
-    }
-}
-
-/// Runs a query and reads every row: a `Rows` left unfinished keeps a read
-/// snapshot open on its connection, hiding later syncs.
-pub(crate) async fn query_all(
-    conn: &Connection,
-    sql: &str,
-    params: impl libsql::params::IntoParams,
-) -> Result<Vec<Record>, libsql::Error> {
-    let mut rows = conn.query(sql, params).await?;
-    let columns = rows.column_count();
-    let mut out = Vec::new();
-    while let Some(row) = rows.next().await? {
-        out.push(Record((0..columns).map(|i| row.get_value(i)).collect::<Result<_, _>>()?));
-    }
-    Ok(out)
 }
 
 pub(crate) fn unix_now() -> i64 {
