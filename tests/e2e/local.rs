@@ -166,3 +166,46 @@ fn data_survives_a_restart() {
     let got = s.get("/keep.bin").bytes().unwrap();
     assert_eq!(sha256_hex(&got), sha256_hex(&body));
 }
+
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    use std::io::{Read, Write};
+    let mut s = Server::local();
+    let body = pseudo_random(8 * 1024 * 1024, 11);
+    assert_eq!(s.put("/drain.bin", None, body.clone()).status(), 201);
+
+    let mut stream = std::net::TcpStream::connect(s.addr).unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    stream.write_all(b"GET /drain.bin HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut got = vec![0u8; 64 * 1024];
+    let n = stream.read(&mut got).unwrap();
+    got.truncate(n);
+
+    // Shut down while the response is still being sent.
+    s.signal_term();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(std::net::TcpStream::connect(s.addr).is_err(), "no new connections after SIGTERM");
+    let mut rest = Vec::new();
+    // Read slowly-ish: the server must wait for us.
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                rest.extend_from_slice(&buf[..n]);
+                let header_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+                if got.len() - header_end + rest.len() >= body.len() {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(e) => panic!("the download was cut off: {e}"),
+        }
+    }
+    got.extend_from_slice(&rest);
+    let header_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert_eq!(sha256_hex(&got[header_end..]), sha256_hex(&body), "the in-flight download completed intact");
+    drop(stream);
+    assert_eq!(s.wait_exit(std::time::Duration::from_secs(10)), Some(true), "turserver exited cleanly:\n{}", s.log());
+    assert!(s.log().contains("drained"));
+}
