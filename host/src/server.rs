@@ -60,20 +60,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         metrics: Metrics::new(&sync_stats, edge_cache.as_deref()),
         consistency_wait: args.consistency_wait,
     });
-    let server = tokio::spawn(serve(listener, shared.clone(), shutdown_signal()));
+    let mut server = tokio::spawn(serve(listener, shared.clone(), shutdown_signal()));
+    // A signal while starting ends the server task: stop starting then.
     let (app, _tasks) = tokio::select! {
         started = start(&args, sync_stats, edge_cache) => started?,
-        ended = until_finished(&server) => return ended,
+        ended = &mut server => return ended.context("the server task failed")?,
     };
     let _ = shared.app.set(app);
     server.await.context("the server task failed")?
-}
-
-async fn until_finished(server: &tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
-    while !server.is_finished() {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Ok(())
 }
 
 /// Opens the store and loads the worker; the tasks returned run as long as

@@ -14,7 +14,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// after a write, and on-demand syncs for read-your-writes).
 pub struct SyncStats {
     pub ok: AtomicU64,
-    pub failed: AtomicU64,
     /// Unix milliseconds of the last successful sync (0: never).
     pub last_success_ms: AtomicU64,
     pub last_duration_us: AtomicU64,
@@ -30,7 +29,6 @@ impl Default for SyncStats {
     fn default() -> Self {
         SyncStats {
             ok: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
             last_success_ms: AtomicU64::new(0),
             last_duration_us: AtomicU64::new(0),
             replication_index: AtomicU64::new(0),
@@ -60,7 +58,6 @@ impl SyncStats {
 
     pub fn failed(&self, why: String) {
         self.failures.inc();
-        self.failed.fetch_add(1, Ordering::Relaxed);
         *self.last_error.lock().expect("poisoned") = Some(why);
     }
 }
@@ -136,7 +133,7 @@ pub fn render(state: &AppState) -> Vec<u8> {
             last_duration_ms: s.last_duration_us.load(Ordering::Relaxed) as f64 / 1000.0,
             last_error: s.last_error.lock().expect("poisoned").clone(),
             syncs_ok: s.ok.load(Ordering::Relaxed),
-            syncs_failed: s.failed.load(Ordering::Relaxed),
+            syncs_failed: s.failures.get(),
         }),
     };
     serde_json::to_vec_pretty(&status).unwrap_or_default()
