@@ -3,7 +3,8 @@
 //!
 //! Write access is decided by the server from the request's bearer token
 //! before the worker runs (the header is removed, so the token never enters
-//! guest memory); here it only gates `begin-upload` and `delete`.
+//! guest memory); here it only gates the writes: `begin-upload`,
+//! `begin-batch`, `delete` and `set-site-config`.
 
 use crate::bindings::files::{self, Encoded, Error, Expectation, Listing, Metadata, Written};
 use crate::error::StoreError;
@@ -70,6 +71,12 @@ impl FilesCtx {
             WriteAccess::Missing => Err(Error::Unauthorized),
             WriteAccess::Denied => Err(Error::Forbidden),
         }
+    }
+
+    /// Write access, then a path the host accepts (workers are untrusted).
+    fn check_write_to(&self, path: &str) -> Result<(), Error> {
+        self.check_write()?;
+        crate::store::validate_path(path).map_err(Error::Invalid)
     }
 }
 
@@ -173,11 +180,8 @@ impl files::Host for FilesView<'_> {
         expect: Option<Expectation>,
     ) -> HostResult<Resource<UploadHandle>> {
         let _progress = self.progressed();
-        if let Err(e) = self.ctx.check_write() {
+        if let Err(e) = self.ctx.check_write_to(&path) {
             return Ok(Err(e));
-        }
-        if let Err(why) = crate::store::validate_path(&path) {
-            return Ok(Err(Error::Invalid(why)));
         }
         let upload = self.ctx.store.begin_upload(&path, &content_type, self.ctx.max_upload, size_hint, to_expect(expect));
         match upload.await {
@@ -199,11 +203,8 @@ impl files::Host for FilesView<'_> {
 
     async fn delete(&mut self, path: String, expect: Option<Expectation>) -> HostResult<()> {
         let _progress = self.progressed();
-        if let Err(e) = self.ctx.check_write() {
+        if let Err(e) = self.ctx.check_write_to(&path) {
             return Ok(Err(e));
-        }
-        if let Err(why) = crate::store::validate_path(&path) {
-            return Ok(Err(Error::Invalid(why)));
         }
         let expect = to_expect(expect);
         Ok(match bounded("delete", self.ctx.store.delete(&path, expect.as_ref())).await {
@@ -214,10 +215,12 @@ impl files::Host for FilesView<'_> {
     }
 
     async fn site_config(&mut self) -> HostResult<Option<String>> {
+        let _progress = self.progressed();
         Ok(self.ctx.store.site_config(SITE_KEY).await.map_err(|e| to_wit("site config", e)))
     }
 
     async fn set_site_config(&mut self, json: String) -> HostResult<()> {
+        let _progress = self.progressed();
         if let Err(e) = self.ctx.check_write() {
             return Ok(Err(e));
         }
