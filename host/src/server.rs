@@ -278,13 +278,17 @@ fn content_length(resp: &hyper::Response<HyperOutgoingBody>) -> Option<u64> {
     resp.headers().get(hyper::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
-async fn coalesce(resp: hyper::Response<HyperOutgoingBody>) -> hyper::Response<HyperOutgoingBody> {
+/// The whole body of a worker's response, or the 500 to send instead when
+/// the worker failed while sending it.
+async fn gather(
+    resp: hyper::Response<HyperOutgoingBody>,
+) -> Result<(http::response::Parts, Bytes), hyper::Response<HyperOutgoingBody>> {
     let (parts, body) = resp.into_parts();
     match body.collect().await {
-        Ok(c) => hyper::Response::from_parts(parts, full_body(c.to_bytes())),
+        Ok(c) => Ok((parts, c.to_bytes())),
         Err(e) => {
             tracing::warn!(cause = ?e, "the worker's response body failed");
-            text_response(500, "worker failed while sending the response")
+            Err(text_response(500, "worker failed while sending the response"))
         }
     }
 }
@@ -350,30 +354,21 @@ async fn handle(state: &AppState, wait: Duration, mut req: hyper::Request<Incomi
     if let Some(v) = version {
         resp.headers_mut().insert("x-turserver-worker", v);
     }
-    if let (Some(cache), Some(key), true) = (&state.edge_cache, cache_key.clone(), is_get) {
-        if edge_cache::response_is_cacheable(resp.status(), resp.headers()) {
-            let (mut parts, body) = resp.into_parts();
-            let bytes = match body.collect().await {
-                Ok(c) => c.to_bytes(),
-                Err(e) => {
-                    tracing::warn!(cause = ?e, "the worker's response body failed");
-                    return text_response(500, "worker failed while sending the response");
-                }
-            };
+    // A GET that the cache keeps, or one small enough, is gathered whole
+    // before the head is sent.
+    let cacheable = is_get && cache_key.is_some() && edge_cache::response_is_cacheable(resp.status(), resp.headers());
+    if cacheable || (is_get && content_length(&resp).is_some_and(|n| n <= COALESCE_BYTES)) {
+        let (mut parts, bytes) = match gather(resp).await {
+            Ok(gathered) => gathered,
+            Err(failed) => return failed,
+        };
+        if let (true, Some(cache), Some(key)) = (cacheable, &state.edge_cache, cache_key) {
             parts.headers.remove("x-request-id");
-            cache.insert(
-                key,
-                edge_cache::Entry { generation, status: parts.status, headers: parts.headers.clone(), body: bytes.clone() },
-            );
+            let entry = edge_cache::Entry { generation, status: parts.status, headers: parts.headers.clone(), body: bytes.clone() };
+            cache.insert(key, entry);
             parts.headers.insert("turserver-cache", http::HeaderValue::from_static("miss"));
-            return hyper::Response::from_parts(
-                parts,
-                full_body(bytes),
-            );
         }
-    }
-    if is_get && content_length(&resp).is_some_and(|n| n <= COALESCE_BYTES) {
-        resp = coalesce(resp).await;
+        resp = hyper::Response::from_parts(parts, full_body(bytes));
     }
     if is_write && resp.status().is_success() {
         if let Some(position) = state.store.write_position() {
