@@ -251,13 +251,9 @@ async fn native(state: &AppState, req: hyper::Request<Incoming>) -> hyper::Respo
         Ok(None) => return text_response(404, "not found"),
         Err(e) => return text_response(500, &e.to_string()),
     };
-    let mut body = Vec::with_capacity(meta.size as usize);
-    while (body.len() as u64) < meta.size {
-        match state.store.read(meta.version, "identity", body.len() as u64, crate::store::CHUNK_SIZE as u64).await {
-            Ok(Some(piece)) if !piece.is_empty() => body.extend_from_slice(&piece),
-            _ => return text_response(500, "read failed"),
-        }
-    }
+    let Ok(body) = state.store.read_whole(meta.version, meta.size).await else {
+        return text_response(500, "read failed");
+    };
     let mut resp = hyper::Response::new(full_body(body));
     let h = resp.headers_mut();
     if let Ok(v) = http::HeaderValue::from_str(&meta.content_type) {

@@ -9,7 +9,7 @@
 
 use crate::runtime::{Runtime, Worker};
 use crate::server::AppState;
-use crate::store::{Store, CHUNK_SIZE};
+use crate::store::Store;
 use crate::sync::AbortOnDrop;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
@@ -177,7 +177,7 @@ pub fn spawn_database_watch(state: Arc<AppState>, interval: Duration) -> AbortOn
                 if state.workers.is_current_or_refused(&meta.hash) {
                     continue;
                 }
-                match read_all(&state.store, meta.version, meta.size).await {
+                match state.store.read_whole(meta.version, meta.size).await {
                     Ok(bytes) => {
                         let _ = try_swap(&state, bytes, "database").await;
                     }
@@ -192,24 +192,9 @@ pub fn spawn_database_watch(state: Arc<AppState>, interval: Duration) -> AbortOn
 /// The deployed worker at startup, if there is one.
 pub async fn deployed(store: &Store) -> anyhow::Result<Option<Vec<u8>>> {
     match store.stat(DEPLOY_PATH).await? {
-        Some(meta) => Ok(Some(read_all(store, meta.version, meta.size).await?)),
+        Some(meta) => Ok(Some(store.read_whole(meta.version, meta.size).await?)),
         None => Ok(None),
     }
-}
-
-async fn read_all(store: &Store, version: u64, size: u64) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::with_capacity(size as usize);
-    while (out.len() as u64) < size {
-        let piece = store
-            .read(version, "identity", out.len() as u64, CHUNK_SIZE as u64)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("the deployed worker was replaced while being read"))?;
-        if piece.is_empty() {
-            anyhow::bail!("the deployed worker is shorter than its recorded size");
-        }
-        out.extend_from_slice(&piece);
-    }
-    Ok(out)
 }
 
 /// `PUT /_turserver/worker`: checks the component compiles and links, stores

@@ -303,6 +303,22 @@ impl Store {
         result
     }
 
+    /// A whole identity body of `size` bytes, read chunk by chunk.
+    pub async fn read_whole(&self, version: u64, size: u64) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::with_capacity(size as usize);
+        while (out.len() as u64) < size {
+            let piece = self
+                .read(version, "identity", out.len() as u64, CHUNK_SIZE as u64)
+                .await?
+                .ok_or_else(|| StoreError::Internal(format!("version {version} was replaced while being read")))?;
+            if piece.is_empty() {
+                return Err(StoreError::Internal(format!("version {version} is shorter than its recorded size")));
+            }
+            out.extend_from_slice(&piece);
+        }
+        Ok(out)
+    }
+
     /// Files under `prefix` after `cursor`, at most `limit`; the second value
     /// is the cursor of the next page.
     pub async fn list(
