@@ -71,10 +71,7 @@ fn upload(
     size_hint: Option<u64>,
     expect: Option<Expect>,
 ) -> Result<(Metadata, bool), StoreError> {
-    let expect = expect.map(|e| match e {
-        Expect::Absent => files::Expectation::Absent,
-        Expect::Hash(h) => files::Expectation::Hash(h),
-    });
+    let expect = expect.map(to_wit_expect);
     let upload = files::begin_upload(path, content_type, size_hint, expect.as_ref()).map_err(from_wit)?;
     let body = request.consume().map_err(|()| StoreError::Invalid("request body already taken".into()))?;
     let stream = body.stream().map_err(|()| StoreError::Invalid("request body unreadable".into()))?;
@@ -268,10 +265,7 @@ impl core::Store for HostStore {
     }
 
     fn delete(&mut self, path: &str, expect: Option<Expect>) -> Result<(), StoreError> {
-        let expect = expect.map(|e| match e {
-            Expect::Absent => files::Expectation::Absent,
-            Expect::Hash(h) => files::Expectation::Hash(h),
-        });
+        let expect = expect.map(to_wit_expect);
         files::delete(path, expect.as_ref()).map_err(from_wit)
     }
 
@@ -294,6 +288,13 @@ fn to_core(m: files::Metadata) -> Metadata {
         last_modified: m.last_modified,
         created: m.created,
         encodings: m.encodings.into_iter().map(|e| (e.encoding, e.size)).collect(),
+    }
+}
+
+fn to_wit_expect(e: Expect) -> files::Expectation {
+    match e {
+        Expect::Absent => files::Expectation::Absent,
+        Expect::Hash(h) => files::Expectation::Hash(h),
     }
 }
 
