@@ -4,8 +4,10 @@
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    interfaces: "import turserver:store/files@0.1.0;",
+    interfaces: "import turserver:store/files@0.1.1;",
     imports: { default: async | trappable },
+    // The sidecar carries these values as JSON.
+    additional_derives: [serde::Serialize, serde::Deserialize],
     with: {
         "turserver:store/files.upload": crate::files::UploadHandle,
         "turserver:store/files.batch": crate::files::BatchHandle,

@@ -9,6 +9,7 @@
 use crate::bindings::files::{self, Encoded, Error, Expectation, Listing, Metadata, Written};
 use crate::error::StoreError;
 use crate::store::{Batch, Expect, FileMeta, Store, Upload};
+use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
 
@@ -20,6 +21,23 @@ pub enum WriteAccess {
     /// A token was sent and it is not the write token.
     Denied,
     Granted,
+}
+
+impl WriteAccess {
+    /// Judges an `Authorization` header value (`Bearer <token>`) against the
+    /// SHA-256 of the write token; comparing digests keeps the comparison's
+    /// timing independent of how much of a guessed token is right.
+    pub fn judge(header: Option<&[u8]>, write_token_digest: Option<&[u8; 32]>) -> WriteAccess {
+        let Some(value) = header else { return WriteAccess::Missing };
+        let token = std::str::from_utf8(value).ok().and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        });
+        match (token, write_token_digest) {
+            (Some(t), Some(expected)) if Sha256::digest(t.as_bytes()).as_slice() == expected => WriteAccess::Granted,
+            _ => WriteAccess::Denied,
+        }
+    }
 }
 
 /// Per-request view of the store.
@@ -228,6 +246,12 @@ impl files::Host for FilesView<'_> {
             return Ok(Err(Error::Invalid(format!("site configuration larger than {MAX_SITE_CONFIG} bytes"))));
         }
         Ok(bounded("set site config", self.ctx.store.set_site_config(SITE_KEY, &json)).await)
+    }
+
+    async fn authorize(&mut self, _credentials: String) -> wasmtime::Result<()> {
+        // Write access was decided from the request before the worker ran
+        // (and the header removed); a worker cannot raise it.
+        Ok(())
     }
 }
 

@@ -141,6 +141,18 @@ async fn start(
         edge_cache,
         bench_native: args.bench_native,
     });
+    if let (Some(addr), Some(token)) = (args.sidecar_listen, &args.sidecar_token) {
+        let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the sidecar on {addr}"))?;
+        let addr = listener.local_addr().context("reading the sidecar's bound address")?;
+        tracing::info!("sidecar listening on http://{addr}");
+        let sidecar = Arc::new(crate::sidecar::Sidecar {
+            store: store.clone(),
+            token_digest: Sha256::digest(token.as_bytes()).into(),
+            write_token_digest: state.write_token_digest,
+            max_upload: args.max_upload_size,
+        });
+        tasks.push(AbortOnDrop::new(tokio::spawn(crate::sidecar::serve(listener, sidecar))));
+    }
     tasks.push(match &args.worker {
         Some(path) => workers::spawn_file_watch(state.clone(), path.clone()),
         None => workers::spawn_database_watch(state.clone(), args.sync_interval),
@@ -448,17 +460,8 @@ async fn deploy_worker(state: &AppState, mut req: hyper::Request<Incoming>) -> h
 
 /// Reads and removes the `Authorization` header: the worker never sees it.
 fn write_access(state: &AppState, req: &mut hyper::Request<Incoming>) -> WriteAccess {
-    let Some(value) = req.headers_mut().remove(hyper::header::AUTHORIZATION) else {
-        return WriteAccess::Missing;
-    };
-    let token = value.to_str().ok().and_then(|v| {
-        let (scheme, token) = v.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-    });
-    match (token, &state.write_token_digest) {
-        (Some(t), Some(expected)) if Sha256::digest(t.as_bytes()).as_slice() == expected => WriteAccess::Granted,
-        _ => WriteAccess::Denied,
-    }
+    let value = req.headers_mut().remove(hyper::header::AUTHORIZATION);
+    WriteAccess::judge(value.as_ref().map(|v| v.as_bytes()), state.write_token_digest.as_ref())
 }
 
 fn json_response(status: u16, body: Vec<u8>) -> hyper::Response<HyperOutgoingBody> {

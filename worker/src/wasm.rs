@@ -32,6 +32,11 @@ impl Guest for Worker {
             path_and_query: request.path_with_query().unwrap_or_else(|| "/".into()),
             headers: request.headers().entries(),
         };
+        // turserver takes this header before the worker runs; under Spin it
+        // arrives here, and the store (through its sidecar) judges it.
+        if let Some((_, value)) = req.headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("authorization")) {
+            files::authorize(&String::from_utf8_lossy(value));
+        }
         let resp = match core::handle(&req, &mut HostStore) {
             Outcome::Respond(resp) => resp,
             Outcome::Upload { path, content_type, size_hint, expect } => {
