@@ -114,6 +114,17 @@ pub struct ServeArgs {
     #[arg(long, env = "TURSERVER_CONSISTENCY_WAIT", default_value = "2s", value_parser = parse_duration)]
     pub consistency_wait: Duration,
 
+    /// Also serve the store to workers running elsewhere (on Spin, through
+    /// the store adapter) on this address. Keep it private: it needs
+    /// `--sidecar-token`, and it must differ from `--listen`.
+    #[arg(long, env = "TURSERVER_SIDECAR_LISTEN")]
+    pub sidecar_listen: Option<SocketAddr>,
+
+    /// Bearer token the store adapter must send to the sidecar (Spin's
+    /// secret variable `sidecar_token`).
+    #[arg(long, env = "TURSERVER_SIDECAR_TOKEN", hide_env_values = true)]
+    pub sidecar_token: Option<String>,
+
     /// How long a worker instance may run without progress (no body bytes
     /// moving, no store calls) before it is stopped with 504.
     #[arg(long, env = "TURSERVER_WORKER_DEADLINE", default_value = DEFAULT_WORKER_DEADLINE, value_parser = parse_duration)]
@@ -146,6 +157,22 @@ impl ServeArgs {
         }
         if self.worker_memory_mib == 0 || self.worker_memory_mib > 4096 {
             bail!("--worker-memory-mib must be between 1 and 4096");
+        }
+        match (&self.sidecar_listen, &self.sidecar_token) {
+            (Some(_), None) => bail!("--sidecar-listen needs --sidecar-token"),
+            (None, Some(_)) => bail!("--sidecar-token was given without --sidecar-listen"),
+            (Some(addr), Some(token)) => {
+                if token.trim().is_empty() {
+                    bail!("--sidecar-token must not be empty");
+                }
+                if self.write_token.as_deref() == Some(token.as_str()) {
+                    bail!("--sidecar-token must differ from --write-token");
+                }
+                if addr.port() != 0 && addr.port() == self.listen.port() {
+                    bail!("--sidecar-listen must not share the public port {}", self.listen.port());
+                }
+            }
+            (None, None) => {}
         }
         if let Some(w) = &self.worker {
             std::fs::metadata(w).with_context(|| format!("--worker {}", w.display()))?;

@@ -12,6 +12,7 @@
 //! - [`status`]: `GET /_turserver/status` and the sync counters behind it.
 //! - [`metrics`]: `GET /metrics` (Prometheus).
 //! - [`edge_cache`]: the in-memory response cache in front of the worker.
+//! - [`sidecar`]: the store over HTTP for workers on Spin (`--sidecar-listen`).
 //! - [`bindings`]: the only `bindgen!`, for `turserver:store/files`.
 //! - [`files`]: the host side of `turserver:store/files`.
 //! - [`store`]: the libSQL database: schema, queries, chunked uploads.
@@ -28,6 +29,7 @@ pub mod files;
 pub mod metrics;
 pub mod runtime;
 pub mod server;
+pub mod sidecar;
 pub mod status;
 pub mod store;
 pub mod sync;

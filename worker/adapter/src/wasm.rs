@@ -1,0 +1,333 @@
+//! The component: each `files` call is one HTTP call to the sidecar. An
+//! upload or a batch is one streamed request whose body the worker's
+//! `write` calls feed; its answer comes back at `finish`/`commit` (or at
+//! the first `write` the sidecar refuses, when it answered early).
+
+#[cfg(feature = "spin")]
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "turserver:store/adapter-spin",
+    generate_all,
+    additional_derives: [serde::Serialize, serde::Deserialize],
+    additional_derives_ignore: ["stream-error"],
+});
+
+#[cfg(not(feature = "spin"))]
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "turserver:store/adapter-env",
+    generate_all,
+    additional_derives: [serde::Serialize, serde::Deserialize],
+    additional_derives_ignore: ["stream-error"],
+});
+
+use crate::wire::{self, Sidecar};
+use exports::turserver::store::files::{
+    self as api, Error, Expectation, Guest, GuestBatch, GuestUpload, Listing, Metadata, Written,
+};
+use std::cell::RefCell;
+use wasi::http::outgoing_handler;
+use wasi::http::types::{
+    FutureIncomingResponse, Fields, IncomingResponse, Method, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
+};
+use wasi::io::streams::{OutputStream, StreamError};
+
+struct Adapter;
+export!(Adapter);
+
+/// Header the sidecar reads the client's credentials from.
+const CLIENT_AUTHORIZATION: &str = "turserver-client-authorization";
+/// Largest JSON answer read (a listing page of 1000 files fits easily).
+const MAX_JSON: usize = 16 << 20;
+const SECOND_NS: u64 = 1_000_000_000;
+
+thread_local! {
+    /// The client's `Authorization` value, from `authorize`. One instance
+    /// serves one request, so this is that request's.
+    static CREDENTIALS: RefCell<Option<String>> = const { RefCell::new(None) };
+}
+
+/// The sidecar's address and token, read from the configuration on each
+/// call (Spin resolves variables per request; they may change).
+struct Config {
+    sidecar: Sidecar,
+    token: String,
+}
+
+#[cfg(feature = "spin")]
+fn setting(name: &str) -> Result<String, Error> {
+    fermyon::spin::variables::get(name).map_err(|e| {
+        Error::Unavailable(format!("the store adapter cannot read the Spin variable {name}: {e:?}"))
+    })
+}
+
+#[cfg(not(feature = "spin"))]
+fn setting(name: &str) -> Result<String, Error> {
+    let var = format!("TURSERVER_{}", name.to_ascii_uppercase());
+    std::env::var(&var).map_err(|_| Error::Unavailable(format!("the store adapter needs the environment variable {var}")))
+}
+
+fn config() -> Result<Config, Error> {
+    let sidecar = Sidecar::parse(&setting("sidecar_url")?).map_err(Error::Unavailable)?;
+    Ok(Config { sidecar, token: setting("sidecar_token")? })
+}
+
+/// An HTTP call to the sidecar whose request body may still be streaming.
+struct Pending {
+    sidecar: String,
+    stream: Option<OutputStream>,
+    body: Option<OutgoingBody>,
+    response: FutureIncomingResponse,
+}
+
+/// Starts `method target`; `write` calls carry the client's credentials.
+fn start(method: Method, call: &str, params: &[(&str, &str)], write: bool, streaming: bool) -> Result<Pending, Error> {
+    let config = config()?;
+    let mut headers = vec![("authorization".to_string(), format!("Bearer {}", config.token).into_bytes())];
+    if write {
+        if let Some(c) = CREDENTIALS.with(|c| c.borrow().clone()) {
+            headers.push((CLIENT_AUTHORIZATION.to_string(), c.into_bytes()));
+        }
+    }
+    let fields = Fields::from_list(&headers).map_err(|e| Error::Invalid(format!("credentials not sendable: {e:?}")))?;
+    let request = OutgoingRequest::new(fields);
+    let target = config.sidecar.target(call, params);
+    let scheme = if config.sidecar.https { Scheme::Https } else { Scheme::Http };
+    let malformed = |what: &str| Error::Unavailable(format!("the sidecar URL gives an unusable {what}"));
+    request.set_method(&method).map_err(|()| malformed("method"))?;
+    request.set_scheme(Some(&scheme)).map_err(|()| malformed("scheme"))?;
+    request.set_authority(Some(&config.sidecar.authority)).map_err(|()| malformed("host"))?;
+    request.set_path_with_query(Some(&target)).map_err(|()| malformed("path"))?;
+    let body = request.body().map_err(|()| Error::Internal("outgoing body unavailable".into()))?;
+    // Runtimes may not support every timeout; the defaults apply then.
+    let options = RequestOptions::new();
+    let _ = options.set_connect_timeout(Some(5 * SECOND_NS));
+    if !streaming {
+        // A streamed upload is answered only once its body is in.
+        let _ = options.set_first_byte_timeout(Some(30 * SECOND_NS));
+    }
+    let sidecar = format!("{}://{}", if config.sidecar.https { "https" } else { "http" }, config.sidecar.authority);
+    let response = outgoing_handler::handle(request, Some(options)).map_err(|e| unreachable(&sidecar, e))?;
+    let stream = body.write().map_err(|()| Error::Internal("outgoing body stream unavailable".into()))?;
+    Ok(Pending { sidecar, stream: Some(stream), body: Some(body), response })
+}
+
+fn unreachable(sidecar: &str, e: impl std::fmt::Debug) -> Error {
+    Error::Unavailable(format!("the store sidecar at {sidecar} is unreachable: {e:?}"))
+}
+
+impl Pending {
+    /// Writes all of `bytes` to the request body.
+    fn send(&self, bytes: &[u8]) -> Result<(), ()> {
+        let stream = self.stream.as_ref().ok_or(())?;
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let permit = match stream.check_write() {
+                Ok(0) => {
+                    stream.subscribe().block();
+                    continue;
+                }
+                Ok(n) => n.min(rest.len() as u64) as usize,
+                Err(_) => return Err(()),
+            };
+            stream.write(&rest[..permit]).map_err(|_| ())?;
+            rest = &rest[permit..];
+        }
+        stream.blocking_flush().map_err(|_| ())
+    }
+
+    /// Ends the request body (`complete`: properly, else as cut off) and
+    /// waits for the answer.
+    fn answer(mut self, complete: bool) -> Result<(u16, Vec<u8>), Error> {
+        drop(self.stream.take());
+        if let Some(body) = self.body.take() {
+            if complete {
+                let _ = OutgoingBody::finish(body, None);
+            }
+        }
+        self.response.subscribe().block();
+        let response = match self.response.get() {
+            Some(Ok(Ok(r))) => r,
+            Some(Ok(Err(e))) => return Err(unreachable(&self.sidecar, e)),
+            _ => return Err(Error::Unavailable(format!("no answer from the store sidecar at {}", self.sidecar))),
+        };
+        let status = response.status();
+        let body = read_all(&response, MAX_JSON).map_err(|why| {
+            Error::Unavailable(format!("the store sidecar at {} sent a broken answer: {why}", self.sidecar))
+        })?;
+        Ok((status, body))
+    }
+}
+
+fn read_all(response: &IncomingResponse, limit: usize) -> Result<Vec<u8>, String> {
+    let body = response.consume().map_err(|()| "body already taken".to_string())?;
+    let stream = body.stream().map_err(|()| "body unreadable".to_string())?;
+    let mut out = Vec::new();
+    loop {
+        match stream.blocking_read(1 << 20) {
+            Ok(bytes) => {
+                out.extend_from_slice(&bytes);
+                if out.len() > limit {
+                    return Err(format!("answer larger than {limit} bytes"));
+                }
+            }
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(e)) => return Err(e.to_debug_string()),
+        }
+    }
+    Ok(out)
+}
+
+/// A finished answer: the body on success, else the error it carries.
+fn decode(pending: Pending, complete: bool) -> Result<Vec<u8>, Error> {
+    let sidecar = pending.sidecar.clone();
+    let (status, body) = pending.answer(complete)?;
+    if (200..300).contains(&status) {
+        return Ok(body);
+    }
+    Err(serde_json::from_slice::<Error>(&body)
+        .unwrap_or_else(|_| Error::Unavailable(format!("the store sidecar at {sidecar} answered {status}"))))
+}
+
+fn json<T: serde::de::DeserializeOwned>(body: Vec<u8>) -> Result<T, Error> {
+    serde_json::from_slice(&body).map_err(|e| Error::Internal(format!("unexpected answer from the store sidecar: {e}")))
+}
+
+/// One call without a request body.
+fn call(method: Method, name: &str, params: &[(&str, &str)], write: bool) -> Result<Vec<u8>, Error> {
+    decode(start(method, name, params, write, false)?, true)
+}
+
+fn expect_param(expect: &Option<Expectation>) -> Option<String> {
+    expect.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default())
+}
+
+impl Guest for Adapter {
+    type Upload = Upload;
+    type Batch = Batch;
+
+    fn stat(path: String) -> Result<Metadata, Error> {
+        json(call(Method::Get, "stat", &[("path", &path)], false)?)
+    }
+
+    fn read(version: u64, encoding: String, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        let (version, offset, len) = (version.to_string(), offset.to_string(), len.to_string());
+        let params = [("version", version.as_str()), ("encoding", &encoding), ("offset", &offset), ("len", &len)];
+        call(Method::Get, "read", &params, false)
+    }
+
+    fn list_files(prefix: String, cursor: Option<String>, limit: u32) -> Result<Listing, Error> {
+        let limit = limit.to_string();
+        let mut params = vec![("prefix", prefix.as_str()), ("limit", &limit)];
+        if let Some(c) = &cursor {
+            params.push(("cursor", c));
+        }
+        json(call(Method::Get, "list", &params, false)?)
+    }
+
+    fn begin_upload(
+        path: String,
+        content_type: String,
+        size_hint: Option<u64>,
+        expect: Option<Expectation>,
+    ) -> Result<api::Upload, Error> {
+        let size_hint = size_hint.map(|n| n.to_string());
+        let expect = expect_param(&expect);
+        let mut params = vec![("path", path.as_str()), ("content-type", &content_type)];
+        if let Some(n) = &size_hint {
+            params.push(("size-hint", n));
+        }
+        if let Some(e) = &expect {
+            params.push(("expect", e));
+        }
+        let pending = start(Method::Put, "upload", &params, true, true)?;
+        Ok(api::Upload::new(Upload(Streamed(RefCell::new(Some(pending))))))
+    }
+
+    fn begin_batch() -> Result<api::Batch, Error> {
+        let pending = start(Method::Post, "batch", &[], true, true)?;
+        Ok(api::Batch::new(Batch(Streamed(RefCell::new(Some(pending))))))
+    }
+
+    fn delete(path: String, expect: Option<Expectation>) -> Result<(), Error> {
+        let expect = expect_param(&expect);
+        let mut params = vec![("path", path.as_str())];
+        if let Some(e) = &expect {
+            params.push(("expect", e));
+        }
+        call(Method::Delete, "file", &params, true).map(drop)
+    }
+
+    fn site_config() -> Result<Option<String>, Error> {
+        let body = call(Method::Get, "site-config", &[], false)?;
+        if body.is_empty() {
+            return Ok(None);
+        }
+        String::from_utf8(body).map(Some).map_err(|_| Error::Internal("site configuration is not UTF-8".into()))
+    }
+
+    fn set_site_config(json: String) -> Result<(), Error> {
+        let pending = start(Method::Put, "site-config", &[], true, false)?;
+        let sent = pending.send(json.as_bytes()).is_ok();
+        decode(pending, sent).map(drop)
+    }
+
+    fn authorize(credentials: String) {
+        CREDENTIALS.with(|c| *c.borrow_mut() = Some(credentials));
+    }
+}
+
+/// Pieces of one streamed request; `None` once answered.
+struct Streamed(RefCell<Option<Pending>>);
+
+impl Streamed {
+    fn send(&self, pieces: &[&[u8]]) -> Result<(), Error> {
+        let mut slot = self.0.borrow_mut();
+        let pending = slot.as_ref().ok_or_else(|| Error::Invalid("already finished".into()))?;
+        if pieces.iter().all(|p| pending.send(p).is_ok()) {
+            return Ok(());
+        }
+        // The sidecar stopped reading: it answered early, with the reason.
+        let pending = slot.take().expect("checked above");
+        match decode(pending, false) {
+            Err(e) => Err(e),
+            Ok(_) => Err(Error::Unavailable("the store sidecar ended the upload early".into())),
+        }
+    }
+
+    fn finish(&self) -> Result<Vec<u8>, Error> {
+        let pending = self.0.borrow_mut().take().ok_or_else(|| Error::Invalid("already finished".into()))?;
+        decode(pending, true)
+    }
+}
+
+pub struct Upload(Streamed);
+pub struct Batch(Streamed);
+
+impl GuestUpload for Upload {
+    fn write(&self, bytes: Vec<u8>) -> Result<(), Error> {
+        self.0.send(&[&bytes])
+    }
+
+    fn finish(&self) -> Result<Written, Error> {
+        json(self.0.finish()?)
+    }
+}
+
+impl GuestBatch for Batch {
+    fn add(&self, path: String, content_type: String) -> Result<(), Error> {
+        let payload = wire::add_payload(&path, &content_type);
+        self.0.send(&[&wire::frame(b'A', payload.len()), &payload])
+    }
+
+    fn write(&self, bytes: Vec<u8>) -> Result<(), Error> {
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.0.send(&[&wire::frame(b'W', bytes.len()), &bytes])
+    }
+
+    fn commit(&self) -> Result<Vec<Written>, Error> {
+        json(self.0.finish()?)
+    }
+}
