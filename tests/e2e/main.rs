@@ -6,5 +6,6 @@ mod conformance;
 mod local;
 mod operations;
 mod replica;
+mod spin;
 mod swap;
 mod support;

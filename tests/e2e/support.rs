@@ -447,3 +447,71 @@ pub fn install_file(src: &Path, dest: &Path) {
 pub fn status(s: &Server) -> serde_json::Value {
     s.get("/_turserver/status").json().expect("status JSON")
 }
+
+/// The build's target directory (the `turserver` binary's grandparent).
+pub fn target_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_turserver")).parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+/// The `wasmtime` CLI: `TURSERVER_WASMTIME`, else where `tests/setup.sh`
+/// installs it.
+fn wasmtime_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("TURSERVER_WASMTIME") {
+        return PathBuf::from(p);
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/wasmtime/wasmtime_cli/wasmtime");
+    assert!(p.exists(), "wasmtime not found at {}: run `bash tests/setup.sh` or set TURSERVER_WASMTIME", p.display());
+    p
+}
+
+impl Server {
+    /// The sidecar's address, from the line the server logs when it binds.
+    pub fn sidecar_addr(&self) -> String {
+        let log = self.log.text();
+        let line = log.lines().find_map(|l| l.split("sidecar listening on http://").nth(1));
+        line.unwrap_or_else(|| panic!("no sidecar in the log:\n{log}")).trim().to_string()
+    }
+}
+
+/// `wasmtime serve` running a component, as a stand-in for Spin.
+pub struct WasmtimeServe {
+    child: Child,
+    pub addr: String,
+    log: Log,
+}
+
+impl WasmtimeServe {
+    /// Serves `component` with the given environment variables.
+    pub fn start(component: &Path, env: &[(&str, &str)]) -> WasmtimeServe {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(wasmtime_binary());
+        cmd.args(["serve", "-Scli", "--addr", &addr]);
+        for (k, v) in env {
+            cmd.arg("--env").arg(format!("{k}={v}"));
+        }
+        let mut child =
+            cmd.arg(component).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start wasmtime serve");
+        let log = Log::default();
+        log.capture(child.stdout.take().unwrap());
+        log.capture(child.stderr.take().unwrap());
+        let serve = WasmtimeServe { child, addr, log };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while TcpStream::connect(&serve.addr).is_err() {
+            assert!(Instant::now() < deadline, "wasmtime serve did not listen:\n{}", serve.log.text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        serve
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for WasmtimeServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        dump_on_panic("wasmtime serve", &self.log);
+    }
+}

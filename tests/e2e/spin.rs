@@ -1,0 +1,271 @@
+//! The worker outside turserver: the composed component (worker + store
+//! adapter) under `wasmtime serve`, a standard wasi:http runtime standing in
+//! for Spin, with its store on a real turserver sidecar; and the Spin
+//! manifest checked against what its build makes.
+
+use crate::support::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SIDECAR_TOKEN: &str = "test-sidecar-token";
+
+/// Worker + adapter configured by environment variables.
+fn composed() -> PathBuf {
+    target_dir().join("spin/turserver-wasi.wasm")
+}
+
+fn sidecar_flags() -> [&'static str; 4] {
+    ["--sidecar-listen", "127.0.0.1:0", "--sidecar-token", SIDECAR_TOKEN]
+}
+
+/// A turserver with its sidecar on, on a fresh data directory.
+fn sidecar_server(label: &str, extra: &[&str]) -> Server {
+    let dir = TempDir::new(label);
+    let data = dir.path().to_path_buf();
+    Server::start(&data, &[extra, &sidecar_flags()].concat(), Some(dir))
+}
+
+fn spin_worker(sidecar: &str, token: &str) -> WasmtimeServe {
+    let url = format!("http://{sidecar}");
+    WasmtimeServe::start(&composed(), &[("TURSERVER_SIDECAR_URL", &url), ("TURSERVER_SIDECAR_TOKEN", token)])
+}
+
+/// The foundation's local-mode checks, against the server at `base`, on
+/// paths under `dir`.
+fn foundation_checks(base: &str, dir: &str) {
+    let c = client();
+    let url = |p: &str| format!("{base}/{dir}/{p}");
+    let css = b"body { color: red }\n".to_vec();
+
+    // Auth: no token, a wrong token; nothing is written.
+    let r = c.put(url("style.css")).body(css.clone()).send().unwrap();
+    assert_eq!(r.status(), 401, "{base}");
+    assert!(r.text().unwrap().contains("write token is required"));
+    let r = c.put(url("style.css")).bearer_auth("wrong").body(css.clone()).send().unwrap();
+    assert_eq!(r.status(), 403, "{base}");
+    let r = c.get(url("style.css")).send().unwrap();
+    assert_eq!(r.status(), 404, "{base}");
+    assert_eq!(r.text().unwrap(), "not found\n");
+
+    // Create, read, HEAD.
+    let r = c.put(url("style.css")).bearer_auth(TOKEN).body(css.clone()).send().unwrap();
+    assert_eq!(r.status(), 201, "{base}");
+    let etag = format!("\"{}\"", sha256_hex(&css));
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
+    assert_eq!(r.headers()["location"].to_str().unwrap(), format!("/{dir}/style.css"));
+    let r = c.get(url("style.css")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/css; charset=utf-8");
+    assert_eq!(r.headers()["content-length"], css.len().to_string().as_str());
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
+    assert!(r.headers().contains_key("last-modified"));
+    assert_eq!(r.bytes().unwrap().to_vec(), css);
+    let r = c.head(url("style.css")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-length"], css.len().to_string().as_str());
+    assert!(r.bytes().unwrap().is_empty());
+    let r = c.get(url("style.css")).header("if-none-match", &etag).send().unwrap();
+    assert_eq!(r.status(), 304);
+    let r = c.get(url("style.css")).header("range", "bytes=0-3").send().unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().unwrap().as_ref(), b"body");
+
+    // Replace, list, delete.
+    let r = c.put(url("style.css")).bearer_auth(TOKEN).header("content-type", "text/plain").body("v2").send().unwrap();
+    assert_eq!(r.status(), 204);
+    let r = c.get(url("style.css")).send().unwrap();
+    assert_eq!(r.headers()["content-type"], "text/plain");
+    assert_eq!(r.bytes().unwrap().as_ref(), b"v2");
+    assert_eq!(c.put(url("b.txt")).bearer_auth(TOKEN).body("b").send().unwrap().status(), 201);
+    let list: Value = c.get(format!("{base}/_api/files?prefix={dir}/")).send().unwrap().json().unwrap();
+    let paths: Vec<&str> = list["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, [format!("{dir}/b.txt"), format!("{dir}/style.css")]);
+    assert_eq!(list["files"][1]["size"], 2);
+    assert_eq!(c.delete(url("style.css")).send().unwrap().status(), 401);
+    assert_eq!(c.delete(url("style.css")).bearer_auth(TOKEN).send().unwrap().status(), 204);
+    assert_eq!(c.get(url("style.css")).send().unwrap().status(), 404);
+    assert_eq!(c.delete(url("style.css")).bearer_auth(TOKEN).send().unwrap().status(), 404);
+}
+
+#[test]
+fn the_composed_worker_serves_like_the_host() {
+    let primary = Sqld::start();
+    let edge = sidecar_server("sidecar-edge", &["--primary-url", &primary.url(), "--sync-interval", "200ms"]);
+    let spin = spin_worker(&edge.sidecar_addr(), SIDECAR_TOKEN);
+    let native = format!("http://{}", edge.addr);
+
+    foundation_checks(&native, "native");
+    foundation_checks(&spin.url(""), "spin");
+
+    // Written through one path, read through the other; the primary holds it.
+    let c = client();
+    let r = c.put(spin.url("/cross/from-spin.txt")).bearer_auth(TOKEN).body("via the adapter").send().unwrap();
+    assert_eq!(r.status(), 201);
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    let r = edge.get("/cross/from-spin.txt");
+    assert_eq!(r.headers()["etag"].to_str().unwrap(), etag);
+    assert_eq!(r.text().unwrap(), "via the adapter");
+    let on_primary = primary.query_column("SELECT hash FROM files WHERE path = ?1", vec!["cross/from-spin.txt".into()]);
+    assert_eq!(on_primary, vec![libsql::Value::Text(sha256_hex(b"via the adapter"))]);
+    assert_eq!(edge.put("/cross/from-host.txt", None, b"via the host".to_vec()).status(), 201);
+    assert_eq!(c.get(spin.url("/cross/from-host.txt")).send().unwrap().text().unwrap(), "via the host");
+
+    // A body of several chunks streams both ways through the adapter.
+    let big = pseudo_random(3 * 1024 * 1024 + 17, 7);
+    let r = c.put(spin.url("/cross/big.bin")).bearer_auth(TOKEN).body(big.clone()).send().unwrap();
+    assert_eq!(r.status(), 201);
+    let got = c.get(spin.url("/cross/big.bin")).send().unwrap().bytes().unwrap();
+    assert_eq!(sha256_hex(&got), sha256_hex(&big));
+    let r = c.get(spin.url("/cross/big.bin")).header("range", "bytes=1048570-1048585").send().unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().unwrap().as_ref(), &big[1048570..=1048585]);
+    assert_eq!(sha256_hex(&edge.get("/cross/big.bin").bytes().unwrap()), sha256_hex(&big));
+
+    // A batch is framed through the adapter and committed as one.
+    let mut archive = tar::Builder::new(Vec::new());
+    for (name, body) in [("batch/a.txt", &b"first"[..]), ("batch/b.txt", &b"second"[..])] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        archive.append_data(&mut header, name, body).unwrap();
+    }
+    let archive = archive.into_inner().unwrap();
+    let r = c.post(spin.url("/_api/batch")).bearer_auth(TOKEN).body(archive).send().unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    assert_eq!(edge.get("/batch/a.txt").text().unwrap(), "first");
+    assert_eq!(edge.get("/batch/b.txt").text().unwrap(), "second");
+
+    // Oversized uploads are refused the same way.
+    drop(spin);
+    let small = sidecar_server("sidecar-small", &["--max-upload-size", "1000"]);
+    let spin = spin_worker(&small.sidecar_addr(), SIDECAR_TOKEN);
+    let r = c.put(spin.url("/too-big.bin")).bearer_auth(TOKEN).body(vec![0u8; 5000]).send().unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(small.get("/too-big.bin").status(), 404);
+}
+
+#[test]
+fn a_refused_or_absent_sidecar_is_503_at_once() {
+    let edge = sidecar_server("sidecar-refusal", &[]);
+    assert_eq!(edge.put("/a", None, b"a".to_vec()).status(), 201);
+    let c = client();
+
+    // Wrong sidecar token: reads and writes fail with a clear 503.
+    let spin = spin_worker(&edge.sidecar_addr(), "not-the-sidecar-token");
+    let r = c.get(spin.url("/a")).send().unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().unwrap().contains("refused this worker's sidecar token"));
+    let r = c.put(spin.url("/b")).bearer_auth(TOKEN).body("b").send().unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(edge.get("/b").status(), 404, "a refused adapter wrote nothing");
+    drop(spin);
+
+    // Nothing listening: 503 at once, not a hang.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let spin = spin_worker(&closed, SIDECAR_TOKEN);
+    let started = Instant::now();
+    let r = c.get(spin.url("/a")).send().unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().unwrap().contains("unreachable"));
+    assert!(started.elapsed() < Duration::from_secs(10), "took {:?}", started.elapsed());
+
+    // The sidecar answers only its token, and only on its own address.
+    let sidecar = format!("http://{}/v1/stat?path=a", edge.sidecar_addr());
+    assert_eq!(c.get(&sidecar).send().unwrap().status(), 401);
+    let r = c.get(&sidecar).bearer_auth(SIDECAR_TOKEN).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().unwrap()["hash"], sha256_hex(b"a"));
+    let r = c.get(edge.url("/v1/stat?path=a")).bearer_auth(SIDECAR_TOKEN).send().unwrap();
+    assert_eq!(r.status(), 404, "the public port serves files, not the sidecar");
+
+    let (ok, log) =
+        Server::run_to_exit(TempDir::new("sidecar-no-token").path(), &["--sidecar-listen", "127.0.0.1:0"]);
+    assert!(!ok);
+    assert!(log.contains("--sidecar-listen needs --sidecar-token"), "{log}");
+}
+
+/// Names in spin.toml that refer to application variables.
+fn template_names(value: &str) -> Vec<String> {
+    value.split("{{").skip(1).filter_map(|rest| rest.split_once("}}")).map(|(name, _)| name.trim().to_string()).collect()
+}
+
+#[test]
+fn spin_manifest_names_what_its_build_makes() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+    let manifest: toml::Table = std::fs::read_to_string(root.join("spin.toml")).unwrap().parse().unwrap();
+    assert_eq!(manifest["spin_manifest_version"].as_integer(), Some(2));
+    let variables = manifest["variables"].as_table().unwrap();
+    let components = manifest["component"].as_table().unwrap();
+
+    // No secret has a literal value anywhere: secrets are required, without
+    // defaults, and components refer to them only by template.
+    let secrets: Vec<&String> =
+        variables.iter().filter(|(_, v)| v.get("secret").and_then(|s| s.as_bool()) == Some(true)).map(|(k, _)| k).collect();
+    assert!(secrets.iter().any(|s| s.as_str() == "sidecar_token"), "sidecar_token must be secret");
+    for name in &secrets {
+        let v = &variables[name.as_str()];
+        assert!(v.get("default").is_none(), "secret {name} has a default");
+        assert_eq!(v.get("required").and_then(|r| r.as_bool()), Some(true), "secret {name} must be required");
+    }
+
+    let triggers = manifest["trigger"]["http"].as_array().unwrap();
+    assert!(triggers.iter().any(|t| t["route"].as_str() == Some("/...")));
+    let scratch = target_dir().join("test-workers");
+    for trigger in triggers {
+        let id = trigger["component"].as_str().unwrap();
+        let component = components.get(id).unwrap_or_else(|| panic!("trigger names a missing component {id}"));
+        for (name, value) in component.get("variables").and_then(|v| v.as_table()).into_iter().flatten() {
+            let value = value.as_str().unwrap();
+            assert!(!template_names(value).is_empty(), "component variable {name} = {value:?} is a literal");
+            for used in template_names(value) {
+                assert!(variables.contains_key(&used), "{name} uses undefined variable {used}");
+            }
+        }
+        for host in component["allowed_outbound_hosts"].as_array().unwrap() {
+            for used in template_names(host.as_str().unwrap()) {
+                assert!(variables.contains_key(&used), "allowed_outbound_hosts uses undefined variable {used}");
+            }
+        }
+        assert_eq!(component["dependencies_inherit_configuration"].as_bool(), Some(true));
+
+        // The build command, as `spin build` runs it (into a scratch target
+        // directory: this test run holds the lock on the usual one).
+        let command = component["build"]["command"].as_str().unwrap();
+        let status = std::process::Command::new("sh")
+            .args(["-c", command])
+            .current_dir(&root)
+            .env("CARGO_TARGET_DIR", &scratch)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .unwrap();
+        assert!(status.success(), "{command}");
+        let built = |path: &str| scratch.join(path.strip_prefix("target/").expect("sources are built into target/"));
+
+        let engine = wasmtime::Engine::default();
+        let load = |path: &Path| {
+            let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            wasmtime::component::Component::new(&engine, bytes).unwrap().component_type()
+        };
+        let worker = load(&built(component["source"].as_str().unwrap()));
+        let imports: Vec<String> = worker.imports(&engine).map(|(n, _)| n.to_string()).collect();
+        let exports: Vec<String> = worker.exports(&engine).map(|(n, _)| n.to_string()).collect();
+        assert!(exports.iter().any(|e| e.starts_with("wasi:http/incoming-handler@0.2")), "{exports:?}");
+        let dependencies = component["dependencies"].as_table().unwrap();
+        for (interface, dependency) in dependencies {
+            assert!(imports.contains(interface), "the worker does not import {interface}: {imports:?}");
+            let adapter = load(&built(dependency["path"].as_str().unwrap()));
+            let exported: Vec<String> = adapter.exports(&engine).map(|(n, _)| n.to_string()).collect();
+            assert!(exported.contains(interface), "the dependency does not export {interface}: {exported:?}");
+            let needs: Vec<String> = adapter.imports(&engine).map(|(n, _)| n.to_string()).collect();
+            assert!(needs.iter().any(|n| n == "fermyon:spin/variables@2.0.0"), "configured by Spin variables: {needs:?}");
+            assert!(needs.iter().any(|n| n.starts_with("wasi:http/outgoing-handler@0.2.")), "{needs:?}");
+        }
+        // Everything the worker imports besides its dependencies, Spin provides.
+        for import in imports.iter().filter(|i| !dependencies.contains_key(i.as_str())) {
+            assert!(import.starts_with("wasi:"), "the worker imports {import}, which Spin does not provide");
+        }
+    }
+}
