@@ -17,7 +17,7 @@
 //!
 //! | call              | request                                                          | success            |
 //! |-------------------|------------------------------------------------------------------|--------------------|
-//! | `stat`            | `GET /v1/stat?path=`                                             | 200 `metadata`     |
+//! | `stat`            | `GET /v1/stat?path=&inline=`                                     | 200 `metadata`     |
 //! | `read`            | `GET /v1/read?version=&encoding=&offset=&len=`                   | 200 the bytes      |
 //! | `list-files`      | `GET /v1/list?prefix=&cursor=&limit=`                            | 200 `listing`      |
 //! | `begin-upload`…   | `PUT /v1/upload?path=&content-type=&size-hint=&expect=`, body    | 200 `written`      |
@@ -32,6 +32,9 @@
 //! length and the payload: `A` starts a file (payload: JSON
 //! `[path, content-type]`), `W` appends bytes to it; the body's end
 //! commits.
+//!
+//! `stat` may inline a small body after the metadata (see [`stat`]): a GET
+//! then costs the adapter one call less.
 //!
 //! Failures answer the WIT `error` as JSON with the status the worker would
 //! give it (404, 401, 403, 413, 412, 400, 503, 500). A wrong sidecar token
@@ -65,6 +68,9 @@ pub struct Sidecar {
 
 /// Header carrying the client's own `Authorization` value on writes.
 pub const CLIENT_AUTHORIZATION: &str = "turserver-client-authorization";
+
+/// Largest body `stat` inlines.
+const MAX_INLINE: u64 = 1 << 20;
 
 /// Largest `A` frame (a path and a content type) in a batch body.
 const MAX_ADD_FRAME: usize = 64 << 10;
@@ -115,10 +121,7 @@ async fn handle(sidecar: &Sidecar, req: hyper::Request<Incoming>) -> Response {
     let query = Query::parse(req.uri().query());
     let method = req.method().clone();
     let result = match (&method, req.uri().path()) {
-        (&hyper::Method::GET, "/v1/stat") => match query.text("path") {
-            Ok(path) => answer(files::Host::stat(&mut view, path).await, |m| json(200, &m)),
-            Err(e) => Err(e),
-        },
+        (&hyper::Method::GET, "/v1/stat") => stat(&mut view, &query).await,
         (&hyper::Method::GET, "/v1/read") => read(&mut view, &query).await,
         (&hyper::Method::GET, "/v1/list") => list(&mut view, &query).await,
         (&hyper::Method::PUT, "/v1/upload") => upload(&mut view, &query, req.into_body()).await,
@@ -162,6 +165,28 @@ fn call<T>(result: wasmtime::Result<Result<T, Error>>) -> Result<T, Error> {
 /// [`call`], answered by `ok` on success.
 fn answer<T>(result: wasmtime::Result<Result<T, Error>>, ok: impl FnOnce(T) -> Response) -> Result<Response, Error> {
     call(result).map(ok)
+}
+
+/// `stat`; with `inline=N`, a body of at most N bytes (capped at
+/// [`MAX_INLINE`]) follows the metadata, saving the `read` that would come
+/// next: the answer is the metadata JSON, then the body, split at the
+/// length given in `turserver-inline`.
+async fn stat(view: &mut FilesView<'_>, query: &Query) -> Result<Response, Error> {
+    let meta = call(files::Host::stat(view, query.text("path")?).await)?;
+    let inline = query.get("inline").map(|_| query.number("inline")).transpose()?.unwrap_or(0).min(MAX_INLINE);
+    let mut out = serde_json::to_vec(&meta).unwrap_or_default();
+    if meta.size > inline {
+        return Ok(bytes(200, "application/json", out));
+    }
+    let json_len = out.len();
+    match call(files::Host::read(view, meta.version, "identity".into(), 0, meta.size).await) {
+        Ok(body) => out.extend_from_slice(&body),
+        // Replaced meanwhile: the metadata alone, the worker's read will say.
+        Err(_) => return Ok(bytes(200, "application/json", out)),
+    }
+    let mut resp = bytes(200, "application/octet-stream", out);
+    resp.headers_mut().insert("turserver-inline", http::HeaderValue::from(json_len));
+    Ok(resp)
 }
 
 async fn read(view: &mut FilesView<'_>, query: &Query) -> Result<Response, Error> {

@@ -45,7 +45,12 @@ thread_local! {
     /// The client's `Authorization` value, from `authorize`. One instance
     /// serves one request, so this is that request's.
     static CREDENTIALS: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// A small body `stat` brought along: (version, identity bytes).
+    static INLINE: RefCell<Option<(u64, Vec<u8>)>> = const { RefCell::new(None) };
 }
+
+/// Bodies up to this size come with `stat`, saving a call per small GET.
+const INLINE_LIMIT: u64 = 64 << 10;
 
 /// The sidecar's address and token, read from the configuration on each
 /// call (Spin resolves variables per request; they may change).
@@ -138,7 +143,7 @@ impl Pending {
 
     /// Ends the request body (`complete`: properly, else as cut off) and
     /// waits for the answer.
-    fn answer(mut self, complete: bool) -> Result<(u16, Vec<u8>), Error> {
+    fn answer(mut self, complete: bool) -> Result<(u16, Vec<(String, Vec<u8>)>, Vec<u8>), Error> {
         drop(self.stream.take());
         if let Some(body) = self.body.take() {
             if complete {
@@ -152,10 +157,11 @@ impl Pending {
             _ => return Err(Error::Unavailable(format!("no answer from the store sidecar at {}", self.sidecar))),
         };
         let status = response.status();
+        let headers = response.headers().entries();
         let body = read_all(&response, MAX_JSON).map_err(|why| {
             Error::Unavailable(format!("the store sidecar at {} sent a broken answer: {why}", self.sidecar))
         })?;
-        Ok((status, body))
+        Ok((status, headers, body))
     }
 }
 
@@ -178,12 +184,13 @@ fn read_all(response: &IncomingResponse, limit: usize) -> Result<Vec<u8>, String
     Ok(out)
 }
 
-/// A finished answer: the body on success, else the error it carries.
-fn decode(pending: Pending, complete: bool) -> Result<Vec<u8>, Error> {
+/// A finished answer: headers and body on success, else the error it
+/// carries.
+fn decode(pending: Pending, complete: bool) -> Result<(Vec<(String, Vec<u8>)>, Vec<u8>), Error> {
     let sidecar = pending.sidecar.clone();
-    let (status, body) = pending.answer(complete)?;
+    let (status, headers, body) = pending.answer(complete)?;
     if (200..300).contains(&status) {
-        return Ok(body);
+        return Ok((headers, body));
     }
     Err(serde_json::from_slice::<Error>(&body)
         .unwrap_or_else(|_| Error::Unavailable(format!("the store sidecar at {sidecar} answered {status}"))))
@@ -195,7 +202,12 @@ fn json<T: serde::de::DeserializeOwned>(body: Vec<u8>) -> Result<T, Error> {
 
 /// One call without a request body.
 fn call(method: Method, name: &str, params: &[(&str, &str)], write: bool) -> Result<Vec<u8>, Error> {
-    decode(start(method, name, params, write, false)?, true)
+    decode(start(method, name, params, write, false)?, true).map(|(_, body)| body)
+}
+
+/// A read-only call whose answer's headers matter too.
+fn call_with_headers(method: Method, name: &str, params: &[(&str, &str)]) -> Result<(Vec<(String, Vec<u8>)>, Vec<u8>), Error> {
+    decode(start(method, name, params, false, false)?, true)
 }
 
 fn expect_param(expect: &Option<Expectation>) -> Option<String> {
@@ -207,10 +219,33 @@ impl Guest for Adapter {
     type Batch = Batch;
 
     fn stat(path: String) -> Result<Metadata, Error> {
-        json(call(Method::Get, "stat", &[("path", &path)], false)?)
+        let limit = INLINE_LIMIT.to_string();
+        let (headers, mut body) = call_with_headers(Method::Get, "stat", &[("path", &path), ("inline", &limit)])?;
+        let inline = headers.iter().find(|(n, _)| n == "turserver-inline");
+        let Some(json_len) = inline.and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<usize>().ok()) else {
+            return json(body);
+        };
+        if json_len > body.len() {
+            return Err(Error::Internal("unexpected answer from the store sidecar: short inline body".into()));
+        }
+        let file = body.split_off(json_len);
+        let meta: Metadata = json(body)?;
+        INLINE.with(|i| *i.borrow_mut() = Some((meta.version, file)));
+        Ok(meta)
     }
 
     fn read(version: u64, encoding: String, offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+        let inlined = INLINE.with(|i| match &*i.borrow() {
+            Some((v, body)) if *v == version && encoding == "identity" => {
+                let start = (offset as usize).min(body.len());
+                let end = start.saturating_add(len as usize).min(body.len());
+                Some(body[start..end].to_vec())
+            }
+            _ => None,
+        });
+        if let Some(bytes) = inlined {
+            return Ok(bytes);
+        }
         let (version, offset, len) = (version.to_string(), offset.to_string(), len.to_string());
         let params = [("version", version.as_str()), ("encoding", &encoding), ("offset", &offset), ("len", &len)];
         call(Method::Get, "read", &params, false)
@@ -297,7 +332,7 @@ impl Streamed {
 
     fn finish(&self) -> Result<Vec<u8>, Error> {
         let pending = self.0.borrow_mut().take().ok_or_else(|| Error::Invalid("already finished".into()))?;
-        decode(pending, true)
+        decode(pending, true).map(|(_, body)| body)
     }
 }
 
