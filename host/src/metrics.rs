@@ -32,7 +32,7 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    pub fn new(sync: &SyncStats, cache: Option<&crate::edge_cache::EdgeCache>) -> Metrics {
+    pub fn new(sync: &SyncStats, cache: Option<&crate::edge_cache::EdgeCache>, instantiations: &Counter) -> Metrics {
         let mut registry = Registry::with_prefix("turserver");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register("requests", "HTTP requests answered, by method and status class", requests.clone());
@@ -43,6 +43,11 @@ impl Metrics {
         registry.register("sync_duration_seconds", "Duration of syncs with the primary", sync.duration.clone());
         registry.register("sync_failures", "Syncs with the primary that failed", sync.failures.clone());
         registry.register("replication_index", "The replica's replication index (frame number)", sync.index_gauge.clone());
+        registry.register(
+            "worker_instantiations",
+            "Worker instances created (a stateless worker's instances serve many requests)",
+            instantiations.clone(),
+        );
         if let Some(c) = cache {
             registry.register("response_cache_hits", "Requests answered from the edge response cache", c.hits.clone());
             registry.register("response_cache_misses", "Cacheable requests the cache could not answer", c.misses.clone());

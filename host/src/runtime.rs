@@ -1,5 +1,10 @@
 //! The wasm runtime: one Engine and Linker, workers compiled and
-//! pre-instantiated once, and a fresh Store and instance per request.
+//! pre-instantiated once, and a fresh Store and instance per request, or,
+//! for a worker that declares itself stateless (a `turserver:stateless`
+//! custom section), an instance reused for up to [`MAX_REUSE`] requests in
+//! turn. Between requests a reused instance gets fresh request state (its
+//! write access, its store calls' progress); one that trapped or was
+//! interrupted is never reused.
 //!
 //! Isolation: each instance lives in a pooled slot with a memory limit, and
 //! runs under a no-progress deadline. An epoch ticks every [`TICK`]; at each
@@ -26,7 +31,7 @@ use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAlloc
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use http_body_util::BodyExt;
-use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::{Proxy, ProxyPre};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
 
@@ -36,6 +41,12 @@ pub const DEFAULT_WORKER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/work
 /// Instances that may exist at once: the number of requests the worker can
 /// serve concurrently. Past it a request gets 503.
 const MAX_INSTANCES: u32 = 1000;
+/// Requests one instance of a stateless worker serves before it is retired.
+pub const MAX_REUSE: u32 = 1000;
+/// Idle instances kept per worker for reuse.
+const MAX_IDLE: usize = 64;
+/// Name of the custom section by which a worker declares itself stateless.
+pub const STATELESS_SECTION: &str = "turserver:stateless";
 /// Epoch period: how often a running instance yields and checks its deadline.
 pub const TICK: Duration = Duration::from_millis(10);
 
@@ -91,13 +102,15 @@ impl<B: Body + Unpin> Body for ProgressBody<B> {
 /// The message of the error an instance is interrupted with.
 const DEADLINE_MESSAGE: &str = "worker made no progress within its deadline";
 
-/// Per-request state held in the Store.
+/// State held in the Store; `files` and `progress` are the current
+/// request's.
 pub struct RequestState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
     files: FilesCtx,
     hooks: DenyOutbound,
+    progress: Arc<Progress>,
 }
 
 impl WasiView for RequestState {
@@ -150,6 +163,44 @@ pub struct Worker {
     pub hash: String,
     /// Whether it came from the compiled-artifact cache.
     pub from_cache: bool,
+    /// Declared stateless: instances may serve several requests.
+    pub stateless: bool,
+    /// Instances waiting for their next request (stateless workers only).
+    idle: std::sync::Mutex<Vec<Warm>>,
+}
+
+/// An instance between two requests, with the Store it lives in.
+struct Warm {
+    store: Store<RequestState>,
+    proxy: Proxy,
+    served: u32,
+}
+
+impl Worker {
+    fn take_idle(&self) -> Option<Warm> {
+        if !self.stateless {
+            return None;
+        }
+        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
+    }
+
+    fn put_idle(&self, warm: Warm) {
+        if warm.served >= MAX_REUSE {
+            return;
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(warm);
+        }
+    }
+}
+
+/// Whether `bytes` (a component) carries the [`STATELESS_SECTION`], in
+/// itself or in a module it embeds.
+pub fn declares_stateless(bytes: &[u8]) -> bool {
+    wasmparser::Parser::new(0).parse_all(bytes).any(|payload| {
+        matches!(payload, Ok(wasmparser::Payload::CustomSection(c)) if c.name() == STATELESS_SECTION)
+    })
 }
 
 pub struct Runtime {
@@ -158,15 +209,18 @@ pub struct Runtime {
     cache: Option<ArtifactCache>,
     deadline: Duration,
     next_request_id: AtomicU64,
+    instantiations: prometheus_client::metrics::counter::Counter,
 }
 
 impl Runtime {
     /// `cache_dir`: where compiled workers are kept (None: no cache).
     /// `deadline`: how long an instance may run without progress.
+    /// `instantiations`: counts the instances created.
     pub fn new(
         worker_memory_bytes: u64,
         deadline: Duration,
         cache_dir: Option<std::path::PathBuf>,
+        instantiations: prometheus_client::metrics::counter::Counter,
     ) -> anyhow::Result<Runtime> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(MAX_INSTANCES)
@@ -213,7 +267,14 @@ impl Runtime {
         })
         .context("linking turserver:store/files")?;
         let cache = cache_dir.map(|dir| ArtifactCache::new(dir, &engine));
-        Ok(Runtime { engine, linker, cache, deadline, next_request_id: AtomicU64::new(1) })
+        Ok(Runtime {
+            engine,
+            linker,
+            cache,
+            deadline,
+            next_request_id: AtomicU64::new(1),
+            instantiations,
+        })
     }
 
     /// Compiles (or loads from the cache) and links a worker component,
@@ -236,7 +297,30 @@ impl Runtime {
         };
         let instance_pre = self.linker.instantiate_pre(&component).context("linking the worker")?;
         let pre = ProxyPre::new(instance_pre).context("the worker does not export wasi:http/incoming-handler")?;
-        Ok(Worker { pre, hash, from_cache })
+        let stateless = declares_stateless(bytes);
+        Ok(Worker { pre, hash, from_cache, stateless, idle: Default::default() })
+    }
+
+    /// A Store for a new instance; its deadline follows whichever request
+    /// it is serving.
+    fn new_store(&self, files: FilesCtx, progress: Arc<Progress>) -> Store<RequestState> {
+        let state = RequestState {
+            wasi: WasiCtx::builder().inherit_stderr().build(),
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            files,
+            hooks: DenyOutbound,
+            progress,
+        };
+        let mut store = Store::new(&self.engine, state);
+        let deadline = self.deadline;
+        store.epoch_deadline_callback(move |ctx| {
+            if ctx.data().progress.idle() >= deadline {
+                return Err(wasmtime::Error::msg(DEADLINE_MESSAGE));
+            }
+            Ok(wasmtime::UpdateDeadline::Yield(1))
+        });
+        store
     }
 
     /// Runs one request through `worker`. Failures of the worker become 500
@@ -251,23 +335,18 @@ impl Runtime {
         let progress = Progress::new();
         files.progress = Some(progress.clone());
         let req = req.map(|b| ProgressBody { inner: b, progress: progress.clone() });
-        let state = RequestState {
-            wasi: WasiCtx::builder().inherit_stderr().build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
-            files,
-            hooks: DenyOutbound,
-        };
-        let mut store = Store::new(&self.engine, state);
-        let deadline = self.deadline;
-        let watched = progress.clone();
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |_| {
-            if watched.idle() >= deadline {
-                return Err(wasmtime::Error::msg(DEADLINE_MESSAGE));
+        // A reused instance keeps its Store (and resource table, so handles
+        // can never alias across requests); the request's own state is new.
+        let (mut store, proxy, served) = match worker.take_idle() {
+            Some(Warm { mut store, proxy, served }) => {
+                let state = store.data_mut();
+                state.files = files;
+                state.progress = progress.clone();
+                (store, Some(proxy), served)
             }
-            Ok(wasmtime::UpdateDeadline::Yield(1))
-        });
+            None => (self.new_store(files, progress.clone()), None, 0),
+        };
+        store.set_epoch_deadline(1);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let prepared = (|| -> wasmtime::Result<_> {
             let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
@@ -284,18 +363,32 @@ impl Runtime {
         // The instance runs in its own task: it goes on streaming the body
         // after the response head has been handed to hyper.
         let version = worker.hash.clone();
+        let instantiations = self.instantiations.clone();
         let task = tokio::spawn(async move {
             let result = async {
-                let proxy = worker.pre.instantiate_async(&mut store).await.context("instantiating the worker")?;
-                proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await
+                let proxy = match proxy {
+                    Some(p) => p,
+                    None => {
+                        instantiations.inc();
+                        worker.pre.instantiate_async(&mut store).await.context("instantiating the worker")?
+                    }
+                };
+                proxy.wasi_http_incoming_handler().call_handle(&mut store, req, out).await?;
+                Ok(proxy)
             }
             .await;
-            if let Err(e) = &result {
-                tracing::error!(request_id, worker = %&version[..12], cause = %format!("{e:#}"), "worker failed");
+            match result {
+                Ok(proxy) => {
+                    worker.put_idle(Warm { store, proxy, served: served + 1 });
+                    Ok(())
+                }
+                Err(e) => {
+                    tracing::error!(request_id, worker = %&version[..12], cause = %format!("{e:#}"), "worker failed");
+                    // A failed instance (and its pooled slot) is dropped
+                    // here, never reused.
+                    Err(e)
+                }
             }
-            // The instance (and its pooled slot) is dropped here, also when
-            // it was interrupted.
-            result
         });
         let mut resp = match receiver.await {
             Ok(Ok(resp)) => resp.map(|b| ProgressBody { inner: b, progress }.boxed_unsync()),

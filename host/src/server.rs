@@ -54,16 +54,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("listening on http://{addr}");
 
     let sync_stats = Arc::new(SyncStats::default());
+    let instantiations = prometheus_client::metrics::counter::Counter::default();
     let edge_cache = (args.response_cache_mib > 0).then(|| Arc::new(EdgeCache::new(args.response_cache_mib << 20)));
     let shared = Arc::new(Shared {
         app: OnceLock::new(),
-        metrics: Metrics::new(&sync_stats, edge_cache.as_deref()),
+        metrics: Metrics::new(&sync_stats, edge_cache.as_deref(), &instantiations),
         consistency_wait: args.consistency_wait,
     });
     let mut server = tokio::spawn(serve(listener, shared.clone(), shutdown_signal()));
     // A signal while starting ends the server task: stop starting then.
     let (app, _tasks) = tokio::select! {
-        started = start(&args, sync_stats, edge_cache) => started?,
+        started = start(&args, sync_stats, edge_cache, instantiations) => started?,
         ended = &mut server => return ended.context("the server task failed")?,
     };
     let _ = shared.app.set(app);
@@ -76,6 +77,7 @@ async fn start(
     args: &ServeArgs,
     sync_stats: Arc<SyncStats>,
     edge_cache: Option<Arc<EdgeCache>>,
+    instantiations: prometheus_client::metrics::counter::Counter,
 ) -> anyhow::Result<(Arc<AppState>, Vec<AbortOnDrop>)> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
@@ -102,6 +104,7 @@ async fn start(
         args.worker_memory_mib << 20,
         args.worker_deadline,
         Some(args.data_dir.join("worker-cache")),
+        instantiations,
     )?);
     let started = std::time::Instant::now();
     let (bytes, origin) = match &args.worker {

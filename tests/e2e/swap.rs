@@ -198,3 +198,59 @@ fn trap_loop_and_memory_bomb_are_contained() {
     assert_eq!(s.get("/version").text().unwrap(), "v1");
     assert_eq!(s.get("/_turserver/health").status(), 200);
 }
+
+/// Requests in a row on an idle server: each finds the instance the last
+/// one left.
+fn counts(s: &Server, n: usize) -> Vec<u32> {
+    (0..n).map(|_| s.get("/count").text().unwrap().parse().unwrap()).collect()
+}
+
+#[test]
+fn a_stateless_worker_reuses_instances_and_drops_failed_ones() {
+    let worker = test_worker("stateless-1");
+    let dir = TempDir::new("reuse");
+    let flags = ["--worker", worker.to_str().unwrap(), "--response-cache-mib", "0", "--worker-deadline", "1s"];
+    let s = Server::start(&dir.path().join("data"), &flags, None);
+    let created = s.metric("turserver_worker_instantiations_total");
+    let seen = counts(&s, 20);
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "one instance served them in turn: {seen:?}");
+    assert_eq!(s.metric("turserver_worker_instantiations_total"), created, "no new instance");
+
+    // A trap or an interrupted loop retires the instance: the next request
+    // starts afresh.
+    assert_eq!(s.get("/trap").status(), 500);
+    assert_eq!(counts(&s, 2), [1, 2]);
+    assert_eq!(s.get("/loop").status(), 504);
+    assert_eq!(counts(&s, 1), [1]);
+    assert_eq!(s.metric("turserver_worker_instantiations_total"), created + 2.0);
+}
+
+#[test]
+fn a_worker_without_the_declaration_gets_a_fresh_instance_per_request() {
+    let worker = test_worker("v1");
+    let dir = TempDir::new("no-reuse");
+    let flags = ["--worker", worker.to_str().unwrap(), "--response-cache-mib", "0"];
+    let s = Server::start(&dir.path().join("data"), &flags, None);
+    let created = s.metric("turserver_worker_instantiations_total");
+    assert_eq!(counts(&s, 5), [1, 1, 1, 1, 1]);
+    assert_eq!(s.metric("turserver_worker_instantiations_total"), created + 5.0);
+}
+
+#[test]
+fn reused_default_worker_instances_carry_nothing_between_requests() {
+    let s = Server::start(&TempDir::new("reuse-default").path().join("data"), &["--response-cache-mib", "0"], None);
+    let created = s.metric("turserver_worker_instantiations_total");
+    for i in 0..10 {
+        let path = format!("/r/{i}.txt");
+        // Allowed, then the same request without a token on the instance
+        // that just wrote: refused; nothing of the first survives.
+        assert_eq!(s.put(&path, None, b"x".to_vec()).status(), 201);
+        let r = client().put(s.url(&path)).body("y").send().unwrap();
+        assert_eq!(r.status(), 401);
+        let r = client().delete(s.url(&path)).send().unwrap();
+        assert_eq!(r.status(), 401);
+        assert_eq!(s.get(&path).text().unwrap(), "x");
+    }
+    let new = s.metric("turserver_worker_instantiations_total") - created;
+    assert!(new <= 2.0, "the built-in worker is stateless and reused: {new} new instances for 40 requests");
+}

@@ -315,3 +315,10 @@ fn from_wit(e: files::Error) -> StoreError {
         files::Error::Internal(s) => StoreError::Internal(s),
     }
 }
+
+/// Declares to turserver that this worker keeps nothing from one request to
+/// the next (no globals hold request data), so one instance may serve many
+/// requests in turn. The host looks for this custom section by name.
+#[used]
+#[link_section = "turserver:stateless"]
+static STATELESS: [u8; 1] = [1];

@@ -4,6 +4,9 @@
 //! - `/trap`: traps;
 //! - `/loop`: spins forever;
 //! - `/alloc`: allocates until memory runs out;
+//! - `/count`: how many requests this instance has served (it keeps a
+//!   global: built as `stateless*`, it declares itself stateless all the
+//!   same, which shows when the host reuses an instance);
 //! - anything else: 200 `ok`.
 
 #[cfg(target_arch = "wasm32")]
@@ -25,9 +28,17 @@ mod wasm {
     struct TestWorker;
     export!(TestWorker);
 
+    static SERVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    #[cfg(stateless)]
+    #[used]
+    #[link_section = "turserver:stateless"]
+    static STATELESS: [u8; 1] = [1];
+
     impl Guest for TestWorker {
         fn handle(request: IncomingRequest, out: ResponseOutparam) {
             let path = request.path_with_query().unwrap_or_default();
+            let served = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
             let body = match path.as_str() {
                 "/version" => VERSION.to_string(),
                 "/trap" => panic!("trapping on purpose"),
@@ -41,6 +52,7 @@ mod wasm {
                         std::hint::black_box(&hoard);
                     }
                 }
+                "/count" => served.to_string(),
                 _ => "ok".to_string(),
             };
             let headers = Fields::from_list(&[
