@@ -8,8 +8,32 @@ use turserver::config::{Cli, Command, WorkerCommand};
 const DEFAULT_LOG: &str = "info,libsql=warn,libsql::replication=error,libsql_replication=error,\
 h2=warn,tonic=warn,hyper=warn,wasmtime=warn,cranelift=warn";
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Serving a large body allocates a 1 MiB buffer per chunk (SQLite's blob
+/// result, the host's copy). Above glibc's default mmap threshold each of
+/// those is a fresh mapping, faulted in page by page and zeroed; keeping
+/// them on the heap lets the memory be reused.
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before any
+    // other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        // Nor hand freed buffers back to the kernel at once, only to fault
+        // them in again for the next chunk.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
+fn main() -> ExitCode {
+    tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the async runtime")
+        .block_on(run())
+}
+
+async fn run() -> ExitCode {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();

@@ -238,6 +238,11 @@ impl Store {
             // Concurrent local writers wait for each other instead of failing.
             conn.busy_timeout(std::time::Duration::from_secs(5))
                 .map_err(|e| StoreError::internal("setting busy timeout", e))?;
+            // Read pages through a mapping rather than a pread (and a copy)
+            // per page: large bodies are long overflow chains.
+            crate::store::sql::query_all(&conn, "PRAGMA mmap_size = 1073741824", ())
+                .await
+                .map_err(|e| StoreError::internal("setting mmap_size", e))?;
         }
         Ok(conn)
     }
