@@ -364,7 +364,7 @@ impl Runtime {
         // after the response head has been handed to hyper.
         let version = worker.hash.clone();
         let instantiations = self.instantiations.clone();
-        let task = tokio::spawn(async move {
+        let run = async move {
             let result = async {
                 let proxy = match proxy {
                     Some(p) => p,
@@ -389,17 +389,36 @@ impl Runtime {
                     Err(e)
                 }
             }
-        });
-        let mut resp = match receiver.await {
+        };
+        // The instance runs here until it answers. Most finish their whole
+        // response at once (small bodies fit the pipe); one still streaming
+        // a body when the head arrives goes on in its own task, feeding
+        // hyper. No task or thread hop for the common case.
+        let mut run = Box::pin(run);
+        let mut receiver = receiver;
+        let (head, finished) = tokio::select! {
+            biased;
+            done = &mut run => (receiver.await, Some(done)),
+            head = &mut receiver => (head, None),
+        };
+        let task = match finished {
+            Some(done) => Err(done),
+            None => Ok(tokio::spawn(run)),
+        };
+        let mut resp = match head {
             Ok(Ok(resp)) => resp.map(|b| ProgressBody { inner: b, progress }.boxed_unsync()),
             Ok(Err(code)) => worker_error_response(&code),
             Err(_) => {
                 // The worker never set a response: it trapped, ran out of
-                // time or memory, or returned without answering. The task
-                // has logged the cause.
-                let (status, why) = match task.await {
-                    Ok(Err(e)) if format!("{e:#}").contains(DEADLINE_MESSAGE) => (504, "worker timed out"),
-                    Ok(Err(e)) if is_resource_exhaustion(&e) => (503, "worker capacity exhausted; retry"),
+                // time or memory, or returned without answering. The cause
+                // is logged.
+                let done = match task {
+                    Err(done) => Some(done),
+                    Ok(handle) => handle.await.ok(),
+                };
+                let (status, why) = match done {
+                    Some(Err(e)) if format!("{e:#}").contains(DEADLINE_MESSAGE) => (504, "worker timed out"),
+                    Some(Err(e)) if is_resource_exhaustion(&e) => (503, "worker capacity exhausted; retry"),
                     _ => (500, "worker failed: it did not produce a response"),
                 };
                 crate::server::text_response(status, &format!("{why} (request {request_id})"))
