@@ -510,26 +510,38 @@ async fn read_body(
     }
     let chunk = chunk as u64;
     let end = size.min(offset.saturating_add(len));
-    let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+    let mut out = Vec::new();
     let mut pos = offset;
     while pos < end {
         let seq = pos / chunk;
         let within = pos % chunk;
         let take = (chunk - within).min(end - pos);
-        let rows = query_all(
-            conn,
-            "SELECT substr(data, ?3 + 1, ?4) FROM chunks WHERE blob_id = ?1 AND seq = ?2",
-            libsql::params![blob, seq as i64, within as i64, take as i64],
-        )
-        .await
+        // A whole chunk is read as it is: `substr` would copy it once more.
+        let whole = within == 0 && (take == chunk || pos + take == size);
+        let rows = if whole {
+            query_all(conn, "SELECT data FROM chunks WHERE blob_id = ?1 AND seq = ?2", libsql::params![blob, seq as i64])
+                .await
+        } else {
+            query_all(
+                conn,
+                "SELECT substr(data, ?3 + 1, ?4) FROM chunks WHERE blob_id = ?1 AND seq = ?2",
+                libsql::params![blob, seq as i64, within as i64, take as i64],
+            )
+            .await
+        }
         .map_err(|e| StoreError::read("read chunk", e))?;
         // A chunk vanishing mid-read means the version was replaced or deleted.
-        let Some(row) = rows.first() else { return Ok(None) };
-        let bytes = row.opt_blob(0)?.unwrap_or_default();
+        let Some(mut row) = rows.into_iter().next() else { return Ok(None) };
+        let mut bytes = row.take_blob(0)?.unwrap_or_default();
         if bytes.is_empty() {
             return Err(StoreError::Internal(format!("chunk {seq} of blob {blob} is short")));
         }
+        bytes.truncate(take as usize);
         pos += bytes.len() as u64;
+        if out.is_empty() && pos >= end {
+            // One chunk answers the whole read (the usual, aligned case).
+            return Ok(Some(bytes));
+        }
         out.extend_from_slice(&bytes);
     }
     Ok(Some(out))

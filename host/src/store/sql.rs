@@ -46,6 +46,16 @@ impl Record {
             other => Err(StoreError::Internal(format!("column {i}: expected a blob, found {other:?}"))),
         }
     }
+
+    /// [`Record::opt_blob`] without a copy: the value moves out of the row.
+    pub fn take_blob(&mut self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.0.get_mut(i).map(|v| std::mem::replace(v, Value::Null)) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Blob(b)) => Ok(Some(b)),
+            Some(Value::Text(t)) => Ok(Some(t.into_bytes())),
+            Some(other) => Err(StoreError::Internal(format!("column {i}: expected a blob, found {other:?}"))),
+        }
+    }
 }
 
 /// Runs a query and reads every row: a `Rows` left unfinished keeps a read
