@@ -64,9 +64,21 @@ class Proc:
                 self.p.kill()
 
 
+TEMP_DIRS = []
+
+
+def temp_dir(prefix):
+    """A scratch directory removed when the run ends."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    TEMP_DIRS.append(path)
+    return path
+
+
 def cleanup():
     for p in Proc.live:
         p.stop()
+    for path in TEMP_DIRS:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def http(method, url, body=None, headers=None):
@@ -129,7 +141,7 @@ def wrk(url, conns, seconds):
 
 def nginx(root):
     port = free_port()
-    prefix = tempfile.mkdtemp(prefix="bench-nginx-")
+    prefix = temp_dir("bench-nginx-")
     conf = os.path.join(prefix, "nginx.conf")
     with open(conf, "w") as f:
         f.write(f"""
@@ -274,7 +286,7 @@ def main():
     sqld = subprocess.run(["bash", "tests/setup.sh"], cwd=ROOT, capture_output=True, text=True,
                           check=True).stdout.strip().splitlines()[-1]
 
-    work = tempfile.mkdtemp(prefix="turserver-bench-")
+    work = temp_dir("turserver-bench-")
     files = {"f1k.bin": os.urandom(1024), "f100k.bin": os.urandom(100 * 1024)}
     big = os.urandom(1 << 20) * 100
     disk = os.path.join(work, "www")

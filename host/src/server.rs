@@ -171,6 +171,23 @@ pub struct Shared {
     consistency_wait: Duration,
 }
 
+/// The next connection, with Nagle's algorithm off. Accept errors (typically
+/// EMFILE) are logged and retried after a pause instead of spinning.
+pub(crate) async fn accept(listener: &TcpListener) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                return (stream, peer);
+            }
+            Err(e) => {
+                tracing::warn!(cause = %e, addr = ?listener.local_addr().ok(), "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// Serves connections on `listener` until `shutdown` resolves, then stops
 /// accepting and drains in-flight requests.
 pub async fn serve(listener: TcpListener, state: Arc<Shared>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
@@ -179,17 +196,7 @@ pub async fn serve(listener: TcpListener, state: Arc<Shared>, shutdown: impl Fut
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // Typically EMFILE: back off instead of spinning.
-                        tracing::warn!(cause = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
+            (stream, peer) = accept(&listener) => {
                 let state = state.clone();
                 let service = hyper::service::service_fn(move |req| {
                     let state = state.clone();

@@ -82,15 +82,7 @@ type Response = hyper::Response<Body>;
 pub async fn serve(listener: TcpListener, sidecar: Arc<Sidecar>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!(cause = %e, "sidecar accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
+        let (stream, peer) = crate::server::accept(&listener).await;
         let sidecar = sidecar.clone();
         let service = hyper::service::service_fn(move |req| {
             let sidecar = sidecar.clone();
