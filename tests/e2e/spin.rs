@@ -137,6 +137,18 @@ fn the_composed_worker_serves_like_the_host() {
     assert_eq!(edge.get("/batch/a.txt").text().unwrap(), "first");
     assert_eq!(edge.get("/batch/b.txt").text().unwrap(), "second");
 
+    // Site rules written through the adapter apply on both paths.
+    assert_eq!(c.put(spin.url("/_api/site")).body("{}").send().unwrap().status(), 401);
+    let rules = r#"{"spa_fallback": "cross/from-host.txt"}"#;
+    let r = c.put(spin.url("/_api/site")).bearer_auth(TOKEN).body(rules).send().unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    let site: Value = c.get(spin.url("/_api/site")).send().unwrap().json().unwrap();
+    assert_eq!(site["spa_fallback"], "cross/from-host.txt");
+    for base in [spin.url(""), native.clone()] {
+        let r = c.get(format!("{base}/some/client/route")).header("accept", "text/html").send().unwrap();
+        assert_eq!(r.text().unwrap(), "via the host", "{base}");
+    }
+
     // Oversized uploads are refused the same way.
     drop(spin);
     let small = sidecar_server("sidecar-small", &["--max-upload-size", "1000"]);
