@@ -24,20 +24,26 @@ pub enum WriteAccess {
 }
 
 impl WriteAccess {
-    /// Judges an `Authorization` header value (`Bearer <token>`) against the
-    /// SHA-256 of the write token; comparing digests keeps the comparison's
-    /// timing independent of how much of a guessed token is right.
+    /// Judges an `Authorization` header value against the write token's
+    /// SHA-256 (none: no token allows writes).
     pub fn judge(header: Option<&[u8]>, write_token_digest: Option<&[u8; 32]>) -> WriteAccess {
-        let Some(value) = header else { return WriteAccess::Missing };
-        let token = std::str::from_utf8(value).ok().and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-        match (token, write_token_digest) {
-            (Some(t), Some(expected)) if Sha256::digest(t.as_bytes()).as_slice() == expected => WriteAccess::Granted,
+        match (header, write_token_digest) {
+            (None, _) => WriteAccess::Missing,
+            (Some(value), Some(expected)) if bearer_matches(value, expected) => WriteAccess::Granted,
             _ => WriteAccess::Denied,
         }
     }
+}
+
+/// Whether an `Authorization` header value is `Bearer <token>` for the token
+/// whose SHA-256 is `digest`. Comparing digests keeps the comparison's
+/// timing independent of how much of a guessed token is right.
+pub fn bearer_matches(header: &[u8], digest: &[u8; 32]) -> bool {
+    let token = std::str::from_utf8(header).ok().and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    });
+    token.is_some_and(|t| Sha256::digest(t.as_bytes()).as_slice() == digest)
 }
 
 /// Per-request view of the store.

@@ -475,11 +475,7 @@ fn write_access(state: &AppState, req: &mut hyper::Request<Incoming>) -> WriteAc
 }
 
 fn json_response(status: u16, body: Vec<u8>) -> hyper::Response<HyperOutgoingBody> {
-    let body = full_body(body);
-    let mut resp = hyper::Response::new(body);
-    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
-    resp
+    response(status, Some("application/json"), body)
 }
 
 /// A complete body in the type every response here carries.
@@ -487,13 +483,23 @@ fn full_body(bytes: impl Into<Bytes>) -> HyperOutgoingBody {
     Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed_unsync()
 }
 
+/// A complete response made by the host, with its `Content-Type` if any.
+pub(crate) fn response(
+    status: u16,
+    content_type: Option<&'static str>,
+    body: impl Into<Bytes>,
+) -> hyper::Response<HyperOutgoingBody> {
+    let mut resp = hyper::Response::new(full_body(body));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
+    if let Some(ct) = content_type {
+        resp.headers_mut().insert(hyper::header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
+    }
+    resp
+}
+
 /// A short plain-text response made by the host.
 pub fn text_response(status: u16, message: &str) -> hyper::Response<HyperOutgoingBody> {
-    let body = full_body(format!("{message}\n"));
-    let mut resp = hyper::Response::new(body);
-    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static header"));
-    resp
+    response(status, Some("text/plain; charset=utf-8"), format!("{message}\n"))
 }
 
 async fn shutdown_signal() {

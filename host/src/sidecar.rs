@@ -43,13 +43,13 @@
 
 use crate::bindings::files::{self, Error, Expectation, HostBatch, HostUpload};
 use crate::files::{FilesCtx, FilesView, WriteAccess};
+use crate::server::response;
 use crate::store::Store;
 use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -75,8 +75,7 @@ const MAX_INLINE: u64 = 1 << 20;
 /// Largest `A` frame (a path and a content type) in a batch body.
 const MAX_ADD_FRAME: usize = 64 << 10;
 
-type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, hyper::Error>;
-type Response = hyper::Response<Body>;
+type Response = hyper::Response<wasmtime_wasi_http::p2::body::HyperOutgoingBody>;
 
 /// Serves the sidecar on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, sidecar: Arc<Sidecar>) {
@@ -119,15 +118,15 @@ async fn handle(sidecar: &Sidecar, req: hyper::Request<Incoming>) -> Response {
         (&hyper::Method::PUT, "/v1/upload") => upload(&mut view, &query, req.into_body()).await,
         (&hyper::Method::POST, "/v1/batch") => batch(&mut view, req.into_body()).await,
         (&hyper::Method::DELETE, "/v1/file") => match (query.text("path"), query.expect()) {
-            (Ok(path), Ok(expect)) => answer(files::Host::delete(&mut view, path, expect).await, |()| empty(204)),
+            (Ok(path), Ok(expect)) => answer(files::Host::delete(&mut view, path, expect).await, |()| no_content()),
             (Err(e), _) | (_, Err(e)) => Err(e),
         },
         (&hyper::Method::GET, "/v1/site-config") => answer(files::Host::site_config(&mut view).await, |c| match c {
-            Some(json) => bytes(200, "application/json", json.into_bytes()),
-            None => empty(204),
+            Some(json) => response(200, Some("application/json"), json.into_bytes()),
+            None => no_content(),
         }),
         (&hyper::Method::PUT, "/v1/site-config") => match collect_text(req.into_body()).await {
-            Ok(json) => answer(files::Host::set_site_config(&mut view, json).await, |()| empty(204)),
+            Ok(json) => answer(files::Host::set_site_config(&mut view, json).await, |()| no_content()),
             Err(e) => Err(e),
         },
         _ => Err(Error::Invalid(format!("no sidecar call {method} {}", req.uri().path()))),
@@ -137,11 +136,8 @@ async fn handle(sidecar: &Sidecar, req: hyper::Request<Incoming>) -> Response {
 
 impl Sidecar {
     fn admits(&self, req: &hyper::Request<Incoming>) -> bool {
-        let token = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-        token.is_some_and(|t| Sha256::digest(t.as_bytes()).as_slice() == self.token_digest)
+        let header = req.headers().get(hyper::header::AUTHORIZATION);
+        header.is_some_and(|v| crate::files::bearer_matches(v.as_bytes(), &self.token_digest))
     }
 }
 
@@ -168,15 +164,15 @@ async fn stat(view: &mut FilesView<'_>, query: &Query) -> Result<Response, Error
     let inline = query.get("inline").map(|_| query.number("inline")).transpose()?.unwrap_or(0).min(MAX_INLINE);
     let mut out = serde_json::to_vec(&meta).unwrap_or_default();
     if meta.size > inline {
-        return Ok(bytes(200, "application/json", out));
+        return Ok(response(200, Some("application/json"), out));
     }
     let json_len = out.len();
     match call(files::Host::read(view, meta.version, "identity".into(), 0, meta.size).await) {
         Ok(body) => out.extend_from_slice(&body),
         // Replaced meanwhile: the metadata alone, the worker's read will say.
-        Err(_) => return Ok(bytes(200, "application/json", out)),
+        Err(_) => return Ok(response(200, Some("application/json"), out)),
     }
-    let mut resp = bytes(200, "application/octet-stream", out);
+    let mut resp = response(200, Some("application/octet-stream"), out);
     resp.headers_mut().insert("turserver-inline", http::HeaderValue::from(json_len));
     Ok(resp)
 }
@@ -187,7 +183,7 @@ async fn read(view: &mut FilesView<'_>, query: &Query) -> Result<Response, Error
     let offset = query.number("offset")?;
     let len = query.number("len")?;
     answer(files::Host::read(view, version, encoding, offset, len).await, |b| {
-        bytes(200, "application/octet-stream", b)
+        response(200, Some("application/octet-stream"), b)
     })
 }
 
@@ -350,21 +346,12 @@ fn status_of(e: &Error) -> u16 {
     }
 }
 
+fn no_content() -> Response {
+    response(204, None, Bytes::new())
+}
+
 fn json(status: u16, value: &impl serde::Serialize) -> Response {
-    bytes(status, "application/json", serde_json::to_vec(value).unwrap_or_default())
-}
-
-fn bytes(status: u16, content_type: &'static str, body: Vec<u8>) -> Response {
-    let mut resp = hyper::Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed_unsync());
-    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
-    resp
-}
-
-fn empty(status: u16) -> Response {
-    let mut resp = hyper::Response::new(Full::new(Bytes::new()).map_err(|never| match never {}).boxed_unsync());
-    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::NO_CONTENT);
-    resp
+    response(status, Some("application/json"), serde_json::to_vec(value).unwrap_or_default())
 }
 
 #[cfg(test)]
