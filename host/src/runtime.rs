@@ -354,7 +354,7 @@ impl Runtime {
             None => (self.new_store(files, progress.clone()), None, 0),
         };
         store.set_epoch_deadline(1);
-        let (sender, receiver) = tokio::sync::oneshot::channel();
+        let (sender, mut receiver) = tokio::sync::oneshot::channel();
         let prepared = (|| -> wasmtime::Result<_> {
             let req = store.data_mut().http().new_incoming_request(Scheme::Http, req)?;
             let out = store.data_mut().http().new_response_outparam(sender)?;
@@ -367,8 +367,6 @@ impl Runtime {
                 return crate::server::text_response(500, "internal error: the request could not reach the worker");
             }
         };
-        // The instance runs in its own task: it goes on streaming the body
-        // after the response head has been handed to hyper.
         let version = worker.hash.clone();
         let instantiations = self.instantiations.clone();
         let run = async move {
@@ -402,16 +400,12 @@ impl Runtime {
         // a body when the head arrives goes on in its own task, feeding
         // hyper. No task or thread hop for the common case.
         let mut run = Box::pin(run);
-        let mut receiver = receiver;
         let (head, finished) = tokio::select! {
             biased;
             done = &mut run => (receiver.await, Some(done)),
             head = &mut receiver => (head, None),
         };
-        let task = match finished {
-            Some(done) => Err(done),
-            None => Ok(tokio::spawn(run)),
-        };
+        let streaming = finished.is_none().then(|| tokio::spawn(run));
         let mut resp = match head {
             Ok(Ok(resp)) => resp.map(|b| ProgressBody { inner: b, progress }.boxed_unsync()),
             Ok(Err(code)) => worker_error_response(&code),
@@ -419,9 +413,10 @@ impl Runtime {
                 // The worker never set a response: it trapped, ran out of
                 // time or memory, or returned without answering. The cause
                 // is logged.
-                let done = match task {
-                    Err(done) => Some(done),
-                    Ok(handle) => handle.await.ok(),
+                let done = match (finished, streaming) {
+                    (Some(done), _) => Some(done),
+                    (None, Some(task)) => task.await.ok(),
+                    (None, None) => None,
                 };
                 let (status, why) = match done {
                     Some(Err(e)) if format!("{e:#}").contains(DEADLINE_MESSAGE) => (504, "worker timed out"),
