@@ -111,7 +111,7 @@ fn start(method: Method, call: &str, params: &[(&str, &str)], write: bool, strea
         // A streamed upload is answered only once its body is in.
         let _ = options.set_first_byte_timeout(Some(30 * SECOND_NS));
     }
-    let sidecar = format!("{}://{}", if config.sidecar.https { "https" } else { "http" }, config.sidecar.authority);
+    let sidecar = config.sidecar.origin();
     let response = outgoing_handler::handle(request, Some(options)).map_err(|e| unreachable(&sidecar, e))?;
     let stream = body.write().map_err(|()| Error::Internal("outgoing body stream unavailable".into()))?;
     Ok(Pending { sidecar, stream: Some(stream), body: Some(body), response })

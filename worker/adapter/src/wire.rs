@@ -29,6 +29,11 @@ impl Sidecar {
         Ok(Sidecar { https, authority: authority.to_string(), prefix: prefix.to_string() })
     }
 
+    /// `scheme://host:port`, to name the sidecar in messages.
+    pub fn origin(&self) -> String {
+        format!("{}://{}", if self.https { "https" } else { "http" }, self.authority)
+    }
+
     /// Path and query of a call, e.g. `target("stat", &[("path", "a b")])`.
     pub fn target(&self, call: &str, params: &[(&str, &str)]) -> String {
         let mut target = format!("{}/v1/{call}", self.prefix);
@@ -65,6 +70,7 @@ mod tests {
         assert_eq!(s, Sidecar { https: false, authority: "127.0.0.1:8788".into(), prefix: "".into() });
         let s = Sidecar::parse(" https://edge.internal/store/ ").unwrap();
         assert_eq!(s, Sidecar { https: true, authority: "edge.internal".into(), prefix: "/store".into() });
+        assert_eq!(s.origin(), "https://edge.internal");
         assert!(Sidecar::parse("ftp://x").is_err());
         assert!(Sidecar::parse("http:///x").is_err());
     }
