@@ -9,14 +9,14 @@ use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
-    pub method: String,
+    pub method: &'static str,
     /// `2xx`, `3xx`, `4xx` or `5xx`.
-    pub status: String,
+    pub status: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MethodLabels {
-    pub method: String,
+    pub method: &'static str,
 }
 
 pub struct Metrics {
@@ -56,12 +56,24 @@ impl Metrics {
     }
 
     pub fn observe(&self, method: &str, status: u16, seconds: f64) {
+        // Static labels: recording a request allocates nothing.
         let method = match method {
-            "GET" | "HEAD" | "PUT" | "DELETE" | "POST" | "OPTIONS" => method.to_string(),
-            _ => "other".to_string(),
+            "GET" => "GET",
+            "HEAD" => "HEAD",
+            "PUT" => "PUT",
+            "DELETE" => "DELETE",
+            "POST" => "POST",
+            "OPTIONS" => "OPTIONS",
+            _ => "other",
         };
-        let class = format!("{}xx", status / 100);
-        self.requests.get_or_create(&RequestLabels { method: method.clone(), status: class }).inc();
+        let status = match status / 100 {
+            1 => "1xx",
+            2 => "2xx",
+            3 => "3xx",
+            4 => "4xx",
+            _ => "5xx",
+        };
+        self.requests.get_or_create(&RequestLabels { method, status }).inc();
         self.latency.get_or_create(&MethodLabels { method }).observe(seconds);
     }
 

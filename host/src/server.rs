@@ -225,9 +225,9 @@ pub async fn serve(listener: TcpListener, state: Arc<Shared>, shutdown: impl Fut
 /// Answers a request and records it in the metrics.
 async fn observed(shared: &Shared, req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
     let started = std::time::Instant::now();
-    let method = req.method().as_str().to_string();
+    let method = req.method().clone();
     let resp = route(shared, req).await;
-    shared.metrics.observe(&method, resp.status().as_u16(), started.elapsed().as_secs_f64());
+    shared.metrics.observe(method.as_str(), resp.status().as_u16(), started.elapsed().as_secs_f64());
     let counter = shared.metrics.bytes_served.clone();
     resp.map(|b| CountingBody { inner: b, counter }.boxed_unsync())
 }

@@ -9,6 +9,8 @@ use crate::http::{self, RangeRequest, TagList};
 use crate::path::{self, NormalPath};
 use crate::site::SiteRules;
 use serde::Serialize;
+use std::cell::RefCell;
+use std::rc::Rc;
 
 /// Metadata of one stored file, as the host reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -252,12 +254,25 @@ fn route(req: &Request, target: &NormalPath, query: Option<&str>, rules: &SiteRu
 }
 
 /// The site rules, or defaults when none were ever set.
-fn load_rules(store: &mut impl Store) -> Result<SiteRules, Response> {
+fn load_rules(store: &mut impl Store) -> Result<Rc<SiteRules>, Response> {
+    thread_local! {
+        /// The last document parsed, and its rules: an instance serving many
+        /// requests parses each version of the document once.
+        static PARSED: RefCell<Option<(String, Rc<SiteRules>)>> = const { RefCell::new(None) };
+    }
     match store.site_config() {
-        Ok(None) => Ok(SiteRules::default()),
-        // Validated when written; a document that no longer parses (written
-        // by another version) must not take the site down: use defaults.
-        Ok(Some(json)) => Ok(SiteRules::parse(&json).unwrap_or_default()),
+        Ok(None) => Ok(Rc::new(SiteRules::default())),
+        Ok(Some(json)) => Ok(PARSED.with_borrow_mut(|parsed| match parsed {
+            Some((seen, rules)) if *seen == json => rules.clone(),
+            _ => {
+                // Validated when written; a document that no longer parses
+                // (written by another version) must not take the site down:
+                // use defaults.
+                let rules = Rc::new(SiteRules::parse(&json).unwrap_or_default());
+                *parsed = Some((json, rules.clone()));
+                rules
+            }
+        })),
         Err(e) => Err(error_response(e)),
     }
 }

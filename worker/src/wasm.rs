@@ -188,9 +188,9 @@ fn read_body(request: IncomingRequest, limit: usize) -> Result<Vec<u8>, core::Re
     Ok(out)
 }
 
-fn send(resp: core::Response, out: ResponseOutparam) {
+fn send(mut resp: core::Response, out: ResponseOutparam) {
     let entries: Vec<(String, Vec<u8>)> =
-        resp.headers.iter().map(|(n, v)| (n.clone(), v.clone().into_bytes())).collect();
+        std::mem::take(&mut resp.headers).into_iter().map(|(n, v)| (n, v.into_bytes())).collect();
     let headers = match Fields::from_list(&entries) {
         Ok(h) => h,
         Err(e) => {
@@ -239,7 +239,14 @@ fn stream_file(stream: &OutputStream, part: &FilePart) -> bool {
     true
 }
 
+/// The most `blocking-write-and-flush` takes in one call.
+const SMALL_WRITE: usize = 4096;
+
 fn write_all(stream: &OutputStream, mut bytes: &[u8]) -> bool {
+    if bytes.len() <= SMALL_WRITE {
+        // One host call instead of check-write, write and flush.
+        return stream.blocking_write_and_flush(bytes).is_ok();
+    }
     while !bytes.is_empty() {
         let permit = match stream.check_write() {
             Ok(0) => {
