@@ -252,6 +252,10 @@ impl Runtime {
             .memory_guard_size(64 << 10)
             .memory_reservation_for_growth(0)
             .epoch_interruption(true);
+        if std::env::var_os("TURSERVER_PERF_MAP").is_some() {
+            // Names the compiled worker's functions for `perf` (/tmp/perf-PID.map).
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).context("creating the wasm engine")?;
         // The epoch clock. It lives as long as the process, like the engine.
         let ticker = engine.weak();
