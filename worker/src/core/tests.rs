@@ -322,6 +322,20 @@ fn site_config_api() {
 }
 
 #[test]
+fn changed_site_rules_apply_to_the_next_request() {
+    // The same thread (as a reused instance) sees each document's rules.
+    let mut s = Fake::with(&["a.css"]);
+    let cache_control = |s: &mut Fake| respond(handle(&req("GET", "/a.css"), s)).get("cache-control").map(str::to_string);
+    s.site = Some(r#"{"cache_control": [{"glob": "*.css", "value": "max-age=60"}]}"#.into());
+    assert_eq!(cache_control(&mut s).as_deref(), Some("max-age=60"));
+    assert_eq!(cache_control(&mut s).as_deref(), Some("max-age=60"));
+    s.site = Some(r#"{"cache_control": [{"glob": "*.css", "value": "max-age=5"}]}"#.into());
+    assert_eq!(cache_control(&mut s).as_deref(), Some("max-age=5"));
+    s.site = None;
+    assert_eq!(cache_control(&mut s).as_deref(), Some("no-cache"));
+}
+
+#[test]
 fn list_pages_with_cursor() {
     let mut s = Fake::with(&["a/1", "a/2", "a/3", "b/1"]);
     let r = respond(handle(&req("GET", "/_api/files?prefix=a%2F&limit=2"), &mut s));
