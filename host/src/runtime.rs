@@ -168,6 +168,8 @@ pub struct Worker {
     pre: ProxyPre<RequestState>,
     /// Hex SHA-256 of the component bytes: the worker's version.
     pub hash: String,
+    /// The `x-turserver-worker` response header: the hash's first 16 digits.
+    pub version_header: http::HeaderValue,
     /// Whether it came from the compiled-artifact cache.
     pub from_cache: bool,
     /// Declared stateless: instances may serve several requests.
@@ -309,7 +311,8 @@ impl Runtime {
         let instance_pre = self.linker.instantiate_pre(&component).context("linking the worker")?;
         let pre = ProxyPre::new(instance_pre).context("the worker does not export wasi:http/incoming-handler")?;
         let stateless = declares_stateless(bytes);
-        Ok(Worker { pre, hash, from_cache, stateless, idle: Default::default() })
+        let version_header = http::HeaderValue::from_str(&hash[..16]).context("hex is a valid header value")?;
+        Ok(Worker { pre, hash, version_header, from_cache, stateless, idle: Default::default() })
     }
 
     /// A Store for a new instance; its deadline follows whichever request
@@ -371,7 +374,6 @@ impl Runtime {
                 return crate::server::text_response(500, "internal error: the request could not reach the worker");
             }
         };
-        let version = worker.hash.clone();
         let instantiations = self.instantiations.clone();
         let run = async move {
             let result = async {
@@ -392,7 +394,7 @@ impl Runtime {
                     Ok(())
                 }
                 Err(e) => {
-                    tracing::error!(request_id, worker = %&version[..12], cause = %format!("{e:#}"), "worker failed");
+                    tracing::error!(request_id, worker = %&worker.hash[..12], cause = %format!("{e:#}"), "worker failed");
                     // A failed instance (and its pooled slot) is dropped
                     // here, never reused.
                     Err(e)
@@ -430,9 +432,7 @@ impl Runtime {
                 crate::server::text_response(status, &format!("{why} (request {request_id})"))
             }
         };
-        if let Ok(v) = http::HeaderValue::from_str(&request_id.to_string()) {
-            resp.headers_mut().insert("x-request-id", v);
-        }
+        resp.headers_mut().insert("x-request-id", http::HeaderValue::from(request_id));
         resp
     }
 }

@@ -367,11 +367,9 @@ async fn handle(state: &AppState, wait: Duration, mut req: hyper::Request<Incomi
     }
     let access = write_access(state, &mut req);
     let files = FilesCtx { store: state.store.clone(), access, max_upload: state.max_upload, progress: None };
-    let version = http::HeaderValue::from_str(&worker.hash[..16]).ok();
+    let version = worker.version_header.clone();
     let mut resp = state.runtime.handle(worker, req, files).await;
-    if let Some(v) = version {
-        resp.headers_mut().insert("x-turserver-worker", v);
-    }
+    resp.headers_mut().insert("x-turserver-worker", version);
     // A GET that the cache keeps, or one small enough, is gathered whole
     // before the head is sent.
     let cacheable = is_get && cache_key.is_some() && edge_cache::response_is_cacheable(resp.status(), resp.headers());
