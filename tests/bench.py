@@ -7,7 +7,7 @@ files in turserver and on disk, starts nginx (on loopback, with a config it
 writes) and a real sqld primary, runs wrk (each run bounded in time) and
 prints one table with each target marked met or not.
 
-    python3 tests/bench.py            # full run, about 6 minutes
+    python3 tests/bench.py            # full run, about 9 minutes
     python3 tests/bench.py --quick    # shorter runs, for a rough look
 
 Needs wrk and nginx (Debian: apt-get install wrk nginx-light).
@@ -274,7 +274,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter runs")
     opts = ap.parse_args()
-    seconds = 3 if opts.quick else 8
+    seconds = 2 if opts.quick else 4
+    rounds = 3 if opts.quick else 5
     lag_writes = 40 if opts.quick else 200
     for tool in ("wrk", "nginx", "curl"):
         if not shutil.which(tool):
@@ -303,19 +304,27 @@ def main():
             put(url, name, data)
     put(plain_url, "big.bin", big)
 
+    # The machine's speed drifts by more than the differences measured, so
+    # the targets are run in rounds, one short run each in turn, and each
+    # ratio is the median of the ratios within a round: drift between
+    # rounds cancels out.
     rows = []
     for name in files:
         for conns in (2, 64):
-            results = {}
-            for label, url in [("nginx", f"{nginx_url}/{name}"),
-                               ("native", f"{plain_url}/_turserver/native/{name}"),
-                               ("worker", f"{plain_url}/{name}"),
-                               ("worker+cache", f"{cached_url}/{name}")]:
-                log(f"wrk {label} {name} c={conns}")
-                results[label] = wrk(url, conns, seconds)
-            for label, (rps, p50, p99) in results.items():
-                rows.append((f"{name} c={conns}", label, rps, p50, p99,
-                             rps / results["nginx"][0], rps / results["native"][0]))
+            targets = [("nginx", f"{nginx_url}/{name}"),
+                       ("native", f"{plain_url}/_turserver/native/{name}"),
+                       ("worker", f"{plain_url}/{name}"),
+                       ("worker+cache", f"{cached_url}/{name}")]
+            log(f"wrk {name} c={conns}: {rounds} rounds of {len(targets)} x {seconds}s")
+            runs = {label: [] for label, _ in targets}
+            for r in range(rounds):
+                # Rotate the order so no target always runs first.
+                for label, url in targets[r % len(targets):] + targets[:r % len(targets)]:
+                    runs[label].append(wrk(url, conns, seconds))
+            for label, results in runs.items():
+                med = lambda i: statistics.median(x[i] for x in results)
+                vs = lambda base: statistics.median(x[0] / b[0] for x, b in zip(results, runs[base]))
+                rows.append((f"{name} c={conns}", label, med(0), med(1), med(2), vs("nginx"), vs("native")))
 
     log("replica mode: starting sqld")
     port = free_port()
