@@ -199,7 +199,10 @@ fn send(mut resp: core::Response, out: ResponseOutparam) {
         }
     };
     let response = OutgoingResponse::new(headers);
-    let _ = response.set_status_code(resp.status);
+    if resp.status != 200 {
+        // A new response is 200 already: one host call fewer for most.
+        let _ = response.set_status_code(resp.status);
+    }
     let Ok(body) = response.body() else { return };
     ResponseOutparam::set(out, Ok(response));
     let Ok(stream) = body.write() else { return };
