@@ -39,22 +39,21 @@ impl Record {
     /// A blob column; text is taken as its UTF-8 bytes (rows written by hand
     /// may store bodies as text).
     pub fn opt_blob(&self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.value(i) {
-            Value::Null => Ok(None),
-            Value::Blob(b) => Ok(Some(b.clone())),
-            Value::Text(t) => Ok(Some(t.clone().into_bytes())),
-            other => Err(StoreError::Internal(format!("column {i}: expected a blob, found {other:?}"))),
-        }
+        blob(i, self.value(i).clone())
     }
 
     /// [`Record::opt_blob`] without a copy: the value moves out of the row.
     pub fn take_blob(&mut self, i: usize) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.0.get_mut(i).map(|v| std::mem::replace(v, Value::Null)) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::Blob(b)) => Ok(Some(b)),
-            Some(Value::Text(t)) => Ok(Some(t.into_bytes())),
-            Some(other) => Err(StoreError::Internal(format!("column {i}: expected a blob, found {other:?}"))),
-        }
+        blob(i, self.0.get_mut(i).map_or(Value::Null, |v| std::mem::replace(v, Value::Null)))
+    }
+}
+
+fn blob(i: usize, value: Value) -> Result<Option<Vec<u8>>, StoreError> {
+    match value {
+        Value::Null => Ok(None),
+        Value::Blob(b) => Ok(Some(b)),
+        Value::Text(t) => Ok(Some(t.into_bytes())),
+        other => Err(StoreError::Internal(format!("column {i}: expected a blob, found {other:?}"))),
     }
 }
 
