@@ -4,11 +4,13 @@
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    interfaces: "import turserver:store/files@0.1.1;",
+    interfaces: "import turserver:store/files@0.1.2;",
     imports: { default: async | trappable },
     // The sidecar carries these values as JSON.
     additional_derives: [serde::Serialize, serde::Deserialize],
     with: {
+        // `send` writes to the worker's response stream: wasmtime-wasi's own.
+        "wasi:io": wasmtime_wasi::p2::bindings::io,
         "turserver:store/files.upload": crate::files::UploadHandle,
         "turserver:store/files.batch": crate::files::BatchHandle,
     },

@@ -12,6 +12,7 @@ use crate::store::{Batch, Expect, FileMeta, Store, Upload};
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::p2::{DynOutputStream, StreamError};
 
 /// What the request's `Authorization` header proved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,6 +160,25 @@ async fn bounded<T>(
     }
 }
 
+/// A failed response stream: the client went away, or the worker misused
+/// the stream (a trap).
+fn stream_failed(e: StreamError) -> HostResult<()> {
+    match e {
+        StreamError::Trap(e) => Err(e),
+        e => Ok(Err(Error::Internal(format!("the response stream failed: {e}")))),
+    }
+}
+
+/// Writes all of `bytes` to `stream`, waiting for room as a blocking write
+/// does; the pieces share `bytes`' buffer.
+async fn write_all(stream: &mut DynOutputStream, mut bytes: bytes::Bytes) -> Result<(), StreamError> {
+    while !bytes.is_empty() {
+        let permit = stream.write_ready().await?;
+        stream.write(bytes.split_to(permit.min(bytes.len())))?;
+    }
+    stream.flush()
+}
+
 /// Key of the site configuration document in `site_config`.
 const SITE_KEY: &str = "site";
 /// Largest site configuration accepted.
@@ -186,6 +206,46 @@ impl files::Host for FilesView<'_> {
             Ok(None) => Err(Error::NotFound),
             Err(e) => Err(to_wit("read", e)),
         })
+    }
+
+    async fn send(
+        &mut self,
+        version: u64,
+        encoding: String,
+        offset: u64,
+        len: u64,
+        out: Resource<DynOutputStream>,
+    ) -> HostResult<()> {
+        let Some(end) = offset.checked_add(len) else {
+            return Ok(Err(Error::Invalid("offset + len overflows".into())));
+        };
+        let mut offset = offset;
+        while offset < end {
+            // Each piece read and each piece taken by the stream is progress.
+            let _progress = self.progressed();
+            // Read only once the stream has room: a download in flight then
+            // holds no more than the stream's own buffer.
+            let stream = self.table.get_mut(&out)?;
+            if let Err(e) = stream.write_ready().await {
+                return stream_failed(e);
+            }
+            // Whole, aligned chunks: one database read each.
+            let chunk = crate::store::CHUNK_SIZE as u64;
+            let want = (chunk - offset % chunk).min(end - offset);
+            let bytes = match self.ctx.store.read_bytes(version, &encoding, offset, want).await {
+                Ok(Some(bytes)) if bytes.is_empty() => {
+                    return Ok(Err(Error::Invalid(format!("the range passes the end of body {version}"))))
+                }
+                Ok(Some(bytes)) => bytes,
+                Ok(None) => return Ok(Err(Error::NotFound)),
+                Err(e) => return Ok(Err(to_wit("read", e))),
+            };
+            offset += bytes.len() as u64;
+            if let Err(e) = write_all(self.table.get_mut(&out)?, bytes).await {
+                return stream_failed(e);
+            }
+        }
+        Ok(Ok(()))
     }
 
     async fn list_files(&mut self, prefix: String, cursor: Option<String>, limit: u32) -> HostResult<Listing> {

@@ -18,9 +18,6 @@ use wasi::io::streams::{OutputStream, StreamError};
 
 /// Bytes read from the request body at a time.
 const PIECE: u64 = 256 * 1024;
-/// The host stores bodies in chunks of this size; reading whole, aligned
-/// chunks costs one database read each.
-const CHUNK: u64 = 1024 * 1024;
 
 struct Worker;
 export!(Worker);
@@ -223,23 +220,10 @@ fn send(mut resp: core::Response, out: ResponseOutparam) {
     // rather than send a truncated file as if it were whole.
 }
 
+/// Streams a stored body: the host writes it to the response straight from
+/// the store, without passing it through this instance's memory.
 fn stream_file(stream: &OutputStream, part: &FilePart) -> bool {
-    let mut offset = part.offset;
-    let end = part.offset + part.len;
-    while offset < end {
-        let want = (CHUNK - offset % CHUNK).min(end - offset);
-        match files::read(part.version, &part.encoding, offset, want) {
-            Ok(bytes) if bytes.is_empty() => return false,
-            Ok(bytes) => {
-                offset += bytes.len() as u64;
-                if !write_all(stream, &bytes) {
-                    return false;
-                }
-            }
-            Err(_) => return false,
-        }
-    }
-    true
+    part.len == 0 || files::send(part.version, &part.encoding, part.offset, part.len, stream).is_ok()
 }
 
 /// The most `blocking-write-and-flush` takes in one call.

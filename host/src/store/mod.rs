@@ -288,22 +288,33 @@ impl Store {
         offset: u64,
         len: u64,
     ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.read_bytes(version, encoding, offset, len).await?.map(Vec::from))
+    }
+
+    /// [`Store::read`] as shared bytes: a small body comes out of the read
+    /// cache without a copy.
+    pub async fn read_bytes(
+        &self,
+        version: u64,
+        encoding: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<bytes::Bytes>, StoreError> {
         let generation = self.generation();
         let small = len <= SMALL_READ_BYTES;
         let key = ReadKey::Body(version, encoding.to_string(), offset, len);
         if small {
             if let Some(ReadEntry::Body(g, bytes)) = self.reads.get(&key) {
                 if g == generation {
-                    return Ok(bytes.map(|b| b.to_vec()));
+                    return Ok(bytes);
                 }
             }
         }
         let conn = self.conn().await?;
-        let result = read_body(&conn, version, encoding, offset, len).await;
+        let result = read_body(&conn, version, encoding, offset, len).await.map(|b| b.map(bytes::Bytes::from));
         self.put_back(conn);
         if let (true, Ok(bytes)) = (small, &result) {
-            let entry = ReadEntry::Body(generation, bytes.as_deref().map(bytes::Bytes::copy_from_slice));
-            self.reads.insert(key, entry);
+            self.reads.insert(key, ReadEntry::Body(generation, bytes.clone()));
         }
         result
     }

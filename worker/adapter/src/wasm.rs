@@ -52,6 +52,9 @@ thread_local! {
 /// Bodies up to this size come with `stat`, saving a call per small GET.
 const INLINE_LIMIT: u64 = 64 << 10;
 
+/// Bytes `send` fetches from the sidecar per call: the host's chunk size.
+const SEND_PIECE: u64 = 1 << 20;
+
 /// The sidecar's address and token, read from the configuration on each
 /// call (Spin resolves variables per request; they may change).
 struct Config {
@@ -124,21 +127,7 @@ fn unreachable(sidecar: &str, e: impl std::fmt::Debug) -> Error {
 impl Pending {
     /// Writes all of `bytes` to the request body.
     fn send(&self, bytes: &[u8]) -> Result<(), ()> {
-        let stream = self.stream.as_ref().ok_or(())?;
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let permit = match stream.check_write() {
-                Ok(0) => {
-                    stream.subscribe().block();
-                    continue;
-                }
-                Ok(n) => n.min(rest.len() as u64) as usize,
-                Err(_) => return Err(()),
-            };
-            stream.write(&rest[..permit]).map_err(|_| ())?;
-            rest = &rest[permit..];
-        }
-        stream.blocking_flush().map_err(|_| ())
+        write_all(self.stream.as_ref().ok_or(())?, bytes)
     }
 
     /// Ends the request body (`complete`: properly, else as cut off) and
@@ -163,6 +152,24 @@ impl Pending {
         })?;
         Ok((status, headers, body))
     }
+}
+
+/// Writes all of `bytes` to `stream`, waiting for room, then flushes.
+fn write_all(stream: &OutputStream, bytes: &[u8]) -> Result<(), ()> {
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let permit = match stream.check_write() {
+            Ok(0) => {
+                stream.subscribe().block();
+                continue;
+            }
+            Ok(n) => n.min(rest.len() as u64) as usize,
+            Err(_) => return Err(()),
+        };
+        stream.write(&rest[..permit]).map_err(|_| ())?;
+        rest = &rest[permit..];
+    }
+    stream.blocking_flush().map_err(|_| ())
 }
 
 fn read_all(response: &IncomingResponse, limit: usize) -> Result<Vec<u8>, String> {
@@ -249,6 +256,22 @@ impl Guest for Adapter {
         let (version, offset, len) = (version.to_string(), offset.to_string(), len.to_string());
         let params = [("version", version.as_str()), ("encoding", &encoding), ("offset", &offset), ("len", &len)];
         call(Method::Get, "read", &params, false)
+    }
+
+    fn send(version: u64, encoding: String, offset: u64, len: u64, out: &OutputStream) -> Result<(), Error> {
+        let end = offset.checked_add(len).ok_or_else(|| Error::Invalid("offset + len overflows".into()))?;
+        let mut offset = offset;
+        while offset < end {
+            // The host's whole, aligned chunks: one database read each.
+            let want = (SEND_PIECE - offset % SEND_PIECE).min(end - offset);
+            let bytes = Self::read(version, encoding.clone(), offset, want)?;
+            if bytes.is_empty() {
+                return Err(Error::Invalid(format!("the range passes the end of body {version}")));
+            }
+            offset += bytes.len() as u64;
+            write_all(out, &bytes).map_err(|()| Error::Internal("the response stream failed".into()))?;
+        }
+        Ok(())
     }
 
     fn list_files(prefix: String, cursor: Option<String>, limit: u32) -> Result<Listing, Error> {
