@@ -209,3 +209,33 @@ fn sigterm_drains_in_flight_requests() {
     assert_eq!(s.wait_exit(std::time::Duration::from_secs(10)), Some(true), "turserver exited cleanly:\n{}", s.log());
     assert!(s.log().contains("drained"));
 }
+
+#[test]
+fn a_download_never_mixes_versions_and_may_be_left_mid_way() {
+    use std::io::Read;
+    let s = Server::local();
+    let old = pseudo_random(24 << 20, 1);
+    let new = pseudo_random(24 << 20, 2);
+    assert_eq!(s.put("/big.bin", None, old.clone()).status(), 201);
+
+    // The file is replaced while a download of it is under way: the download
+    // goes on with the old bytes or is cut off, never switching to the new.
+    let mut r = client().get(s.url("/big.bin")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let mut got = vec![0u8; 64 << 10];
+    r.read_exact(&mut got).unwrap();
+    assert_eq!(s.put("/big.bin", None, new.clone()).status(), 204);
+    let mut rest = Vec::new();
+    let _cut_off_is_fine = r.read_to_end(&mut rest);
+    got.extend_from_slice(&rest);
+    assert!(old.starts_with(&got), "a download of {} bytes strayed from the version it began with", got.len());
+
+    // A client that leaves mid-way frees its instance; the next download is whole.
+    for _ in 0..4 {
+        let mut r = client().get(s.url("/big.bin")).send().unwrap();
+        r.read_exact(&mut [0u8; 4096]).unwrap();
+    }
+    let r = s.get("/big.bin");
+    assert_eq!(r.status(), 200);
+    assert_eq!(sha256_hex(&r.bytes().unwrap()), sha256_hex(&new));
+}
