@@ -323,8 +323,11 @@ impl Store {
     pub async fn read_whole(&self, version: u64, size: u64) -> Result<Vec<u8>, StoreError> {
         let mut out = Vec::with_capacity(size as usize);
         while (out.len() as u64) < size {
+            // Exactly what is left, at most a chunk: a small body's read is
+            // then the one the read cache keeps.
+            let want = (size - out.len() as u64).min(CHUNK_SIZE as u64);
             let piece = self
-                .read(version, "identity", out.len() as u64, CHUNK_SIZE as u64)
+                .read(version, "identity", out.len() as u64, want)
                 .await?
                 .ok_or_else(|| StoreError::Internal(format!("version {version} was replaced while being read")))?;
             if piece.is_empty() {
