@@ -129,6 +129,11 @@ pub struct ServeArgs {
     /// moving, no store calls) before it is stopped with 504.
     #[arg(long, env = "TURSERVER_WORKER_DEADLINE", default_value = DEFAULT_WORKER_DEADLINE, value_parser = parse_duration)]
     pub worker_deadline: Duration,
+
+    /// How long a response write may wait for a client that has stopped
+    /// reading before the connection is closed (nginx's `send_timeout`).
+    #[arg(long, env = "TURSERVER_SEND_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub send_timeout: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

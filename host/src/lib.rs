@@ -6,6 +6,7 @@
 //! - [`config`]: command line and environment, validated up front.
 //! - [`client`]: `turserver worker deploy`, a client of a running edge.
 //! - [`server`]: the hyper server, host endpoints, write access, shutdown.
+//! - [`send_timeout`]: connections whose client stopped reading are closed.
 //! - [`runtime`]: Engine, Linker, per-request Stores, deadlines and memory limits.
 //! - [`workers`]: the active worker and hot swaps (watched file, database deploys).
 //! - [`cache`]: compiled workers cached on disk.
@@ -28,6 +29,7 @@ pub mod error;
 pub mod files;
 pub mod metrics;
 pub mod runtime;
+pub mod send_timeout;
 pub mod server;
 pub mod sidecar;
 pub mod status;

@@ -4,6 +4,7 @@
 use crate::config::ServeArgs;
 use crate::files::{FilesCtx, WriteAccess};
 use crate::runtime::Runtime;
+use crate::send_timeout::SendTimeout;
 use crate::edge_cache::{self, EdgeCache};
 use crate::metrics::Metrics;
 use crate::status::SyncStats;
@@ -60,6 +61,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         app: OnceLock::new(),
         metrics: Metrics::new(&sync_stats, edge_cache.as_deref(), &instantiations),
         consistency_wait: args.consistency_wait,
+        send_timeout: args.send_timeout,
     });
     let mut server = tokio::spawn(serve(listener, shared.clone(), shutdown_signal()));
     // A signal while starting ends the server task: stop starting then.
@@ -169,6 +171,7 @@ pub struct Shared {
     app: OnceLock<Arc<AppState>>,
     metrics: Metrics,
     consistency_wait: Duration,
+    send_timeout: Duration,
 }
 
 /// The next connection, with Nagle's algorithm off. Accept errors (typically
@@ -197,6 +200,7 @@ pub async fn serve(listener: TcpListener, state: Arc<Shared>, shutdown: impl Fut
     loop {
         tokio::select! {
             (stream, peer) = accept(&listener) => {
+                let stream = SendTimeout::new(stream, state.send_timeout);
                 let state = state.clone();
                 let service = hyper::service::service_fn(move |req| {
                     let state = state.clone();

@@ -239,3 +239,50 @@ fn a_download_never_mixes_versions_and_may_be_left_mid_way() {
     assert_eq!(r.status(), 200);
     assert_eq!(sha256_hex(&r.bytes().unwrap()), sha256_hex(&new));
 }
+
+#[test]
+fn a_client_that_stops_reading_is_cut_off_and_an_idle_one_is_not() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+    let dir = TempDir::new("send-timeout");
+    let data = dir.path().to_path_buf();
+    let s = Server::start(&data, &["--send-timeout", "1s"], Some(dir));
+    let body = pseudo_random(48 << 20, 3);
+    assert_eq!(s.put("/big.bin", None, body.clone()).status(), 201);
+    assert_eq!(s.put("/small.txt", None, b"small".to_vec()).status(), 201);
+
+    // Asks for 48 MiB and reads nothing: once the socket buffers are full the
+    // server's write waits, and after 1 s the server closes the connection.
+    let mut stalled = TcpStream::connect(s.addr).unwrap();
+    stalled.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    stalled.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let _cut_off = stalled.read_to_end(&mut got);
+    assert!(started.elapsed() < Duration::from_secs(9), "the stalled connection was left open");
+    assert!(got.len() < body.len(), "a client that stopped reading got the whole body");
+
+    // Idle between requests for longer than the timeout: nothing was waiting
+    // to be written, so the keep-alive connection still serves.
+    let mut idle = TcpStream::connect(s.addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let ask = |conn: &mut TcpStream| {
+        conn.write_all(b"GET /small.txt HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut text = String::new();
+        while !text.ends_with("small") {
+            let n = conn.read(&mut buf).unwrap();
+            assert!(n > 0, "the connection closed: {text}");
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+        text
+    };
+    assert!(ask(&mut idle).starts_with("HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(ask(&mut idle).starts_with("HTTP/1.1 200"));
+
+    // The server still serves the whole file to a client that reads.
+    assert_eq!(sha256_hex(&s.get("/big.bin").bytes().unwrap()), sha256_hex(&body));
+}

@@ -1,0 +1,133 @@
+//! Connections whose client stops reading are closed. A response write that
+//! makes no progress for the send timeout fails; hyper then drops the
+//! connection, and the worker instance streaming into it sees its stream
+//! close and ends. As with nginx's `send_timeout`, the clock runs only while
+//! a write is waiting for the client, so idle keep-alive connections and slow
+//! clients that keep reading are never cut off.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+/// An I/O stream whose writes fail once one has waited `timeout`.
+pub struct SendTimeout<S> {
+    inner: S,
+    timeout: Duration,
+    /// The clock of a waiting write, made at the first wait and reset at
+    /// each later one.
+    clock: Option<Pin<Box<Sleep>>>,
+    /// A write is waiting: set when one first has to wait, cleared by any
+    /// write that goes on.
+    waiting: bool,
+}
+
+impl<S> SendTimeout<S> {
+    pub fn new(inner: S, timeout: Duration) -> Self {
+        SendTimeout { inner, timeout, clock: None, waiting: false }
+    }
+
+    fn watch<T>(&mut self, cx: &mut Context<'_>, polled: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        if polled.is_ready() {
+            self.waiting = false;
+            return polled;
+        }
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let clock = self.clock.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if !self.waiting {
+            self.waiting = true;
+            clock.as_mut().reset(deadline);
+        }
+        match clock.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the client took no response bytes for {:?}", self.timeout),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SendTimeout<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.watch(cx, polled)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.watch(cx, polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_flush(cx);
+        this.watch(cx, polled)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.watch(cx, polled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_the_reader_never_takes_fails_after_the_timeout() {
+        let (client, server) = tokio::io::duplex(1024);
+        let mut server = SendTimeout::new(server, Duration::from_secs(5));
+        // The pipe takes 1 KiB, then the write waits for a reader that never comes.
+        let err = server.write_all(&[7u8; 4096]).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        drop(client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_that_keeps_reading_is_served_whole() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut server = SendTimeout::new(server, Duration::from_secs(5));
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 512];
+            loop {
+                // Each read comes well within the timeout, though the whole
+                // transfer takes far longer than it.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                match client.read(&mut buf).await.unwrap() {
+                    0 => return got,
+                    n => got.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        // Idle first, longer than the timeout: no write is waiting, so no clock runs.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        server.write_all(&[7u8; 8192]).await.unwrap();
+        server.shutdown().await.unwrap();
+        drop(server);
+        assert_eq!(reader.await.unwrap().len(), 8192);
+    }
+}
