@@ -155,6 +155,7 @@ async fn start(
             token_digest: Sha256::digest(token.as_bytes()).into(),
             write_token_digest: state.write_token_digest,
             max_upload: args.max_upload_size,
+            send_timeout: args.send_timeout,
         });
         tasks.push(AbortOnDrop::new(tokio::spawn(crate::sidecar::serve(listener, sidecar))));
     }

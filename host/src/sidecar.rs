@@ -64,6 +64,8 @@ pub struct Sidecar {
     /// SHA-256 of the write token that client credentials are judged by.
     pub write_token_digest: Option<[u8; 32]>,
     pub max_upload: u64,
+    /// How long an answer may wait for an adapter that stopped reading.
+    pub send_timeout: std::time::Duration,
 }
 
 /// Header carrying the client's own `Authorization` value on writes.
@@ -82,6 +84,7 @@ pub async fn serve(listener: TcpListener, sidecar: Arc<Sidecar>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let (stream, peer) = crate::server::accept(&listener).await;
+        let stream = crate::send_timeout::SendTimeout::new(stream, sidecar.send_timeout);
         let sidecar = sidecar.clone();
         let service = hyper::service::service_fn(move |req| {
             let sidecar = sidecar.clone();
