@@ -160,6 +160,10 @@ impl ServeArgs {
         if self.worker_deadline < Duration::from_millis(50) {
             bail!("--worker-deadline must be at least 50ms");
         }
+        if self.send_timeout < Duration::from_secs(1) {
+            // Shorter cuts off clients on any passing stall of the network.
+            bail!("--send-timeout must be at least 1s");
+        }
         if self.worker_memory_mib == 0 || self.worker_memory_mib > 4096 {
             bail!("--worker-memory-mib must be between 1 and 4096");
         }

@@ -245,6 +245,9 @@ fn a_client_that_stops_reading_is_cut_off_and_an_idle_one_is_not() {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
+    let (ok, log) = Server::run_to_exit(TempDir::new("send-timeout-0").path(), &["--send-timeout", "0s"]);
+    assert!(!ok && log.contains("--send-timeout must be at least 1s"), "{log}");
+
     let dir = TempDir::new("send-timeout");
     let data = dir.path().to_path_buf();
     let s = Server::start(&data, &["--send-timeout", "1s"], Some(dir));
