@@ -176,7 +176,7 @@ async fn write_all(stream: &mut DynOutputStream, mut bytes: bytes::Bytes) -> Res
         let permit = stream.write_ready().await?;
         stream.write(bytes.split_to(permit.min(bytes.len())))?;
     }
-    stream.flush()
+    Ok(())
 }
 
 /// Key of the site configuration document in `site_config`.
@@ -245,7 +245,10 @@ impl files::Host for FilesView<'_> {
                 return stream_failed(e);
             }
         }
-        Ok(Ok(()))
+        match self.table.get_mut(&out)?.flush() {
+            Ok(()) => Ok(Ok(())),
+            Err(e) => stream_failed(e),
+        }
     }
 
     async fn list_files(&mut self, prefix: String, cursor: Option<String>, limit: u32) -> HostResult<Listing> {

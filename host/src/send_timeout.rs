@@ -35,12 +35,15 @@ impl<S> SendTimeout<S> {
             self.waiting = false;
             return polled;
         }
-        let deadline = tokio::time::Instant::now() + self.timeout;
-        let clock = self.clock.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         if !self.waiting {
             self.waiting = true;
-            clock.as_mut().reset(deadline);
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            match &mut self.clock {
+                Some(clock) => clock.as_mut().reset(deadline),
+                None => self.clock = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
         }
+        let clock = self.clock.as_mut().expect("set when the wait began");
         match clock.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,

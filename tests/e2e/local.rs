@@ -249,8 +249,7 @@ fn a_client_that_stops_reading_is_cut_off_and_an_idle_one_is_not() {
     assert!(!ok && log.contains("--send-timeout must be at least 1s"), "{log}");
 
     let dir = TempDir::new("send-timeout");
-    let data = dir.path().to_path_buf();
-    let s = Server::start(&data, &["--send-timeout", "1s"], Some(dir));
+    let s = Server::start(dir.path(), &["--send-timeout", "1s"], None);
     let body = pseudo_random(48 << 20, 3);
     assert_eq!(s.put("/big.bin", None, body.clone()).status(), 201);
     assert_eq!(s.put("/small.txt", None, b"small".to_vec()).status(), 201);
