@@ -7,6 +7,7 @@
 //! - [`client`]: `turserver worker deploy`, a client of a running edge.
 //! - [`server`]: the hyper server, host endpoints, write access, shutdown.
 //! - [`send_timeout`]: connections whose client stopped reading are closed.
+//! - [`linger`]: request bodies left unread are drained, so refusals reach the client.
 //! - [`runtime`]: Engine, Linker, per-request Stores, deadlines and memory limits.
 //! - [`workers`]: the active worker and hot swaps (watched file, database deploys).
 //! - [`cache`]: compiled workers cached on disk.
@@ -27,6 +28,7 @@ pub mod config;
 pub mod edge_cache;
 pub mod error;
 pub mod files;
+pub mod linger;
 pub mod metrics;
 pub mod runtime;
 pub mod send_timeout;

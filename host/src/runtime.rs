@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use crate::files::{FilesCtx, FilesView};
-use hyper::body::Incoming;
+use crate::linger::RequestBody;
 use std::future::Future;
 use wasmtime::error::Context as _;
 use sha2::{Digest, Sha256};
@@ -343,7 +343,7 @@ impl Runtime {
     pub async fn handle(
         &self,
         worker: Arc<Worker>,
-        req: hyper::Request<Incoming>,
+        req: hyper::Request<RequestBody>,
         mut files: FilesCtx,
     ) -> hyper::Response<HyperOutgoingBody> {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);

@@ -6,6 +6,7 @@ use crate::files::{FilesCtx, WriteAccess};
 use crate::runtime::Runtime;
 use crate::send_timeout::SendTimeout;
 use crate::edge_cache::{self, EdgeCache};
+use crate::linger::{Linger, RequestBody};
 use crate::metrics::Metrics;
 use crate::status::SyncStats;
 use crate::sync::AbortOnDrop;
@@ -14,7 +15,6 @@ use crate::workers::{self, WorkerSlot};
 use anyhow::Context;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -205,7 +205,7 @@ pub async fn serve(listener: TcpListener, state: Arc<Shared>, shutdown: impl Fut
                 let state = state.clone();
                 let service = hyper::service::service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(observed(&state, req).await) }
+                    async move { Ok::<_, Infallible>(observed(&state, req.map(Linger::new)).await) }
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
                 let conn = graceful.watch(conn);
@@ -228,7 +228,7 @@ pub async fn serve(listener: TcpListener, state: Arc<Shared>, shutdown: impl Fut
 }
 
 /// Answers a request and records it in the metrics.
-async fn observed(shared: &Shared, req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+async fn observed(shared: &Shared, req: hyper::Request<RequestBody>) -> hyper::Response<HyperOutgoingBody> {
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let resp = route(shared, req).await;
@@ -237,7 +237,7 @@ async fn observed(shared: &Shared, req: hyper::Request<Incoming>) -> hyper::Resp
     resp.map(|b| CountingBody { inner: b, counter }.boxed_unsync())
 }
 
-async fn route(shared: &Shared, req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+async fn route(shared: &Shared, req: hyper::Request<RequestBody>) -> hyper::Response<HyperOutgoingBody> {
     let app = shared.app.get();
     match req.uri().path() {
         "/_turserver/health" => return text_response(200, "ok"),
@@ -271,7 +271,7 @@ async fn route(shared: &Shared, req: hyper::Request<Incoming>) -> hyper::Respons
 
 /// Benchmark baseline: a file answered by the host straight from the store,
 /// with no worker (`--bench-native`). Only plain GETs of whole files.
-async fn native(state: &AppState, req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+async fn native(state: &AppState, req: hyper::Request<RequestBody>) -> hyper::Response<HyperOutgoingBody> {
     let path = req.uri().path().trim_start_matches("/_turserver/native/").to_string();
     let meta = match state.store.stat(&path).await {
         Ok(Some(m)) => m,
@@ -316,7 +316,7 @@ async fn gather(
     }
 }
 
-fn header_text(req: &hyper::Request<Incoming>, name: hyper::header::HeaderName) -> String {
+fn header_text(req: &hyper::Request<RequestBody>, name: hyper::header::HeaderName) -> String {
     req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
 }
 
@@ -331,7 +331,7 @@ fn cached_response(entry: &edge_cache::Entry, head: bool) -> hyper::Response<Hyp
 
 /// The replication position a read asks for: the header, else the cookie a
 /// write set.
-fn requested_position(req: &hyper::Request<Incoming>) -> Option<u64> {
+fn requested_position(req: &hyper::Request<RequestBody>) -> Option<u64> {
     if let Some(v) = req.headers().get(POSITION_HEADER) {
         return v.to_str().ok()?.trim().parse().ok();
     }
@@ -340,7 +340,7 @@ fn requested_position(req: &hyper::Request<Incoming>) -> Option<u64> {
     })
 }
 
-async fn handle(state: &AppState, wait: Duration, mut req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+async fn handle(state: &AppState, wait: Duration, mut req: hyper::Request<RequestBody>) -> hyper::Response<HyperOutgoingBody> {
     let is_write = !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS);
     if !is_write {
         if let Some(position) = requested_position(&req) {
@@ -449,7 +449,7 @@ impl http_body::Body for CountingBody {
 }
 
 /// `PUT /_turserver/worker`: deploy a worker component to every edge.
-async fn deploy_worker(state: &AppState, mut req: hyper::Request<Incoming>) -> hyper::Response<HyperOutgoingBody> {
+async fn deploy_worker(state: &AppState, mut req: hyper::Request<RequestBody>) -> hyper::Response<HyperOutgoingBody> {
     if req.method() != hyper::Method::PUT {
         let mut r = text_response(405, "method not allowed");
         r.headers_mut().insert(hyper::header::ALLOW, http::HeaderValue::from_static("PUT"));
@@ -472,7 +472,7 @@ async fn deploy_worker(state: &AppState, mut req: hyper::Request<Incoming>) -> h
 }
 
 /// Reads and removes the `Authorization` header: the worker never sees it.
-fn write_access(state: &AppState, req: &mut hyper::Request<Incoming>) -> WriteAccess {
+fn write_access(state: &AppState, req: &mut hyper::Request<RequestBody>) -> WriteAccess {
     let value = req.headers_mut().remove(hyper::header::AUTHORIZATION);
     WriteAccess::judge(value.as_ref().map(|v| v.as_bytes()), state.write_token_digest.as_ref())
 }

@@ -47,7 +47,7 @@ use crate::server::response;
 use crate::store::Store;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
+use crate::linger::{Linger, RequestBody};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use std::collections::HashMap;
@@ -88,7 +88,7 @@ pub async fn serve(listener: TcpListener, sidecar: Arc<Sidecar>) {
         let sidecar = sidecar.clone();
         let service = hyper::service::service_fn(move |req| {
             let sidecar = sidecar.clone();
-            async move { Ok::<_, Infallible>(handle(&sidecar, req).await) }
+            async move { Ok::<_, Infallible>(handle(&sidecar, req.map(Linger::new)).await) }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service).into_owned();
         tokio::spawn(async move {
@@ -99,7 +99,7 @@ pub async fn serve(listener: TcpListener, sidecar: Arc<Sidecar>) {
     }
 }
 
-async fn handle(sidecar: &Sidecar, req: hyper::Request<Incoming>) -> Response {
+async fn handle(sidecar: &Sidecar, req: hyper::Request<RequestBody>) -> Response {
     if !sidecar.admits(&req) {
         tracing::warn!(path = req.uri().path(), "sidecar request with a missing or wrong sidecar token");
         let refused = Error::Unavailable("the store sidecar refused this worker's sidecar token".into());
@@ -138,7 +138,7 @@ async fn handle(sidecar: &Sidecar, req: hyper::Request<Incoming>) -> Response {
 }
 
 impl Sidecar {
-    fn admits(&self, req: &hyper::Request<Incoming>) -> bool {
+    fn admits(&self, req: &hyper::Request<RequestBody>) -> bool {
         let header = req.headers().get(hyper::header::AUTHORIZATION);
         header.is_some_and(|v| crate::files::bearer_matches(v.as_bytes(), &self.token_digest))
     }
@@ -198,7 +198,7 @@ async fn list(view: &mut FilesView<'_>, query: &Query) -> Result<Response, Error
 }
 
 /// `begin-upload`, `write` for each piece of the body, `finish` at its end.
-async fn upload(view: &mut FilesView<'_>, query: &Query, mut body: Incoming) -> Result<Response, Error> {
+async fn upload(view: &mut FilesView<'_>, query: &Query, mut body: RequestBody) -> Result<Response, Error> {
     let path = query.text("path")?;
     let content_type = query.text("content-type")?;
     let size_hint = query.get("size-hint").map(|_| query.number("size-hint")).transpose()?;
@@ -221,7 +221,7 @@ async fn upload(view: &mut FilesView<'_>, query: &Query, mut body: Incoming) -> 
 }
 
 /// `begin-batch`, then `add`/`write` per frame, `commit` at the body's end.
-async fn batch(view: &mut FilesView<'_>, mut body: Incoming) -> Result<Response, Error> {
+async fn batch(view: &mut FilesView<'_>, mut body: RequestBody) -> Result<Response, Error> {
     let batch = call(files::Host::begin_batch(view).await)?;
     let rep = batch.rep();
     let outcome = async {
@@ -328,7 +328,7 @@ impl Query {
     }
 }
 
-async fn collect_text(body: Incoming) -> Result<String, Error> {
+async fn collect_text(body: RequestBody) -> Result<String, Error> {
     // The store refuses larger site configurations; stop reading well past that.
     let limited = http_body_util::Limited::new(body, 1 << 20);
     let bytes = limited.collect().await.map_err(|e| Error::Invalid(format!("body refused: {e}")))?.to_bytes();

@@ -469,3 +469,19 @@ fn chunked_upload_over_the_limit_is_refused() {
     }
     assert_eq!(client().get(s.url("/big.bin")).send().unwrap().status(), 404);
 }
+
+/// An upload refused before its body arrives (413 from `Content-Length`)
+/// still reaches a client that goes on sending: the server reads and
+/// discards the body rather than resetting the connection, which then
+/// serves the next request.
+#[test]
+fn a_refused_upload_lets_the_client_finish_sending() {
+    let dir = TempDir::new("linger");
+    let s = Server::start(dir.path(), &["--max-upload-size", "1000"], None);
+    let size = 4 << 20;
+    let head = format!("PUT /big.bin HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {size}\r\n\r\n");
+    let (early, sent, next) = refused_then_sent(s.addr, &head, size, "GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(early, 413);
+    assert!(sent, "the server reset the connection while the client sent the body");
+    assert_eq!(next, 404, "the connection serves the next request; nothing was stored");
+}

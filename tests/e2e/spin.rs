@@ -158,6 +158,25 @@ fn the_composed_worker_serves_like_the_host() {
     assert_eq!(small.get("/too-big.bin").status(), 404);
 }
 
+/// The sidecar answers a refused upload at once and reads the rest of its
+/// body, so an HTTP client still sending it (the adapter's runtime) gets
+/// the refusal rather than a reset connection.
+#[test]
+fn the_sidecar_lets_a_refused_upload_finish_sending() {
+    let edge = sidecar_server("sidecar-linger", &["--max-upload-size", "1000"]);
+    let size = 4 << 20;
+    let auth = format!("Authorization: Bearer {SIDECAR_TOKEN}\r\n");
+    let head = format!(
+        "PUT /v1/upload?path=big.bin&content-type=x&size-hint={size} HTTP/1.1\r\nHost: x\r\n{auth}\
+         turserver-client-authorization: Bearer {TOKEN}\r\nContent-Length: {size}\r\n\r\n"
+    );
+    let next = format!("GET /v1/stat?path=big.bin HTTP/1.1\r\nHost: x\r\n{auth}\r\n");
+    let (early, sent, next) = refused_then_sent(edge.sidecar_addr(), &head, size, &next);
+    assert_eq!(early, 413);
+    assert!(sent, "the sidecar reset the connection while the client sent the body");
+    assert_eq!(next, 404, "the connection serves the next call; nothing was stored");
+}
+
 #[test]
 fn a_refused_or_absent_sidecar_is_503_at_once() {
     let edge = sidecar_server("sidecar-refusal", &[]);

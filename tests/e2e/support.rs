@@ -355,6 +355,39 @@ impl Drop for Server {
     }
 }
 
+/// One HTTP/1.1 response read off `stream`: its status, and its body as
+/// long as `Content-Length` says.
+fn read_response(stream: &mut TcpStream) -> u16 {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).unwrap_or(0) == 0 {
+            return 0;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let len = head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; len];
+    let _ = stream.read_exact(&mut body);
+    head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+/// Sends an upload's `head`, reads the answer the server gives before any
+/// of the body arrives, then sends `body_len` body bytes and the request
+/// `next` on the same connection. Returns the early answer's status, whether
+/// the whole body could be sent, and the status `next` got.
+pub fn refused_then_sent(addr: impl std::net::ToSocketAddrs, head: &str, body_len: usize, next: &str) -> (u16, bool, u16) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let early = read_response(&mut stream);
+    let sent = stream.write_all(&vec![b'x'; body_len]).is_ok();
+    let next = if sent && stream.write_all(next.as_bytes()).is_ok() { read_response(&mut stream) } else { 0 };
+    (early, sent, next)
+}
+
 pub fn client() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(60)).build().unwrap()
 }
