@@ -24,31 +24,22 @@ pub const LINGER_TIME: Duration = Duration::from_secs(5);
 /// A request as the servers hand it on: its body lingers.
 pub type RequestBody = Linger<hyper::body::Incoming>;
 
+/// A body that can be drained in a task of its own.
+pub trait Drainable: Body<Data: Send, Error: Send> + Send + Unpin + 'static {}
+
+impl<B: Body<Data: Send, Error: Send> + Send + Unpin + 'static> Drainable for B {}
+
 /// A request body that, dropped before its end, drains the rest in a task
 /// of its own.
-pub struct Linger<B>(Option<B>)
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Send;
+pub struct Linger<B: Drainable>(Option<B>);
 
-impl<B> Linger<B>
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Send,
-{
+impl<B: Drainable> Linger<B> {
     pub fn new(body: B) -> Self {
         Linger(Some(body))
     }
 }
 
-impl<B> Body for Linger<B>
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Send,
-{
+impl<B: Drainable> Body for Linger<B> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -68,15 +59,10 @@ where
     }
 }
 
-impl<B> Drop for Linger<B>
-where
-    B: Body + Send + Unpin + 'static,
-    B::Data: Send,
-    B::Error: Send,
-{
+impl<B: Drainable> Drop for Linger<B> {
     fn drop(&mut self) {
         let Some(body) = self.0.take() else { return };
-        // Bodyless requests (every GET) end here, spawning nothing.
+        // Requests without a body (GETs, as a rule) end here, spawning nothing.
         if body.is_end_stream() {
             return;
         }
