@@ -7,7 +7,7 @@ files in turserver and on disk, starts nginx (on loopback, with a config it
 writes) and a real sqld primary, runs wrk (each run bounded in time) and
 prints one table with each target marked met or not.
 
-    python3 tests/bench.py            # full run, about 9 minutes
+    python3 tests/bench.py            # full run, about 10 minutes
     python3 tests/bench.py --quick    # shorter runs, for a rough look
 
 Needs wrk and nginx (Debian: apt-get install wrk nginx-light).
