@@ -7,7 +7,7 @@ files in turserver and on disk, starts nginx (on loopback, with a config it
 writes) and a real sqld primary, runs wrk (each run bounded in time) and
 prints one table with each target marked met or not.
 
-    python3 tests/bench.py            # full run, about 10 minutes
+    python3 tests/bench.py            # full run, about 10 minutes after the build
     python3 tests/bench.py --quick    # shorter runs, for a rough look
 
 Needs wrk and nginx (Debian: apt-get install wrk nginx-light).
@@ -350,11 +350,15 @@ def main():
     single_rate, batch_rate = batch_vs_put(edge_url, 200)
 
     log("100 MiB downloads")
-    # The median of three single downloads, the first of which warms up.
-    one_gibs = statistics.median(download_test(plain_url, plain.p.pid, "big.bin", len(big), 1)[0] for _ in range(3))
+    # Single downloads alternate between turserver and nginx, seven each, so
+    # both see the same drift; each figure is the median (the first of each
+    # warms up).
+    ours, theirs = [], []
+    for _ in range(7):
+        ours.append(download_test(plain_url, plain.p.pid, "big.bin", len(big), 1)[0])
+        theirs.append(download_test(nginx_url, Proc.live[0].p.pid, "big.bin", len(big), 1)[0])
+    one_gibs, nginx_gibs = statistics.median(ours), statistics.median(theirs)
     many_gibs, rss_growth, anon_growth = download_test(plain_url, plain.p.pid, "big.bin", len(big), 16)
-    nginx_gibs = statistics.median(
-        download_test(nginx_url, Proc.live[0].p.pid, "big.bin", len(big), 1)[0] for _ in range(3))
 
     print()
     print(f"{'test':<16} {'target':<13} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'/nginx':>7} {'/native':>8}")
