@@ -1,5 +1,5 @@
 //! Builds the wasm parts for wasm32-wasip2: the default worker, which
-//! `runtime::DEFAULT_WORKER` embeds from OUT_DIR, and the store adapter for
+//! `wasm::engine::DEFAULT_WORKER` embeds from OUT_DIR, and the store adapter for
 //! Spin in both configurations. It then composes the worker with each
 //! adapter into single components (`target/spin/turserver-spin.wasm`, with
 //! Spin variables; `target/spin/turserver-wasi.wasm`, with environment
@@ -18,7 +18,16 @@ fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let root = manifest_dir.parent().context("host/ has a parent")?.to_path_buf();
     let out_dir = PathBuf::from(std::env::var("OUT_DIR")?);
-    for watched in ["worker/src", "worker/Cargo.toml", "worker/adapter/src", "worker/adapter/Cargo.toml", "wit", "Cargo.lock"] {
+    for watched in [
+        "protocol/src",
+        "protocol/Cargo.toml",
+        "worker/src",
+        "worker/Cargo.toml",
+        "worker/adapter/src",
+        "worker/adapter/Cargo.toml",
+        "wit",
+        "Cargo.lock",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(watched).display());
     }
     println!("cargo:rerun-if-env-changed=TURSERVER_WORKER_WASM");

@@ -3,38 +3,35 @@
 //! embedded replica kept in sync with a primary).
 //!
 //! # Layout
-//! - [`config`]: command line and environment, validated up front.
-//! - [`client`]: `turserver worker deploy`, a client of a running edge.
-//! - [`server`]: the hyper server, host endpoints, write access, shutdown.
-//! - [`send_timeout`]: connections whose client stopped reading are closed.
-//! - [`linger`]: request bodies left unread are drained, so refusals reach the client.
-//! - [`runtime`]: Engine, Linker, per-request Stores, deadlines and memory limits.
-//! - [`workers`]: the active worker and hot swaps (watched file, database deploys).
-//! - [`cache`]: compiled workers cached on disk.
-//! - [`status`]: `GET /_turserver/status` and the sync counters behind it.
-//! - [`metrics`]: `GET /metrics` (Prometheus).
-//! - [`edge_cache`]: the in-memory response cache in front of the worker.
-//! - [`sidecar`]: the store over HTTP for workers on Spin (`--sidecar-listen`).
-//! - [`bindings`]: the only `bindgen!`, for `turserver:store/files`.
-//! - [`files`]: the host side of `turserver:store/files`.
-//! - [`store`]: the libSQL database: schema, queries, chunked uploads.
-//! - [`sync`]: background sync with the primary and garbage collection.
-//! - [`error`]: store errors, classified by what a caller should do.
+//! Folders are layers; a layer imports only those listed after it (checked
+//! by a test below), so a request's path reads top to bottom:
+//!
+//! - [`app`]: wires every layer: configuration, startup, the public port's
+//!   routes (host endpoints), shutdown; the `worker deploy` client.
+//! - `sidecar`: the store over HTTP for workers on Spin (`--sidecar-listen`).
+//! - `ops`: `/_turserver/status` and `/metrics` (one registry, metrics
+//!   registered by each owner).
+//! - `pipeline`: the request's steps before and after the worker:
+//!   consistency wait, response cache, access, invoke.
+//! - `wasm`: engine, compiled-worker cache, instances and reuse, the active
+//!   worker and swaps, the `turserver:store/files` host side and bindings.
+//! - `store`: the libSQL database: reads, writes, uploads, replication and
+//!   its stats, the background sync and GC, schema.
+//! - `http`: the one accept/serve loop for both ports, host responses,
+//!   header names, bearer tokens, lingering bodies, the send timeout.
+//! - `task`: background tasks that die with their owner.
+//!
+//! The wire protocol between the sidecar and the store adapter is the
+//! `turserver-protocol` crate, shared with the adapter.
 
-pub mod bindings;
-pub mod cache;
-pub mod client;
-pub mod config;
-pub mod edge_cache;
-pub mod error;
-pub mod files;
-pub mod linger;
-pub mod metrics;
-pub mod runtime;
-pub mod send_timeout;
-pub mod server;
-pub mod sidecar;
-pub mod status;
-pub mod store;
-pub mod sync;
-pub mod workers;
+pub mod app;
+mod http;
+mod ops;
+mod pipeline;
+mod sidecar;
+mod store;
+mod task;
+mod wasm;
+
+#[cfg(test)]
+mod layers;

@@ -1,7 +1,7 @@
 use clap::Parser;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
-use turserver::config::{Cli, Command, WorkerCommand};
+use turserver::app::{Cli, Command, WorkerCommand};
 
 /// Applied when RUST_LOG is unset. libSQL's replication client warns about
 /// every slow frame fetch; the sync loop reports real failures itself.
@@ -39,8 +39,8 @@ async fn run() -> ExitCode {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve(args) => turserver::server::run(args).await,
-        Command::Worker(WorkerCommand::Deploy(args)) => turserver::client::deploy(args).await,
+        Command::Serve(args) => turserver::app::run(args).await,
+        Command::Worker(WorkerCommand::Deploy(args)) => turserver::app::deploy_worker(args).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

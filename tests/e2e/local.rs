@@ -183,8 +183,8 @@ fn sigterm_drains_in_flight_requests() {
 
     // Shut down while the response is still being sent.
     s.signal_term();
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert!(std::net::TcpStream::connect(s.addr).is_err(), "no new connections after SIGTERM");
+    let refused = eventually(std::time::Duration::from_secs(5), || std::net::TcpStream::connect(s.addr).is_err().then_some(()));
+    assert!(refused.is_some(), "no new connections after SIGTERM");
     let mut rest = Vec::new();
     // Read slowly-ish: the server must wait for us.
     let mut buf = vec![0u8; 256 * 1024];

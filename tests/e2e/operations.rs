@@ -222,21 +222,6 @@ fn damaged_or_foreign_replicas_are_refused_and_rebuilt() {
     assert_eq!(edge.get("/precious.txt").text().unwrap(), "precious");
 }
 
-fn tar_of(files: &[(String, Vec<u8>)]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (name, data) in files {
-        let mut h = tar::Header::new_gnu();
-        // Written raw: the builder itself refuses names with `..`.
-        let gnu = h.as_gnu_mut().unwrap();
-        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_entry_type(tar::EntryType::Regular);
-        h.set_cksum();
-        b.append(&h, &data[..]).unwrap();
-    }
-    b.into_inner().unwrap()
-}
 
 fn post_batch(s: &Server, archive: Vec<u8>) -> reqwest::blocking::Response {
     client().post(s.url("/_api/batch")).bearer_auth(TOKEN).header("content-type", "application/x-tar").body(archive).send().unwrap()

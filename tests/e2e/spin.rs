@@ -123,15 +123,7 @@ fn the_composed_worker_serves_like_the_host() {
     assert_eq!(sha256_hex(&edge.get("/cross/big.bin").bytes().unwrap()), sha256_hex(&big));
 
     // A batch is framed through the adapter and committed as one.
-    let mut archive = tar::Builder::new(Vec::new());
-    for (name, body) in [("batch/a.txt", &b"first"[..]), ("batch/b.txt", &b"second"[..])] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(body.len() as u64);
-        header.set_mode(0o644);
-        header.set_cksum();
-        archive.append_data(&mut header, name, body).unwrap();
-    }
-    let archive = archive.into_inner().unwrap();
+    let archive = tar_of(&[("batch/a.txt", "first"), ("batch/b.txt", "second")]);
     let r = c.post(spin.url("/_api/batch")).bearer_auth(TOKEN).body(archive).send().unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text());
     assert_eq!(edge.get("/batch/a.txt").text().unwrap(), "first");

@@ -241,7 +241,9 @@ impl Server {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if !sent {
-                    if let Some(addr) = line.split("listening on http://").nth(1) {
+                    // The public port's line (`…: listening on http://ADDR`);
+                    // the sidecar's says `sidecar listening on`.
+                    if let Some(addr) = line.split(": listening on http://").nth(1) {
                         let _ = tx.send(addr.trim().to_string());
                         sent = true;
                     }
@@ -261,13 +263,16 @@ impl Server {
         server
     }
 
-    /// Waits until the worker answers (the host binds before it finishes
-    /// opening the store and compiling the worker).
+    /// Waits until `/_turserver/ready` says the host has started (it binds
+    /// before it finishes opening the store and compiling the worker): ready,
+    /// or a replica that serves its local copy but has not synced yet.
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if let Ok(r) = client().get(self.url("/_api/files?limit=1")).send() {
-                if r.status() == 200 {
+            if let Ok(r) = client().get(self.url("/_turserver/ready")).send() {
+                let status = r.status();
+                let text = r.text().unwrap_or_default();
+                if status == 200 || (status == 503 && text.contains("has not completed a sync")) {
                     return;
                 }
             }
@@ -410,6 +415,24 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
     }
     out.truncate(len);
     out
+}
+
+/// A tar archive of regular files, written raw so that names the `tar`
+/// builder itself refuses (with `..`) reach the server too.
+pub fn tar_of<N: AsRef<str>, B: AsRef<[u8]>>(files: &[(N, B)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data) in files {
+        let (name, data) = (name.as_ref(), data.as_ref());
+        let mut h = tar::Header::new_gnu();
+        let gnu = h.as_gnu_mut().unwrap();
+        gnu.name[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
 }
 
 /// Polls `f` until it returns Some or `within` passes.

@@ -211,6 +211,8 @@ fn a_stateless_worker_reuses_instances_and_drops_failed_ones() {
     let dir = TempDir::new("reuse");
     let flags = ["--worker", worker.to_str().unwrap(), "--response-cache-mib", "0", "--worker-deadline", "1s"];
     let s = Server::start(&dir.path().join("data"), &flags, None);
+    // The first request makes the instance the next ones reuse.
+    counts(&s, 1);
     let created = s.metric("turserver_worker_instantiations_total");
     let seen = counts(&s, 20);
     assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "one instance served them in turn: {seen:?}");

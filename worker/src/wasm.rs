@@ -1,7 +1,8 @@
 //! The wasm entry point: converts between `wasi:http` and the core's types and
 //! streams bodies in pieces, so large files never sit whole in guest memory.
 
-use crate::core::{self, Body, Expect, FilePart, Metadata, Outcome, Part, StoreError};
+use crate::core::{self, Body, Expect, FilePart, Metadata, Outcome, Part, RulesCache, StoreError};
+use std::cell::RefCell;
 
 wit_bindgen::generate!({
     path: "../wit",
@@ -19,6 +20,13 @@ use wasi::io::streams::{OutputStream, StreamError};
 /// Bytes read from the request body at a time.
 const PIECE: u64 = 256 * 1024;
 
+thread_local! {
+    /// The site rules as last parsed: an instance serving many requests
+    /// parses each version of the document once. It holds nothing of any
+    /// request.
+    static RULES: RefCell<RulesCache> = RefCell::new(RulesCache::default());
+}
+
 struct Worker;
 export!(Worker);
 
@@ -34,7 +42,8 @@ impl Guest for Worker {
         if let Some((_, value)) = req.headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("authorization")) {
             files::authorize(&String::from_utf8_lossy(value));
         }
-        let resp = match core::handle(&req, &mut HostStore) {
+        let outcome = RULES.with_borrow_mut(|rules| core::handle_with(&req, &mut HostStore, rules));
+        let resp = match outcome {
             Outcome::Respond(resp) => resp,
             Outcome::Upload { path, content_type, size_hint, expect } => {
                 core::upload_response(upload(request, &path, &content_type, size_hint, expect))
@@ -114,6 +123,19 @@ impl std::io::Read for StreamReader<'_> {
     }
 }
 
+/// A host batch as the core's [`core::BatchSink`].
+struct HostBatch<'a>(&'a files::Batch);
+
+impl core::BatchSink for HostBatch<'_> {
+    fn add(&mut self, path: &str, content_type: &str) -> Result<(), StoreError> {
+        self.0.add(path, content_type).map_err(from_wit)
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        self.0.write(bytes).map_err(from_wit)
+    }
+}
+
 /// Streams a tar archive into one batch: all files are published together,
 /// or (on any bad entry, a cut-off body or a store failure) none is.
 fn batch(request: IncomingRequest) -> core::Response {
@@ -124,33 +146,8 @@ fn batch(request: IncomingRequest) -> core::Response {
     let unreadable = || core::Response::text(400, "request body unreadable");
     let Ok(body) = request.consume() else { return unreadable() };
     let Ok(stream) = body.stream() else { return unreadable() };
-    let result = (|| -> Result<(), core::Response> {
-        let mut archive = tar::Archive::new(StreamReader(&stream));
-        let bad = |e: std::io::Error| core::Response::text(400, format!("bad tar archive: {e}"));
-        let mut buf = vec![0u8; PIECE as usize];
-        for entry in archive.entries().map_err(bad)? {
-            let mut entry = entry.map_err(bad)?;
-            let kind = entry.header().entry_type();
-            if kind.is_dir() {
-                continue;
-            }
-            let name = entry.path().map_err(bad)?.to_string_lossy().to_string();
-            if !kind.is_file() {
-                return Err(core::Response::text(400, format!("entry {name:?}: only regular files and directories")));
-            }
-            let (path, content_type) = core::batch_entry(&name).map_err(|why| core::Response::text(400, why))?;
-            batch.add(&path, &content_type).map_err(|e| core::error_response(from_wit(e)))?;
-            loop {
-                let n = std::io::Read::read(&mut entry, &mut buf).map_err(bad)?;
-                if n == 0 {
-                    break;
-                }
-                batch.write(&buf[..n]).map_err(|e| core::error_response(from_wit(e)))?;
-            }
-        }
-        Ok(())
-    })();
-    if let Err(resp) = result {
+    let mut buf = vec![0u8; PIECE as usize];
+    if let Err(resp) = core::read_batch(StreamReader(&stream), &mut HostBatch(&batch), &mut buf) {
         // Dropping the batch discards what it staged.
         return resp;
     }

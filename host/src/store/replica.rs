@@ -2,11 +2,9 @@
 //! damaged or was made from another primary, rebuilding it, and serving the
 //! local copy while the primary is unreachable.
 
-use super::{query_all, schema, Mode, Store};
-use crate::status::SyncStats;
+use super::{query_all, redact_url, schema, Mode, Store};
 use anyhow::Context;
 use std::path::Path;
-use std::sync::Arc;
 
 /// The replica's database file in the data directory; libSQL keeps three
 /// more beside it (`-wal`, `-shm`, `-client_wal_index`).
@@ -41,7 +39,6 @@ impl Store {
         url: &str,
         token: Option<&str>,
         rebuild: bool,
-        stats: Arc<SyncStats>,
     ) -> anyhow::Result<Store> {
         let path = data_dir.join(REPLICA_FILE);
         let marker = data_dir.join(REPLICA_MARKER);
@@ -55,8 +52,8 @@ impl Store {
             Ok(owner) if owner.trim() != url => anyhow::bail!(
                 "the replica in {} was made from the primary {}, not {}; {hint}",
                 data_dir.display(),
-                crate::status::redact_url(owner.trim()),
-                crate::status::redact_url(url)
+                redact_url(owner.trim()),
+                redact_url(url)
             ),
             _ => {}
         }
@@ -68,7 +65,7 @@ impl Store {
             .build()
             .await
             .map_err(|e| anyhow::anyhow!("opening the replica {} failed ({e}); {hint}", path.display()))?;
-        let store = Store::new(db, Mode::Replica { url: url.to_string() }, stats);
+        let store = Store::new(db, Mode::Replica { url: url.to_string() });
         if existed {
             store.check_integrity().await.map_err(|why| {
                 anyhow::anyhow!("the replica in {} is damaged ({why}); {hint}", data_dir.display())
@@ -88,7 +85,7 @@ impl Store {
                     _ => format!("no answer within {FIRST_SYNC_TIMEOUT:?}"),
                 };
                 if !existed || store.check_schema().await.is_err() {
-                    anyhow::bail!("cannot reach the primary {} ({why}) and there is no local copy to serve", crate::status::redact_url(url));
+                    anyhow::bail!("cannot reach the primary {} ({why}) and there is no local copy to serve", redact_url(url));
                 }
                 tracing::warn!(cause = %why, "the primary is unreachable; serving the local replica as it is until a sync succeeds");
             }

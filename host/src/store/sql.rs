@@ -1,6 +1,6 @@
 //! Query helpers: rows copied out of their statements, with typed getters.
 
-use crate::error::StoreError;
+use super::error::StoreError;
 use libsql::{Connection, Value};
 
 /// One result row, copied out of the statement. (A local libSQL `Row` is a

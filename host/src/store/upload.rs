@@ -7,7 +7,7 @@
 //! dropped before that is discarded.
 
 use super::{unix_now, FileMeta, Store, CHUNK_SIZE};
-use crate::error::StoreError;
+use super::error::StoreError;
 use libsql::Connection;
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -401,15 +401,15 @@ async fn publish_in_transaction(conn: &Connection, staged: &[Staged], now: i64) 
     let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.map_err(w)?;
     let mut outcomes = Vec::with_capacity(staged.len());
     for s in staged {
-        let old = super::current(&tx, &s.path).await?;
-        if let Err(e) = super::check_expectation(s.expect.as_ref(), old.as_ref()) {
+        let old = super::writes::current(&tx, &s.path).await?;
+        if let Err(e) = super::writes::check_expectation(s.expect.as_ref(), old.as_ref()) {
             tx.rollback().await.map_err(w)?;
             return Err(e);
         }
         let mut created_at = now;
         if let Some(old) = &old {
             created_at = old.created_at;
-            super::remove_file(&tx, old.id).await?;
+            super::writes::remove_file(&tx, old.id).await?;
         }
         tx.execute(
             "INSERT INTO files (path, content, content_type, last_modified, size, created_at, hash, blob_id, chunk_size) \

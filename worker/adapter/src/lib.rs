@@ -1,11 +1,10 @@
 //! The store adapter: a component that exports `turserver:store/files` and
 //! carries every call over `wasi:http` to a turserver host started with
 //! `--sidecar-listen`, so the worker runs unchanged where the host cannot
-//! link it directly (Spin). The wire protocol is the host's `sidecar`
-//! module's; this crate is its only client.
+//! link it directly (Spin). The wire protocol is the `turserver-protocol`
+//! crate, which the host's sidecar parses with.
 //!
-//! - [`wire`]: the sidecar URL, request targets and batch frames (plain
-//!   Rust, unit-tested natively).
+//! - [`wire`]: the sidecar URL (plain Rust, unit-tested natively).
 //! - `wasm`: the component itself (wasm32 only).
 //!
 //! Configuration: with the `spin` feature, Spin variables `sidecar_url` and

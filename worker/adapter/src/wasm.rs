@@ -21,7 +21,8 @@ wit_bindgen::generate!({
     additional_derives_ignore: ["stream-error"],
 });
 
-use crate::wire::{self, Sidecar};
+use crate::wire::Sidecar;
+use turserver_protocol::{self as protocol, Request as Call};
 use exports::turserver::store::files::{
     self as api, Error, Expectation, Guest, GuestBatch, GuestUpload, Listing, Metadata, Written,
 };
@@ -35,8 +36,6 @@ use wasi::io::streams::{OutputStream, StreamError};
 struct Adapter;
 export!(Adapter);
 
-/// Header the sidecar reads the client's credentials from.
-const CLIENT_AUTHORIZATION: &str = "turserver-client-authorization";
 /// Largest JSON answer read (a listing page of 1000 files fits easily).
 const MAX_JSON: usize = 16 << 20;
 const SECOND_NS: u64 = 1_000_000_000;
@@ -88,18 +87,25 @@ struct Pending {
     response: FutureIncomingResponse,
 }
 
-/// Starts `method target`; `write` calls carry the client's credentials.
-fn start(method: Method, call: &str, params: &[(&str, &str)], write: bool, streaming: bool) -> Result<Pending, Error> {
+/// Starts a call; write calls carry the client's credentials.
+fn start(call: &Call, streaming: bool) -> Result<Pending, Error> {
     let config = config()?;
     let mut headers = vec![("authorization".to_string(), format!("Bearer {}", config.token).into_bytes())];
-    if write {
+    if call.is_write() {
         if let Some(c) = CREDENTIALS.with(|c| c.borrow().clone()) {
-            headers.push((CLIENT_AUTHORIZATION.to_string(), c.into_bytes()));
+            headers.push((protocol::CLIENT_AUTHORIZATION.to_string(), c.into_bytes()));
         }
     }
+    let method = match call.method() {
+        "GET" => Method::Get,
+        "PUT" => Method::Put,
+        "POST" => Method::Post,
+        "DELETE" => Method::Delete,
+        other => Method::Other(other.to_string()),
+    };
     let fields = Fields::from_list(&headers).map_err(|e| Error::Invalid(format!("credentials not sendable: {e:?}")))?;
     let request = OutgoingRequest::new(fields);
-    let target = config.sidecar.target(call, params);
+    let target = call.target(&config.sidecar.prefix);
     let scheme = if config.sidecar.https { Scheme::Https } else { Scheme::Http };
     let malformed = |what: &str| Error::Unavailable(format!("the sidecar URL gives an unusable {what}"));
     request.set_method(&method).map_err(|()| malformed("method"))?;
@@ -207,18 +213,21 @@ fn json<T: serde::de::DeserializeOwned>(body: Vec<u8>) -> Result<T, Error> {
     serde_json::from_slice(&body).map_err(|e| Error::Internal(format!("unexpected answer from the store sidecar: {e}")))
 }
 
-/// One call without a request body.
-fn call(method: Method, name: &str, params: &[(&str, &str)], write: bool) -> Result<Vec<u8>, Error> {
-    decode(start(method, name, params, write, false)?, true).map(|(_, body)| body)
+/// One call without a request body: its answer's headers and body.
+fn call(call: Call) -> Result<(Vec<(String, Vec<u8>)>, Vec<u8>), Error> {
+    decode(start(&call, false)?, true)
 }
 
-/// A read-only call whose answer's headers matter too.
-fn call_with_headers(method: Method, name: &str, params: &[(&str, &str)]) -> Result<(Vec<(String, Vec<u8>)>, Vec<u8>), Error> {
-    decode(start(method, name, params, false, false)?, true)
+/// One call without a request body: its answer's body.
+fn call_body(c: Call) -> Result<Vec<u8>, Error> {
+    call(c).map(|(_, body)| body)
 }
 
-fn expect_param(expect: &Option<Expectation>) -> Option<String> {
-    expect.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default())
+fn wire_expect(expect: Option<Expectation>) -> Option<protocol::Expectation> {
+    expect.map(|e| match e {
+        Expectation::Absent => protocol::Expectation::Absent,
+        Expectation::Hash(h) => protocol::Expectation::Hash(h),
+    })
 }
 
 impl Guest for Adapter {
@@ -226,9 +235,8 @@ impl Guest for Adapter {
     type Batch = Batch;
 
     fn stat(path: String) -> Result<Metadata, Error> {
-        let limit = INLINE_LIMIT.to_string();
-        let (headers, mut body) = call_with_headers(Method::Get, "stat", &[("path", &path), ("inline", &limit)])?;
-        let inline = headers.iter().find(|(n, _)| n == "turserver-inline");
+        let (headers, mut body) = call(Call::Stat { path, inline: INLINE_LIMIT })?;
+        let inline = headers.iter().find(|(n, _)| n == protocol::INLINE_HEADER);
         let Some(json_len) = inline.and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<usize>().ok()) else {
             return json(body);
         };
@@ -253,9 +261,7 @@ impl Guest for Adapter {
         if let Some(bytes) = inlined {
             return Ok(bytes);
         }
-        let (version, offset, len) = (version.to_string(), offset.to_string(), len.to_string());
-        let params = [("version", version.as_str()), ("encoding", &encoding), ("offset", &offset), ("len", &len)];
-        call(Method::Get, "read", &params, false)
+        call_body(Call::Read { version, encoding, offset, len })
     }
 
     fn send(version: u64, encoding: String, offset: u64, len: u64, out: &OutputStream) -> Result<(), Error> {
@@ -275,12 +281,7 @@ impl Guest for Adapter {
     }
 
     fn list_files(prefix: String, cursor: Option<String>, limit: u32) -> Result<Listing, Error> {
-        let limit = limit.to_string();
-        let mut params = vec![("prefix", prefix.as_str()), ("limit", &limit)];
-        if let Some(c) = &cursor {
-            params.push(("cursor", c));
-        }
-        json(call(Method::Get, "list", &params, false)?)
+        json(call_body(Call::List { prefix, cursor, limit })?)
     }
 
     fn begin_upload(
@@ -289,35 +290,22 @@ impl Guest for Adapter {
         size_hint: Option<u64>,
         expect: Option<Expectation>,
     ) -> Result<api::Upload, Error> {
-        let size_hint = size_hint.map(|n| n.to_string());
-        let expect = expect_param(&expect);
-        let mut params = vec![("path", path.as_str()), ("content-type", &content_type)];
-        if let Some(n) = &size_hint {
-            params.push(("size-hint", n));
-        }
-        if let Some(e) = &expect {
-            params.push(("expect", e));
-        }
-        let pending = start(Method::Put, "upload", &params, true, true)?;
+        let upload = Call::Upload { path, content_type, size_hint, expect: wire_expect(expect) };
+        let pending = start(&upload, true)?;
         Ok(api::Upload::new(Upload(Streamed(RefCell::new(Some(pending))))))
     }
 
     fn begin_batch() -> Result<api::Batch, Error> {
-        let pending = start(Method::Post, "batch", &[], true, true)?;
+        let pending = start(&Call::Batch, true)?;
         Ok(api::Batch::new(Batch(Streamed(RefCell::new(Some(pending))))))
     }
 
     fn delete(path: String, expect: Option<Expectation>) -> Result<(), Error> {
-        let expect = expect_param(&expect);
-        let mut params = vec![("path", path.as_str())];
-        if let Some(e) = &expect {
-            params.push(("expect", e));
-        }
-        call(Method::Delete, "file", &params, true).map(drop)
+        call(Call::Delete { path, expect: wire_expect(expect) }).map(drop)
     }
 
     fn site_config() -> Result<Option<String>, Error> {
-        let body = call(Method::Get, "site-config", &[], false)?;
+        let body = call_body(Call::SiteConfig)?;
         if body.is_empty() {
             return Ok(None);
         }
@@ -325,7 +313,7 @@ impl Guest for Adapter {
     }
 
     fn set_site_config(json: String) -> Result<(), Error> {
-        let pending = start(Method::Put, "site-config", &[], true, false)?;
+        let pending = start(&Call::SetSiteConfig, false)?;
         let sent = pending.send(json.as_bytes()).is_ok();
         decode(pending, sent).map(drop)
     }
@@ -374,15 +362,15 @@ impl GuestUpload for Upload {
 
 impl GuestBatch for Batch {
     fn add(&self, path: String, content_type: String) -> Result<(), Error> {
-        let payload = wire::add_payload(&path, &content_type);
-        self.0.send(&[&wire::frame(b'A', payload.len()), &payload])
+        let payload = protocol::add_payload(&path, &content_type);
+        self.0.send(&[&protocol::frame_header(protocol::FRAME_ADD, payload.len()), &payload])
     }
 
     fn write(&self, bytes: Vec<u8>) -> Result<(), Error> {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.0.send(&[&wire::frame(b'W', bytes.len()), &bytes])
+        self.0.send(&[&protocol::frame_header(protocol::FRAME_WRITE, bytes.len()), &bytes])
     }
 
     fn commit(&self) -> Result<Vec<Written>, Error> {

@@ -1,4 +1,5 @@
-//! What goes on the wire to the sidecar, apart from the HTTP calls.
+//! Where the sidecar is. What goes on the wire is the `turserver-protocol`
+//! crate's.
 
 /// Where the sidecar is: `http://host:port[/prefix]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,31 +34,6 @@ impl Sidecar {
     pub fn origin(&self) -> String {
         format!("{}://{}", if self.https { "https" } else { "http" }, self.authority)
     }
-
-    /// Path and query of a call, e.g. `target("stat", &[("path", "a b")])`.
-    pub fn target(&self, call: &str, params: &[(&str, &str)]) -> String {
-        let mut target = format!("{}/v1/{call}", self.prefix);
-        if !params.is_empty() {
-            let mut query = form_urlencoded::Serializer::new(String::new());
-            for (name, value) in params {
-                query.append_pair(name, value);
-            }
-            target.push('?');
-            target.push_str(&query.finish());
-        }
-        target
-    }
-}
-
-/// A batch body frame: kind, big-endian length, payload.
-pub fn frame(kind: u8, payload_len: usize) -> [u8; 5] {
-    let len = (payload_len as u32).to_be_bytes();
-    [kind, len[0], len[1], len[2], len[3]]
-}
-
-/// The payload of an `A` frame: the file's path and content type.
-pub fn add_payload(path: &str, content_type: &str) -> Vec<u8> {
-    serde_json::to_vec(&(path, content_type)).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -73,18 +49,5 @@ mod tests {
         assert_eq!(s.origin(), "https://edge.internal");
         assert!(Sidecar::parse("ftp://x").is_err());
         assert!(Sidecar::parse("http:///x").is_err());
-    }
-
-    #[test]
-    fn targets_are_percent_encoded() {
-        let s = Sidecar::parse("http://h:1/p").unwrap();
-        assert_eq!(s.target("site-config", &[]), "/p/v1/site-config");
-        assert_eq!(s.target("stat", &[("path", "a b/ü&x=1")]), "/p/v1/stat?path=a+b%2F%C3%BC%26x%3D1");
-    }
-
-    #[test]
-    fn frames_carry_kind_and_length() {
-        assert_eq!(frame(b'W', 0x0102_0304), [b'W', 1, 2, 3, 4]);
-        assert_eq!(add_payload("a.txt", "text/plain"), br#"["a.txt","text/plain"]"#);
     }
 }

@@ -368,3 +368,87 @@ fn batch_entries() {
         assert!(batch_entry(bad).is_err(), "{bad}");
     }
 }
+
+#[test]
+fn rules_are_parsed_once_per_document() {
+    let mut cache = RulesCache::default();
+    let mut s = Fake::with(&[]);
+    s.site = Some(r#"{"spa_fallback": "index.html"}"#.into());
+    let first = cache.load(&mut s).unwrap();
+    let again = cache.load(&mut s).unwrap();
+    assert!(std::rc::Rc::ptr_eq(&first, &again), "the same document is not parsed again");
+    s.site = Some(r#"{"spa_fallback": "app.html"}"#.into());
+    let changed = cache.load(&mut s).unwrap();
+    assert_eq!(changed.fallback_page().as_deref(), Some("app.html"));
+}
+
+/// What a batch received, file by file.
+#[derive(Default)]
+struct Sink {
+    files: Vec<(String, String, Vec<u8>)>,
+    fail_writes: bool,
+}
+
+impl BatchSink for Sink {
+    fn add(&mut self, path: &str, content_type: &str) -> Result<(), StoreError> {
+        self.files.push((path.into(), content_type.into(), Vec::new()));
+        Ok(())
+    }
+    fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        if self.fail_writes {
+            return Err(StoreError::TooLarge(1));
+        }
+        self.files.last_mut().unwrap().2.extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// A tar archive of `entries` (name, kind, body), written by the `tar` crate.
+fn archive(entries: &[(&str, tar::EntryType, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, kind, body) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_size(body.len() as u64);
+        h.set_mode(0o644);
+        // Set the name raw, so names the builder would refuse reach the reader.
+        let field = &mut h.as_old_mut().name;
+        field[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_cksum();
+        b.append(&h, *body).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn a_batch_archive_is_read_file_by_file() {
+    let tar = archive(&[
+        ("site/", tar::EntryType::Directory, b""),
+        ("./site/index.html", tar::EntryType::Regular, b"<h1>hi</h1>"),
+        ("site/big.bin", tar::EntryType::Regular, &[7u8; 3000]),
+    ]);
+    let mut sink = Sink::default();
+    let mut buf = [0u8; 1000];
+    read_batch(&tar[..], &mut sink, &mut buf).unwrap();
+    assert_eq!(sink.files.len(), 2);
+    assert_eq!(sink.files[0], ("site/index.html".into(), "text/html; charset=utf-8".into(), b"<h1>hi</h1>".to_vec()));
+    assert_eq!((sink.files[1].0.as_str(), sink.files[1].2.len()), ("site/big.bin", 3000));
+}
+
+#[test]
+fn a_bad_batch_archive_is_refused_with_why() {
+    let buf = [0u8; 64];
+    let status = |tar: &[u8], sink: &mut Sink| read_batch(tar, sink, &mut buf.clone()).unwrap_err().status;
+    let link = archive(&[("a", tar::EntryType::Symlink, b"")]);
+    assert_eq!(status(&link, &mut Sink::default()), 400);
+    let escape = archive(&[("../x", tar::EntryType::Regular, b"1")]);
+    assert_eq!(status(&escape, &mut Sink::default()), 400);
+    let reserved = archive(&[("_api/x", tar::EntryType::Regular, b"1")]);
+    assert_eq!(status(&reserved, &mut Sink::default()), 400);
+    // Cut off inside an entry's body.
+    let whole = archive(&[("a.txt", tar::EntryType::Regular, &[1u8; 2000])]);
+    assert_eq!(status(&whole[..1200], &mut Sink::default()), 400);
+    // The store's refusal is the answer.
+    let ok = archive(&[("a.txt", tar::EntryType::Regular, b"abc")]);
+    assert_eq!(status(&ok, &mut Sink { fail_writes: true, ..Sink::default() }), 413);
+}

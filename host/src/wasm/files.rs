@@ -6,45 +6,82 @@
 //! guest memory); here it only gates the writes: `begin-upload`,
 //! `begin-batch`, `delete` and `set-site-config`.
 
-use crate::bindings::files::{self, Encoded, Error, Expectation, Listing, Metadata, Written};
-use crate::error::StoreError;
-use crate::store::{Batch, Expect, FileMeta, Store, Upload};
-use sha2::{Digest, Sha256};
+use super::bindings::files::{self, Encoded, Error, Expectation, Listing, Metadata, Written};
+use super::instance::Progress;
+use crate::http::WriteAccess;
+use crate::store::{Batch, Expect, FileMeta, Store, StoreError, Upload};
 use std::sync::Arc;
-use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::component::{Resource, ResourceTable, ResourceTableError};
 use wasmtime_wasi::p2::{DynOutputStream, StreamError};
 
-/// What the request's `Authorization` header proved.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteAccess {
-    /// No bearer token was sent.
-    Missing,
-    /// A token was sent and it is not the write token.
-    Denied,
-    Granted,
+/// What a host function fails with: a store failure the worker sees as its
+/// `error`, or a host bug (a lost resource, a misused stream) that traps.
+pub enum FilesError {
+    Store(Error),
+    Trap(wasmtime::Error),
 }
 
-impl WriteAccess {
-    /// Judges an `Authorization` header value against the write token's
-    /// SHA-256 (none: no token allows writes).
-    pub fn judge(header: Option<&[u8]>, write_token_digest: Option<&[u8; 32]>) -> WriteAccess {
-        match (header, write_token_digest) {
-            (None, _) => WriteAccess::Missing,
-            (Some(value), Some(expected)) if bearer_matches(value, expected) => WriteAccess::Granted,
-            _ => WriteAccess::Denied,
+impl From<Error> for FilesError {
+    fn from(e: Error) -> Self {
+        FilesError::Store(e)
+    }
+}
+
+impl From<ResourceTableError> for FilesError {
+    fn from(e: ResourceTableError) -> Self {
+        FilesError::Trap(e.into())
+    }
+}
+
+impl FilesError {
+    /// The error the caller sees, or the trap.
+    pub fn into_result(self) -> wasmtime::Result<Error> {
+        match self {
+            FilesError::Store(e) => Ok(e),
+            FilesError::Trap(e) => Err(e),
         }
     }
 }
 
-/// Whether an `Authorization` header value is `Bearer <token>` for the token
-/// whose SHA-256 is `digest`. Comparing digests keeps the comparison's
-/// timing independent of how much of a guessed token is right.
-pub fn bearer_matches(header: &[u8], digest: &[u8; 32]) -> bool {
-    let token = std::str::from_utf8(header).ok().and_then(|v| {
-        let (scheme, token) = v.split_once(' ')?;
-        scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-    });
-    token.is_some_and(|t| Sha256::digest(t.as_bytes()).as_slice() == digest)
+impl From<Error> for turserver_protocol::Error {
+    fn from(e: Error) -> Self {
+        use turserver_protocol::Error as W;
+        match e {
+            Error::NotFound => W::NotFound,
+            Error::Unauthorized => W::Unauthorized,
+            Error::Forbidden => W::Forbidden,
+            Error::TooLarge(n) => W::TooLarge(n),
+            Error::PreconditionFailed => W::PreconditionFailed,
+            Error::Invalid(s) => W::Invalid(s),
+            Error::Unavailable(s) => W::Unavailable(s),
+            Error::Internal(s) => W::Internal(s),
+        }
+    }
+}
+
+impl From<turserver_protocol::Error> for Error {
+    fn from(e: turserver_protocol::Error) -> Self {
+        use turserver_protocol::Error as W;
+        match e {
+            W::NotFound => Error::NotFound,
+            W::Unauthorized => Error::Unauthorized,
+            W::Forbidden => Error::Forbidden,
+            W::TooLarge(n) => Error::TooLarge(n),
+            W::PreconditionFailed => Error::PreconditionFailed,
+            W::Invalid(s) => Error::Invalid(s),
+            W::Unavailable(s) => Error::Unavailable(s),
+            W::Internal(s) => Error::Internal(s),
+        }
+    }
+}
+
+impl From<turserver_protocol::Expectation> for Expectation {
+    fn from(e: turserver_protocol::Expectation) -> Self {
+        match e {
+            turserver_protocol::Expectation::Absent => Expectation::Absent,
+            turserver_protocol::Expectation::Hash(h) => Expectation::Hash(h),
+        }
+    }
 }
 
 /// Per-request view of the store.
@@ -53,12 +90,12 @@ pub struct FilesCtx {
     pub access: WriteAccess,
     pub max_upload: u64,
     /// Store calls count as progress for the instance's deadline.
-    pub progress: Option<Arc<crate::runtime::Progress>>,
+    pub progress: Option<Arc<Progress>>,
 }
 
 /// Marks progress when a store call starts and again when it ends, so a
 /// slow database never counts against the worker's deadline.
-struct ProgressGuard(Option<Arc<crate::runtime::Progress>>);
+struct ProgressGuard(Option<Arc<Progress>>);
 
 impl Drop for ProgressGuard {
     fn drop(&mut self) {
@@ -106,7 +143,7 @@ impl FilesCtx {
 }
 
 /// Maps a store failure to what the worker sees, logging the cause first.
-fn to_wit(op: &'static str, err: StoreError) -> Error {
+pub fn to_wit(op: &'static str, err: StoreError) -> Error {
     match err {
         StoreError::TooLarge(limit) => Error::TooLarge(limit),
         StoreError::PreconditionFailed => Error::PreconditionFailed,
@@ -162,10 +199,10 @@ async fn bounded<T>(
 
 /// A failed response stream: the client went away, or the worker misused
 /// the stream (a trap).
-fn stream_failed(e: StreamError) -> HostResult<()> {
+fn stream_failed(e: StreamError) -> FilesError {
     match e {
-        StreamError::Trap(e) => Err(e),
-        e => Ok(Err(Error::Internal(format!("the response stream failed: {e}")))),
+        StreamError::Trap(e) => FilesError::Trap(e),
+        e => FilesError::Store(Error::Internal(format!("the response stream failed: {e}"))),
     }
 }
 
@@ -181,19 +218,23 @@ async fn write_all(stream: &mut DynOutputStream, mut bytes: bytes::Bytes) -> Res
 
 /// Key of the site configuration document in `site_config`.
 const SITE_KEY: &str = "site";
-/// Largest site configuration accepted.
-const MAX_SITE_CONFIG: usize = 256 << 10;
+/// Largest site configuration accepted: the size the worker reads at most.
+pub const MAX_SITE_CONFIG: usize = turserver_protocol::MAX_SITE_CONFIG;
 
-type HostResult<T> = wasmtime::Result<Result<T, Error>>;
+type HostResult<T> = Result<T, FilesError>;
 
 impl files::Host for FilesView<'_> {
+    fn convert_error(&mut self, err: FilesError) -> wasmtime::Result<Error> {
+        err.into_result()
+    }
+
     async fn stat(&mut self, path: String) -> HostResult<Metadata> {
         let _progress = self.progressed();
-        Ok(match self.ctx.store.stat(&path).await {
+        match self.ctx.store.stat(&path).await {
             Ok(Some(m)) => Ok(to_metadata(m)),
-            Ok(None) => Err(Error::NotFound),
-            Err(e) => Err(to_wit("stat", e)),
-        })
+            Ok(None) => Err(Error::NotFound.into()),
+            Err(e) => Err(to_wit("stat", e).into()),
+        }
     }
 
     async fn read(&mut self, version: u64, encoding: String, offset: u64, len: u64) -> HostResult<Vec<u8>> {
@@ -201,11 +242,11 @@ impl files::Host for FilesView<'_> {
         // The guest receives the bytes in its own memory; cap what one call
         // may ask for so a worker cannot make the host allocate without bound.
         let len = len.min(crate::store::CHUNK_SIZE as u64 * 4);
-        Ok(match self.ctx.store.read(version, &encoding, offset, len).await {
+        match self.ctx.store.read(version, &encoding, offset, len).await {
             Ok(Some(bytes)) => Ok(bytes),
-            Ok(None) => Err(Error::NotFound),
-            Err(e) => Err(to_wit("read", e)),
-        })
+            Ok(None) => Err(Error::NotFound.into()),
+            Err(e) => Err(to_wit("read", e).into()),
+        }
     }
 
     async fn send(
@@ -216,47 +257,36 @@ impl files::Host for FilesView<'_> {
         len: u64,
         out: Resource<DynOutputStream>,
     ) -> HostResult<()> {
-        let Some(end) = offset.checked_add(len) else {
-            return Ok(Err(Error::Invalid("offset + len overflows".into())));
-        };
+        let end = offset.checked_add(len).ok_or_else(|| Error::Invalid("offset + len overflows".into()))?;
         let mut offset = offset;
         while offset < end {
             // Each piece read and each piece taken by the stream is progress.
             let _progress = self.progressed();
             // Read only once the stream has room: a download in flight then
             // holds no more than the stream's own buffer.
-            let stream = self.table.get_mut(&out)?;
-            if let Err(e) = stream.write_ready().await {
-                return stream_failed(e);
-            }
+            self.table.get_mut(&out)?.write_ready().await.map_err(stream_failed)?;
             // Whole, aligned chunks: one database read each.
             let chunk = crate::store::CHUNK_SIZE as u64;
             let want = (chunk - offset % chunk).min(end - offset);
             let bytes = match self.ctx.store.read_bytes(version, &encoding, offset, want).await {
                 Ok(Some(bytes)) if bytes.is_empty() => {
-                    return Ok(Err(Error::Invalid(format!("the range passes the end of body {version}"))))
+                    return Err(Error::Invalid(format!("the range passes the end of body {version}")).into())
                 }
                 Ok(Some(bytes)) => bytes,
-                Ok(None) => return Ok(Err(Error::NotFound)),
-                Err(e) => return Ok(Err(to_wit("read", e))),
+                Ok(None) => return Err(Error::NotFound.into()),
+                Err(e) => return Err(to_wit("read", e).into()),
             };
             offset += bytes.len() as u64;
-            if let Err(e) = write_all(self.table.get_mut(&out)?, bytes).await {
-                return stream_failed(e);
-            }
+            write_all(self.table.get_mut(&out)?, bytes).await.map_err(stream_failed)?;
         }
-        match self.table.get_mut(&out)?.flush() {
-            Ok(()) => Ok(Ok(())),
-            Err(e) => stream_failed(e),
-        }
+        self.table.get_mut(&out)?.flush().map_err(stream_failed)
     }
 
     async fn list_files(&mut self, prefix: String, cursor: Option<String>, limit: u32) -> HostResult<Listing> {
         let _progress = self.progressed();
-        Ok(match self.ctx.store.list(&prefix, cursor.as_deref(), limit).await {
-            Ok((files, next_cursor)) => Ok(Listing { files: files.into_iter().map(to_metadata).collect(), next_cursor }),
-            Err(e) => Err(to_wit("list", e)),
-        })
+        let (files, next_cursor) =
+            self.ctx.store.list(&prefix, cursor.as_deref(), limit).await.map_err(|e| to_wit("list", e))?;
+        Ok(Listing { files: files.into_iter().map(to_metadata).collect(), next_cursor })
     }
 
     async fn begin_upload(
@@ -267,54 +297,41 @@ impl files::Host for FilesView<'_> {
         expect: Option<Expectation>,
     ) -> HostResult<Resource<UploadHandle>> {
         let _progress = self.progressed();
-        if let Err(e) = self.ctx.check_write_to(&path) {
-            return Ok(Err(e));
-        }
+        self.ctx.check_write_to(&path)?;
         let upload = self.ctx.store.begin_upload(&path, &content_type, self.ctx.max_upload, size_hint, to_expect(expect));
-        match upload.await {
-            Ok(upload) => Ok(Ok(self.table.push(UploadHandle(Some(upload)))?)),
-            Err(e) => Ok(Err(to_wit("begin upload", e))),
-        }
+        let upload = upload.await.map_err(|e| to_wit("begin upload", e))?;
+        Ok(self.table.push(UploadHandle(Some(upload)))?)
     }
 
     async fn begin_batch(&mut self) -> HostResult<Resource<BatchHandle>> {
         let _progress = self.progressed();
-        if let Err(e) = self.ctx.check_write() {
-            return Ok(Err(e));
-        }
-        match self.ctx.store.begin_batch(self.ctx.max_upload).await {
-            Ok(batch) => Ok(Ok(self.table.push(BatchHandle(Some(batch)))?)),
-            Err(e) => Ok(Err(to_wit("begin batch", e))),
-        }
+        self.ctx.check_write()?;
+        let batch = self.ctx.store.begin_batch(self.ctx.max_upload).await.map_err(|e| to_wit("begin batch", e))?;
+        Ok(self.table.push(BatchHandle(Some(batch)))?)
     }
 
     async fn delete(&mut self, path: String, expect: Option<Expectation>) -> HostResult<()> {
         let _progress = self.progressed();
-        if let Err(e) = self.ctx.check_write_to(&path) {
-            return Ok(Err(e));
-        }
+        self.ctx.check_write_to(&path)?;
         let expect = to_expect(expect);
-        Ok(match bounded("delete", self.ctx.store.delete(&path, expect.as_ref())).await {
-            Ok(true) => Ok(()),
-            Ok(false) => Err(Error::NotFound),
-            Err(e) => Err(e),
-        })
+        match bounded("delete", self.ctx.store.delete(&path, expect.as_ref())).await? {
+            true => Ok(()),
+            false => Err(Error::NotFound.into()),
+        }
     }
 
     async fn site_config(&mut self) -> HostResult<Option<String>> {
         let _progress = self.progressed();
-        Ok(self.ctx.store.site_config(SITE_KEY).await.map_err(|e| to_wit("site config", e)))
+        Ok(self.ctx.store.site_config(SITE_KEY).await.map_err(|e| to_wit("site config", e))?)
     }
 
     async fn set_site_config(&mut self, json: String) -> HostResult<()> {
         let _progress = self.progressed();
-        if let Err(e) = self.ctx.check_write() {
-            return Ok(Err(e));
-        }
+        self.ctx.check_write()?;
         if json.len() > MAX_SITE_CONFIG {
-            return Ok(Err(Error::Invalid(format!("site configuration larger than {MAX_SITE_CONFIG} bytes"))));
+            return Err(Error::Invalid(format!("site configuration larger than {MAX_SITE_CONFIG} bytes")).into());
         }
-        Ok(bounded("set site config", self.ctx.store.set_site_config(SITE_KEY, &json)).await)
+        Ok(bounded("set site config", self.ctx.store.set_site_config(SITE_KEY, &json)).await?)
     }
 
     async fn authorize(&mut self, _credentials: String) -> wasmtime::Result<()> {
@@ -324,28 +341,30 @@ impl files::Host for FilesView<'_> {
     }
 }
 
+/// The upload or batch behind a handle, while it is still open.
+fn open<'a, T>(slot: &'a mut Option<T>, what: &str) -> Result<&'a mut T, FilesError> {
+    slot.as_mut().ok_or_else(|| Error::Invalid(format!("{what} already finished")).into())
+}
+
+/// The upload or batch behind a handle, taken to be finished.
+fn take<T>(slot: &mut Option<T>, what: &str) -> Result<T, FilesError> {
+    slot.take().ok_or_else(|| Error::Invalid(format!("{what} already finished")).into())
+}
+
 impl files::HostUpload for FilesView<'_> {
     async fn write(&mut self, this: Resource<UploadHandle>, bytes: Vec<u8>) -> HostResult<()> {
         let _progress = self.progressed();
-        let Some(upload) = self.table.get_mut(&this)?.0.as_mut() else {
-            return Ok(Err(Error::Invalid("upload already finished".into())));
-        };
-        Ok(bounded("upload write", upload.write(&bytes)).await)
+        let upload = open(&mut self.table.get_mut(&this)?.0, "upload")?;
+        Ok(bounded("upload write", upload.write(&bytes)).await?)
     }
 
     async fn finish(&mut self, this: Resource<UploadHandle>) -> HostResult<Written> {
         let _progress = self.progressed();
-        let Some(upload) = self.table.get_mut(&this)?.0.take() else {
-            return Ok(Err(Error::Invalid("upload already finished".into())));
-        };
+        let upload = take(&mut self.table.get_mut(&this)?.0, "upload")?;
         let path = upload.path().to_string();
-        Ok(match bounded("upload finish", upload.finish()).await {
-            Ok((meta, created)) => {
-                tracing::info!(path, size = meta.size, created, "file written");
-                Ok(Written { metadata: to_metadata(meta), created })
-            }
-            Err(e) => Err(e),
-        })
+        let (meta, created) = bounded("upload finish", upload.finish()).await?;
+        tracing::info!(path, size = meta.size, created, "file written");
+        Ok(Written { metadata: to_metadata(meta), created })
     }
 
     async fn drop(&mut self, this: Resource<UploadHandle>) -> wasmtime::Result<()> {
@@ -360,35 +379,23 @@ impl files::HostUpload for FilesView<'_> {
 impl files::HostBatch for FilesView<'_> {
     async fn add(&mut self, this: Resource<BatchHandle>, path: String, content_type: String) -> HostResult<()> {
         let _progress = self.progressed();
-        if let Err(why) = crate::store::validate_path(&path) {
-            return Ok(Err(Error::Invalid(format!("{path:?}: {why}"))));
-        }
-        let Some(batch) = self.table.get_mut(&this)?.0.as_mut() else {
-            return Ok(Err(Error::Invalid("batch already committed".into())));
-        };
-        Ok(bounded("batch add", batch.add(&path, &content_type)).await)
+        crate::store::validate_path(&path).map_err(|why| Error::Invalid(format!("{path:?}: {why}")))?;
+        let batch = open(&mut self.table.get_mut(&this)?.0, "batch")?;
+        Ok(bounded("batch add", batch.add(&path, &content_type)).await?)
     }
 
     async fn write(&mut self, this: Resource<BatchHandle>, bytes: Vec<u8>) -> HostResult<()> {
         let _progress = self.progressed();
-        let Some(batch) = self.table.get_mut(&this)?.0.as_mut() else {
-            return Ok(Err(Error::Invalid("batch already committed".into())));
-        };
-        Ok(bounded("batch write", batch.write(&bytes)).await)
+        let batch = open(&mut self.table.get_mut(&this)?.0, "batch")?;
+        Ok(bounded("batch write", batch.write(&bytes)).await?)
     }
 
     async fn commit(&mut self, this: Resource<BatchHandle>) -> HostResult<Vec<Written>> {
         let _progress = self.progressed();
-        let Some(batch) = self.table.get_mut(&this)?.0.take() else {
-            return Ok(Err(Error::Invalid("batch already committed".into())));
-        };
-        Ok(match bounded("batch commit", batch.commit()).await {
-            Ok(files) => {
-                tracing::info!(files = files.len(), "batch written");
-                Ok(files.into_iter().map(|(meta, created)| Written { metadata: to_metadata(meta), created }).collect())
-            }
-            Err(e) => Err(e),
-        })
+        let batch = take(&mut self.table.get_mut(&this)?.0, "batch")?;
+        let files = bounded("batch commit", batch.commit()).await?;
+        tracing::info!(files = files.len(), "batch written");
+        Ok(files.into_iter().map(|(meta, created)| Written { metadata: to_metadata(meta), created }).collect())
     }
 
     async fn drop(&mut self, this: Resource<BatchHandle>) -> wasmtime::Result<()> {

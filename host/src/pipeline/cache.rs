@@ -1,4 +1,4 @@
-//! The edge response cache: GET responses the worker marks cacheable are
+//! The response cache step: GET responses the worker marks cacheable are
 //! kept in memory, as a CDN in front of the worker would keep them, so a hit
 //! skips the worker and the database.
 //!
@@ -10,8 +10,11 @@
 //! That is coarse (one change anywhere drops everything) but never serves a
 //! replaced or deleted file. Bounded in bytes, least-recently-used first.
 
+use crate::http::{full_body, headers, Request, Response};
+use crate::wasm::Worker;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
+use http_body_util::BodyExt;
 use prometheus_client::metrics::counter::Counter;
 use std::sync::Arc;
 
@@ -43,16 +46,16 @@ impl quick_cache::Weighter<Key, Arc<Entry>> for ByBytes {
     }
 }
 
-pub struct EdgeCache {
+pub struct ResponseCache {
     entries: quick_cache::sync::Cache<Key, Arc<Entry>, ByBytes>,
     pub hits: Counter,
     pub misses: Counter,
 }
 
-impl EdgeCache {
-    pub fn new(capacity_bytes: u64) -> EdgeCache {
+impl ResponseCache {
+    pub fn new(capacity_bytes: u64) -> ResponseCache {
         let estimated_items = (capacity_bytes / 4096).clamp(16, 1 << 20) as usize;
-        EdgeCache {
+        ResponseCache {
             entries: quick_cache::sync::Cache::with_weighter(estimated_items, capacity_bytes, ByBytes),
             hits: Counter::default(),
             misses: Counter::default(),
@@ -76,6 +79,80 @@ impl EdgeCache {
     pub fn insert(&self, key: Key, entry: Entry) {
         self.entries.insert(key, Arc::new(entry));
     }
+
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register("response_cache_hits", "Requests answered from the edge response cache", self.hits.clone());
+        registry.register("response_cache_misses", "Cacheable requests the cache could not answer", self.misses.clone());
+    }
+}
+
+/// Small bodies are gathered before the head is sent, so hyper writes head
+/// and body in one go (the worker's body otherwise arrives just after the
+/// head, costing a second write and packet).
+const COALESCE_BYTES: u64 = 64 << 10;
+
+/// A request's place in the cache: where its response would be kept, and
+/// the store's generation before the worker ran (a change during the
+/// request leaves the entry already stale).
+pub struct Lookup {
+    key: Option<Key>,
+    generation: u64,
+    is_get: bool,
+}
+
+fn header_text(req: &Request, name: http::header::HeaderName) -> String {
+    req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+impl Lookup {
+    pub fn new(cache: Option<&ResponseCache>, req: &Request, worker: &Worker, generation: u64) -> Lookup {
+        let key = cache.filter(|_| request_is_cacheable(req.method(), req.headers())).map(|_| Key {
+            target: req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string(),
+            accept_encoding: header_text(req, http::header::ACCEPT_ENCODING),
+            origin: header_text(req, http::header::ORIGIN),
+            worker: worker.hash.clone(),
+        });
+        Lookup { key, generation, is_get: req.method() == http::Method::GET }
+    }
+}
+
+/// Pre-process: the cached response, if a fresh one is kept.
+pub fn hit(cache: Option<&ResponseCache>, lookup: &Lookup, head: bool) -> Option<Response> {
+    let entry = cache?.get(lookup.key.as_ref()?, lookup.generation)?;
+    let body = if head { Bytes::new() } else { entry.body.clone() };
+    let mut resp = hyper::Response::new(full_body(body));
+    *resp.status_mut() = entry.status;
+    *resp.headers_mut() = entry.headers.clone();
+    resp.headers_mut().insert(headers::CACHE, http::HeaderValue::from_static("hit"));
+    Some(resp)
+}
+
+fn content_length(resp: &Response) -> Option<u64> {
+    resp.headers().get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
+}
+
+/// Post-process: a GET that the cache keeps, or one small enough, is
+/// gathered whole before the head is sent; the cache keeps what it may.
+pub async fn post_process(cache: Option<&ResponseCache>, lookup: Lookup, resp: Response) -> Response {
+    let cacheable = lookup.is_get && lookup.key.is_some() && response_is_cacheable(resp.status(), resp.headers());
+    if !cacheable && !(lookup.is_get && content_length(&resp).is_some_and(|n| n <= COALESCE_BYTES)) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            tracing::warn!(cause = ?e, "the worker's response body failed");
+            return crate::http::text_response(500, "worker failed while sending the response");
+        }
+    };
+    if let (true, Some(cache), Some(key)) = (cacheable, cache, lookup.key) {
+        parts.headers.remove(headers::REQUEST_ID);
+        let entry = Entry { generation: lookup.generation, status: parts.status, headers: parts.headers.clone(), body: bytes.clone() };
+        cache.insert(key, entry);
+        parts.headers.insert(headers::CACHE, http::HeaderValue::from_static("miss"));
+    }
+    hyper::Response::from_parts(parts, full_body(bytes))
 }
 
 /// Whether a request may be answered from the cache: a plain GET or HEAD
@@ -90,7 +167,7 @@ pub fn request_is_cacheable(method: &http::Method, headers: &HeaderMap) -> bool 
         "if-range",
         "authorization",
         "cookie",
-        crate::server::POSITION_HEADER,
+        headers::POSITION,
     ];
     (method == http::Method::GET || method == http::Method::HEAD) && !BYPASS.iter().any(|h| headers.contains_key(*h))
 }
@@ -155,7 +232,7 @@ mod tests {
 
     #[test]
     fn stale_generations_miss() {
-        let c = EdgeCache::new(1 << 20);
+        let c = ResponseCache::new(1 << 20);
         let key = Key { target: "/a".into(), accept_encoding: String::new(), origin: String::new(), worker: "w".into() };
         let entry = Entry { generation: 1, status: StatusCode::OK, headers: HeaderMap::new(), body: Bytes::from_static(b"x") };
         c.insert(key.clone(), entry);

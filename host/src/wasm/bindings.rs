@@ -8,11 +8,16 @@ wasmtime::component::bindgen!({
     imports: { default: async | trappable },
     // The sidecar carries these values as JSON.
     additional_derives: [serde::Serialize, serde::Deserialize],
+    // Host functions return `Result<T, FilesError>` and use `?`: a store
+    // failure reaches the worker as its `error`, a host bug traps.
+    trappable_error_type: {
+        "turserver:store/files.error" => crate::wasm::files::FilesError,
+    },
     with: {
         // `send` writes to the worker's response stream: wasmtime-wasi's own.
         "wasi:io": wasmtime_wasi::p2::bindings::io,
-        "turserver:store/files.upload": crate::files::UploadHandle,
-        "turserver:store/files.batch": crate::files::BatchHandle,
+        "turserver:store/files.upload": crate::wasm::files::UploadHandle,
+        "turserver:store/files.batch": crate::wasm::files::BatchHandle,
     },
 });
 

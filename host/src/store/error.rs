@@ -33,7 +33,8 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A failed read: the local database (or replica) is at fault.
+    /// A failed read, or any failure of the local database (or replica)
+    /// itself: opening a connection, setting it up.
     pub fn read(op: &'static str, source: libsql::Error) -> Self {
         StoreError::Database { op, source }
     }
@@ -58,9 +59,5 @@ impl StoreError {
         } else {
             StoreError::Database { op, source }
         }
-    }
-
-    pub fn internal(op: &'static str, source: libsql::Error) -> Self {
-        StoreError::Database { op, source }
     }
 }

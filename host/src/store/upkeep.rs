@@ -1,10 +1,10 @@
 //! Background upkeep of the store: the replica's periodic sync with the
 //! primary, and garbage collection of uploads whose writer died.
 
-use crate::store::{Mode, Store};
+use super::{redact_url, Mode, Store};
+use crate::task::AbortOnDrop;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 /// Longest wait between sync attempts while the primary keeps failing: an
@@ -13,30 +13,21 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How often unfinished uploads are looked for.
 const GC_INTERVAL: Duration = Duration::from_secs(600);
 
-/// Aborts the task when dropped, so background work dies with its owner.
-pub struct AbortOnDrop(JoinHandle<()>);
+/// The store's background tasks; they stop when this is dropped.
+pub struct Upkeep(#[allow(dead_code)] Vec<AbortOnDrop>);
 
-impl AbortOnDrop {
-    pub fn new(handle: JoinHandle<()>) -> Self {
-        AbortOnDrop(handle)
+impl Store {
+    /// Starts the sync loop (replicas only, every `interval`) and the
+    /// garbage collector.
+    pub fn start_upkeep(self: &Arc<Self>, interval: Duration) -> Upkeep {
+        let mut tasks = Vec::new();
+        if let Mode::Replica { url } = self.mode() {
+            let span = tracing::info_span!("sync", primary = %redact_url(url));
+            tasks.push(AbortOnDrop::spawn(sync_loop(self.clone(), interval).instrument(span)));
+        }
+        tasks.push(AbortOnDrop::spawn(gc_loop(self.clone()).instrument(tracing::info_span!("gc"))));
+        Upkeep(tasks)
     }
-}
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Starts the sync loop (replicas only) and the garbage collector.
-pub fn spawn(store: Arc<Store>, interval: Duration) -> Vec<AbortOnDrop> {
-    let mut tasks = Vec::new();
-    if let Mode::Replica { url } = store.mode() {
-        let span = tracing::info_span!("sync", primary = %crate::status::redact_url(url));
-        tasks.push(AbortOnDrop(tokio::spawn(sync_loop(store.clone(), interval).instrument(span))));
-    }
-    tasks.push(AbortOnDrop(tokio::spawn(gc_loop(store).instrument(tracing::info_span!("gc")))));
-    tasks
 }
 
 /// Syncs every `interval`. Failures back off exponentially up to

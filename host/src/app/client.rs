@@ -1,12 +1,12 @@
 //! `turserver worker deploy`: sends a worker component to a running edge.
 
-use crate::config::DeployArgs;
+use super::config::DeployArgs;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 
-pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
+pub async fn deploy_worker(args: DeployArgs) -> anyhow::Result<()> {
     let bytes = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let Some(authority) = args.url.strip_prefix("http://").map(|r| r.trim_end_matches('/')) else {
         bail!("--url must be http://HOST:PORT (got {:?})", args.url);

@@ -1,0 +1,142 @@
+//! The application: wires every layer together. The only module that names
+//! them all; startup, the public port's routes and shutdown live here.
+//!
+//! - `config`: command line and environment, validated up front.
+//! - `routes`: the host's own endpoints, and the rest to the pipeline.
+//! - `client`: `turserver worker deploy`, a client of a running edge.
+
+mod client;
+mod config;
+mod routes;
+
+pub use client::deploy_worker;
+pub use config::{Cli, Command, ServeArgs, WorkerCommand};
+
+use crate::http::{self, TokenDigest};
+use crate::ops::Metrics;
+use crate::pipeline::{Pipeline, ResponseCache};
+use crate::sidecar::Sidecar;
+use crate::store::{redact_url, Mode, Store, Upkeep};
+use crate::task::AbortOnDrop;
+use crate::wasm::{Runtime, Workers};
+use anyhow::Context;
+use routes::Routes;
+use std::sync::{Arc, OnceLock};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// State shared by every request once the host has started.
+pub(crate) struct App {
+    pub pipeline: Pipeline,
+    /// Answer `/_turserver/native/{path}` straight from the store.
+    pub bench_native: bool,
+}
+
+/// What keeps running while the host serves; dropped, it stops.
+struct Running {
+    _upkeep: Upkeep,
+    _watch: AbortOnDrop,
+    /// The sidecar's serve loop, drained on shutdown.
+    sidecar: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Binds, serves at once (answering 503 until ready), opens the store,
+/// loads the worker, and serves until SIGINT/SIGTERM.
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    args.validate()?;
+    let listener = TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    // Tests (and people) read the address from this first line.
+    tracing::info!("listening on http://{addr}");
+
+    // One signal stops both ports.
+    let (stop, stopped) = watch::channel(false);
+    tokio::spawn(async move {
+        http::shutdown_signal().await;
+        let _ = stop.send(true);
+    });
+    let shutdown = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let routes = Arc::new(Routes { app: OnceLock::new(), metrics: Metrics::default() });
+    let mut server =
+        tokio::spawn(http::serve("public port", listener, routes.clone(), args.send_timeout, shutdown(stopped.clone())));
+    // A signal while starting ends the server task: stop starting then.
+    let (app, running) = tokio::select! {
+        started = start(&args, &routes.metrics, shutdown(stopped)) => started?,
+        ended = &mut server => return ended.context("the server task failed"),
+    };
+    let _ = routes.app.set(app);
+    server.await.context("the server task failed")?;
+    if let Some(sidecar) = running.sidecar {
+        let _ = sidecar.await;
+    }
+    Ok(())
+}
+
+/// Opens the store and loads the worker; what runs in the background runs
+/// as long as the returned [`Running`] is kept.
+async fn start(
+    args: &ServeArgs,
+    metrics: &Metrics,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(Arc<App>, Running)> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating the data directory {}", args.data_dir.display()))?;
+    let store = match args.primary_http_url() {
+        None => Store::open_local(&args.data_dir).await?,
+        Some(url) => {
+            if args.primary_token.is_none() {
+                tracing::warn!("no --primary-token: connecting to the primary without authentication");
+            }
+            let token = args.primary_token.as_deref();
+            Store::open_replica(&args.data_dir, &url, token, args.rebuild_replica).await?
+        }
+    };
+    let store = Arc::new(store);
+    match store.mode() {
+        Mode::Local => tracing::info!(data_dir = %args.data_dir.display(), "serving from a local database"),
+        Mode::Replica { url } => tracing::info!(primary = %redact_url(url), "serving from an embedded replica"),
+    }
+    let upkeep = store.start_upkeep(args.sync_interval);
+
+    let cache_dir = Some(args.data_dir.join("worker-cache"));
+    let runtime = Arc::new(Runtime::new(args.worker_memory_mib << 20, args.worker_deadline, cache_dir)?);
+    let workers = Arc::new(Workers::start(runtime.clone(), store.clone(), args.worker.as_ref()).await?);
+    if args.write_token.is_none() {
+        tracing::warn!("no --write-token: every write will be refused");
+    }
+    let write_token = args.write_token.as_deref().map(TokenDigest::of);
+    let pipeline = Pipeline {
+        store: store.clone(),
+        workers: workers.clone(),
+        write_token,
+        max_upload: args.max_upload_size,
+        cache: (args.response_cache_mib > 0).then(|| ResponseCache::new(args.response_cache_mib << 20)),
+        consistency_wait: args.consistency_wait,
+    };
+    metrics.register(|r| {
+        store.register_metrics(r);
+        runtime.register_metrics(r);
+        pipeline.register_metrics(r);
+    });
+    let sidecar = match (args.sidecar_listen, &args.sidecar_token) {
+        (Some(addr), Some(token)) => {
+            let listener = TcpListener::bind(addr).await.with_context(|| format!("binding the sidecar on {addr}"))?;
+            let addr = listener.local_addr().context("reading the sidecar's bound address")?;
+            tracing::info!("sidecar listening on http://{addr}");
+            let sidecar = Arc::new(Sidecar {
+                store: store.clone(),
+                token: TokenDigest::of(token),
+                write_token,
+                max_upload: args.max_upload_size,
+            });
+            Some(tokio::spawn(http::serve("sidecar", listener, sidecar, args.send_timeout, shutdown)))
+        }
+        _ => None,
+    };
+    let watch = workers.watch(args.worker.clone(), args.sync_interval);
+    let app = Arc::new(App { pipeline, bench_native: args.bench_native });
+    Ok((app, Running { _upkeep: upkeep, _watch: watch, sidecar }))
+}

@@ -1,0 +1,116 @@
+//! The public port: the host's own endpoints (`/_turserver/…`, `/metrics`),
+//! answered here, and every other request to the pipeline. Every answer is
+//! recorded in the metrics.
+
+use super::App;
+use crate::http::{self, json_value, retry_later, text_response, Handler, Request, Response};
+use crate::ops::{render_status, Metrics};
+use crate::pipeline::take_access;
+use crate::wasm::{DeployError, MAX_WORKER_SIZE};
+use http_body_util::BodyExt;
+use std::sync::{Arc, OnceLock};
+
+/// What the public port answers with: the app once it has started, and
+/// what works before that.
+pub(super) struct Routes {
+    pub app: OnceLock<Arc<App>>,
+    pub metrics: Metrics,
+}
+
+impl Handler for Routes {
+    async fn handle(&self, req: Request) -> Response {
+        let started = std::time::Instant::now();
+        let method = req.method().clone();
+        let resp = self.route(req).await;
+        self.metrics.observe(method.as_str(), resp, started.elapsed().as_secs_f64())
+    }
+}
+
+impl Routes {
+    async fn route(&self, req: Request) -> Response {
+        let app = self.app.get();
+        match req.uri().path() {
+            "/_turserver/health" => return text_response(200, "ok"),
+            "/_turserver/ready" => {
+                return match app {
+                    Some(app) if app.pipeline.store.is_ready() => text_response(200, "ready"),
+                    Some(_) => retry_later(503, "not ready: the replica has not completed a sync with the primary yet"),
+                    None => retry_later(503, "not ready: starting"),
+                };
+            }
+            "/metrics" => {
+                return http::response(200, Some("text/plain; version=0.0.4; charset=utf-8"), {
+                    let mut text = self.metrics.render();
+                    text.truncate(text.trim_end().len());
+                    text.push('\n');
+                    text
+                });
+            }
+            _ => {}
+        }
+        let Some(app) = app else {
+            return retry_later(503, "starting: the store and worker are not loaded yet");
+        };
+        match req.uri().path() {
+            "/_turserver/status" => {
+                http::json_response(200, render_status(&app.pipeline.store, &app.pipeline.workers))
+            }
+            "/_turserver/worker" => deploy_worker(app, req).await,
+            path if app.bench_native && path.starts_with("/_turserver/native/") => native(app, req).await,
+            _ => app.pipeline.handle(req).await,
+        }
+    }
+}
+
+/// `PUT /_turserver/worker`: deploy a worker component to every edge.
+async fn deploy_worker(app: &App, mut req: Request) -> Response {
+    if req.method() != hyper::Method::PUT {
+        let mut r = text_response(405, "method not allowed");
+        r.headers_mut().insert(hyper::header::ALLOW, ::http::HeaderValue::from_static("PUT"));
+        return r;
+    }
+    match take_access(&mut req, app.pipeline.write_token.as_ref()) {
+        http::WriteAccess::Granted => {}
+        http::WriteAccess::Missing => {
+            return text_response(401, "a write token is required (Authorization: Bearer <token>)")
+        }
+        http::WriteAccess::Denied => return text_response(403, "the write token is not valid"),
+    }
+    let limited = http_body_util::Limited::new(req.into_body(), MAX_WORKER_SIZE as usize);
+    let bytes = match limited.collect().await {
+        Ok(b) => b.to_bytes().to_vec(),
+        Err(e) => return text_response(413, &format!("worker body refused: {e}")),
+    };
+    match app.pipeline.workers.deploy(bytes).await {
+        Ok(hash) => json_value(200, &serde_json::json!({ "version": hash })),
+        Err(DeployError::Unusable(why)) => text_response(400, &why),
+        Err(DeployError::Store(e)) => {
+            let status = turserver_protocol::Error::from(e).status();
+            text_response(status, "storing the worker failed; the host log has the cause")
+        }
+    }
+}
+
+/// Benchmark baseline: a file answered by the host straight from the store,
+/// with no worker (`--bench-native`). Only plain GETs of whole files.
+async fn native(app: &App, req: Request) -> Response {
+    let store = &app.pipeline.store;
+    let path = req.uri().path().trim_start_matches("/_turserver/native/").to_string();
+    let meta = match store.stat(&path).await {
+        Ok(Some(m)) => m,
+        Ok(None) => return text_response(404, "not found"),
+        Err(e) => return text_response(500, &e.to_string()),
+    };
+    let Ok(body) = store.read_whole(meta.version, meta.size).await else {
+        return text_response(500, "read failed");
+    };
+    let mut resp = hyper::Response::new(http::full_body(body));
+    let h = resp.headers_mut();
+    if let Ok(v) = ::http::HeaderValue::from_str(&meta.content_type) {
+        h.insert(hyper::header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = ::http::HeaderValue::from_str(&format!("\"{}\"", meta.hash)) {
+        h.insert(hyper::header::ETAG, v);
+    }
+    resp
+}

@@ -1,0 +1,16 @@
+//! Names of the headers and cookies the host adds or reads, in one place.
+
+/// Response header carrying the primary's replication index after a write;
+/// a read may send it back (or [`POSITION_COOKIE`]) to be served only once
+/// the edge has caught up with it.
+pub const POSITION: &str = "turserver-position";
+/// Cookie form of [`POSITION`], set by every successful write.
+pub const POSITION_COOKIE: &str = "turserver_position";
+/// `hit` or `miss`: whether the response cache answered.
+pub const CACHE: &str = "turserver-cache";
+/// The active worker's version (the first 16 hex digits of its hash).
+pub const WORKER: &str = "x-turserver-worker";
+/// The request's number, also in the log lines about it.
+pub const REQUEST_ID: &str = "x-request-id";
+/// Paths under this top-level segment belong to the host, never to files.
+pub const RESERVED_PREFIX: &str = "_turserver";

@@ -1,0 +1,28 @@
+//! The invoke step: the request runs through the active worker; a worker
+//! that produced no response gets the status its failure deserves.
+
+use crate::http::{headers, text_response, Request, Response};
+use crate::wasm::{FilesCtx, InvokeError, Invoked, Worker, Workers};
+use std::sync::Arc;
+
+pub async fn run(workers: &Workers, worker: Arc<Worker>, req: Request, files: FilesCtx) -> Response {
+    let version = worker.version_header.clone();
+    let Invoked { request_id, result } = workers.runtime().invoke(worker, req, files).await;
+    let mut resp = result.unwrap_or_else(|e| failure_response(&e, request_id));
+    let h = resp.headers_mut();
+    h.insert(headers::REQUEST_ID, http::HeaderValue::from(request_id));
+    h.insert(headers::WORKER, version);
+    resp
+}
+
+/// What a client gets when the worker gave no response.
+fn failure_response(e: &InvokeError, request_id: u64) -> Response {
+    let (status, why) = match e {
+        InvokeError::Setup => (500, "internal error: the request could not reach the worker".to_string()),
+        InvokeError::Timeout => (504, "worker timed out".into()),
+        InvokeError::Capacity => (503, "worker capacity exhausted; retry".into()),
+        InvokeError::Failed => (500, "worker failed: it did not produce a response".into()),
+        InvokeError::ErrorCode(code) => (500, format!("worker error: {code:?}")),
+    };
+    text_response(status, &format!("{why} (request {request_id})"))
+}

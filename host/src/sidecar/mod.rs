@@ -1,0 +1,222 @@
+//! The replica sidecar: `turserver:store/files` over HTTP, for workers that
+//! run in another runtime (Spin) and reach this host's replica through the
+//! store adapter (`worker/adapter`).
+//!
+//! It listens on its own address (`--sidecar-listen`), never on the public
+//! one, and answers only requests carrying its own token
+//! (`--sidecar-token`). Every route is one WIT call served by the same code
+//! as the local worker's calls (the `files` host side in `crate::wasm`), so both paths check,
+//! store and fail alike.
+//!
+//! The wire protocol (calls, headers, framing, error statuses) is defined
+//! once, in the `turserver-protocol` crate, which the adapter uses too. A
+//! wrong sidecar token answers 401 with `unavailable`, so the worker tells
+//! its client the store is unreachable rather than asking it for
+//! credentials.
+
+use crate::http::{self, no_content, response, Handler, RequestBody, Response, TokenDigest, WriteAccess};
+use crate::store::Store;
+use crate::wasm::wit::{self, Error, HostBatch, HostUpload};
+use crate::wasm::{FilesCtx, FilesError, FilesView};
+use http_body_util::BodyExt;
+use std::sync::Arc;
+use turserver_protocol::{FrameReader, Piece, Request as Call, CLIENT_AUTHORIZATION, INLINE_HEADER};
+use wasmtime::component::{Resource, ResourceTable};
+
+/// What the sidecar shares between requests.
+pub struct Sidecar {
+    pub store: Arc<Store>,
+    /// The sidecar token.
+    pub token: TokenDigest,
+    /// The write token client credentials are judged by.
+    pub write_token: Option<TokenDigest>,
+    pub max_upload: u64,
+}
+
+impl Handler for Sidecar {
+    async fn handle(&self, req: http::Request) -> Response {
+        self.answer(req).await.unwrap_or_else(|e| json(protocol_error(e)))
+    }
+}
+
+impl Sidecar {
+    async fn answer(&self, req: http::Request) -> Result<Response, Error> {
+        let admitted = req.headers().get(hyper::header::AUTHORIZATION).is_some_and(|v| self.token.admits(v.as_bytes()));
+        if !admitted {
+            tracing::warn!(path = req.uri().path(), "sidecar request with a missing or wrong sidecar token");
+            let refused = Error::Unavailable("the store sidecar refused this worker's sidecar token".into());
+            return Ok(json_with_status(401, &turserver_protocol::Error::from(refused)));
+        }
+        let access = WriteAccess::judge(req.headers().get(CLIENT_AUTHORIZATION).map(|v| v.as_bytes()), self.write_token.as_ref());
+        let mut ctx = FilesCtx { store: self.store.clone(), access, max_upload: self.max_upload, progress: None };
+        let mut table = ResourceTable::new();
+        let mut view = FilesView { ctx: &mut ctx, table: &mut table };
+        let call = Call::parse(req.method().as_str(), req.uri().path(), req.uri().query()).map_err(Error::from)?;
+        let body = req.into_body();
+        match call {
+            Call::Stat { path, inline } => stat(&mut view, path, inline).await,
+            Call::Read { version, encoding, offset, len } => {
+                let bytes = check(wit::Host::read(&mut view, version, encoding, offset, len).await)?;
+                Ok(response(200, Some("application/octet-stream"), bytes))
+            }
+            Call::List { prefix, cursor, limit } => {
+                Ok(json_ok(&check(wit::Host::list_files(&mut view, prefix, cursor, limit).await)?))
+            }
+            Call::Upload { path, content_type, size_hint, expect } => {
+                upload(&mut view, path, content_type, size_hint, expect.map(Into::into), body).await
+            }
+            Call::Batch => batch(&mut view, body).await,
+            Call::Delete { path, expect } => {
+                check(wit::Host::delete(&mut view, path, expect.map(Into::into)).await)?;
+                Ok(no_content())
+            }
+            Call::SiteConfig => Ok(match check(wit::Host::site_config(&mut view).await)? {
+                Some(json) => response(200, Some("application/json"), json.into_bytes()),
+                None => no_content(),
+            }),
+            Call::SetSiteConfig => {
+                let json = collect_text(body).await?;
+                check(wit::Host::set_site_config(&mut view, json).await)?;
+                Ok(no_content())
+            }
+        }
+    }
+}
+
+/// A host call's result: a trap (a host bug, or a resource the table
+/// lost) becomes `internal`, logged.
+fn check<T>(result: Result<T, FilesError>) -> Result<T, Error> {
+    result.or_else(|e| match e.into_result() {
+        Ok(e) => Err(e),
+        Err(trap) => {
+            tracing::error!(cause = %format!("{trap:#}"), "sidecar call failed");
+            Err(Error::Internal("the sidecar call failed; the host log has the cause".into()))
+        }
+    })
+}
+
+/// `stat`; with `inline` > 0, a body of at most that many bytes follows the
+/// metadata, saving the `read` that would come next: the answer is the
+/// metadata JSON, then the body, split at the length [`INLINE_HEADER`] gives.
+async fn stat(view: &mut FilesView<'_>, path: String, inline: u64) -> Result<Response, Error> {
+    let meta = check(wit::Host::stat(view, path).await)?;
+    let mut out = serde_json::to_vec(&meta).unwrap_or_default();
+    if meta.size > inline {
+        return Ok(response(200, Some("application/json"), out));
+    }
+    let json_len = out.len();
+    match check(wit::Host::read(view, meta.version, "identity".into(), 0, meta.size).await) {
+        Ok(body) => out.extend_from_slice(&body),
+        // Replaced meanwhile: the metadata alone, the worker's read will say.
+        Err(_) => return Ok(response(200, Some("application/json"), out)),
+    }
+    let mut resp = response(200, Some("application/octet-stream"), out);
+    resp.headers_mut().insert(INLINE_HEADER, ::http::HeaderValue::from(json_len));
+    Ok(resp)
+}
+
+/// `begin-upload`, `write` for each piece of the body, `finish` at its end.
+async fn upload(
+    view: &mut FilesView<'_>,
+    path: String,
+    content_type: String,
+    size_hint: Option<u64>,
+    expect: Option<wit::Expectation>,
+    mut body: RequestBody,
+) -> Result<Response, Error> {
+    let upload = check(wit::Host::begin_upload(view, path, content_type, size_hint, expect).await)?;
+    let rep = upload.rep();
+    let outcome = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Error::Invalid(format!("upload body incomplete: {e}")))?;
+            if let Ok(data) = frame.into_data() {
+                check(HostUpload::write(view, Resource::new_own(rep), data.to_vec()).await)?;
+            }
+        }
+        Ok(json_ok(&check(HostUpload::finish(view, Resource::new_own(rep)).await)?))
+    }
+    .await;
+    // Unfinished (an error, or a body cut off) means discarded.
+    let _ = HostUpload::drop(view, upload).await;
+    outcome
+}
+
+/// `begin-batch`, then `add`/`write` per frame, `commit` at the body's end.
+async fn batch(view: &mut FilesView<'_>, mut body: RequestBody) -> Result<Response, Error> {
+    let batch = check(wit::Host::begin_batch(view).await)?;
+    let rep = batch.rep();
+    let outcome = async {
+        let mut frames = FrameReader::default();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| Error::Invalid(format!("batch body incomplete: {e}")))?;
+            let Ok(data) = frame.into_data() else { continue };
+            frames.push(&data);
+            while let Some(piece) = frames.next_piece().map_err(Error::from)? {
+                match piece {
+                    Piece::Add { path, content_type } => {
+                        check(HostBatch::add(view, Resource::new_own(rep), path, content_type).await)?
+                    }
+                    Piece::Write(bytes) => check(HostBatch::write(view, Resource::new_own(rep), bytes).await)?,
+                }
+            }
+        }
+        frames.finish().map_err(Error::from)?;
+        Ok(json_ok(&check(HostBatch::commit(view, Resource::new_own(rep)).await)?))
+    }
+    .await;
+    let _ = HostBatch::drop(view, batch).await;
+    outcome
+}
+
+async fn collect_text(body: RequestBody) -> Result<String, Error> {
+    // The store refuses larger site configurations; stop reading past that.
+    let limit = turserver_protocol::MAX_SITE_CONFIG + 1;
+    let limited = http_body_util::Limited::new(body, limit);
+    let bytes = limited.collect().await.map_err(|e| Error::Invalid(format!("body refused: {e}")))?.to_bytes();
+    String::from_utf8(bytes.to_vec()).map_err(|_| Error::Invalid("body is not UTF-8".into()))
+}
+
+fn protocol_error(e: Error) -> turserver_protocol::Error {
+    e.into()
+}
+
+/// A failure as the wire carries it: the error's JSON with its status.
+fn json(e: turserver_protocol::Error) -> Response {
+    json_with_status(e.status(), &e)
+}
+
+fn json_with_status(status: u16, value: &impl serde::Serialize) -> Response {
+    http::json_value(status, value)
+}
+
+fn json_ok(value: &impl serde::Serialize) -> Response {
+    http::json_value(200, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The two ends agree: every WIT error's JSON, as the host's bindings
+    /// write it, is the protocol's JSON for it, which the adapter reads.
+    #[test]
+    fn wit_errors_travel_as_the_protocol_defines() {
+        let all = [
+            Error::NotFound,
+            Error::Unauthorized,
+            Error::Forbidden,
+            Error::TooLarge(7),
+            Error::PreconditionFailed,
+            Error::Invalid("a".into()),
+            Error::Unavailable("b".into()),
+            Error::Internal("c".into()),
+        ];
+        for e in all {
+            let ours = serde_json::to_string(&e).unwrap();
+            let wire = turserver_protocol::Error::from(e.clone());
+            assert_eq!(ours, serde_json::to_string(&wire).unwrap());
+            let back: Error = serde_json::from_str(&serde_json::to_string(&wire).unwrap()).unwrap();
+            assert_eq!(format!("{back:?}"), format!("{e:?}"));
+        }
+    }
+}

@@ -1,0 +1,307 @@
+//! Reads: metadata, bodies (whole, ranged, chunk by chunk), listings and
+//! the site document, with a cache of metadata and small bodies stamped
+//! with the store's generation, so a hot file costs no SQL and a change is
+//! never served stale.
+
+use super::sql::{query_all, Record};
+use super::{FileMeta, Store, CHUNK_SIZE, MAX_LIST_LIMIT};
+use super::error::StoreError;
+use libsql::Connection;
+use sha2::{Digest, Sha256};
+
+/// Reads of at most this many bytes are cached (whole small files; large
+/// bodies stream through without displacing them).
+const SMALL_READ_BYTES: u64 = 64 << 10;
+/// Memory for cached metadata and small bodies.
+const READ_CACHE_BYTES: u64 = 32 << 20;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub(super) enum ReadKey {
+    Stat(String),
+    /// version, encoding, offset, length
+    Body(u64, String, u64, u64),
+}
+
+/// A cached read, stamped with the generation it was read at.
+#[derive(Clone)]
+pub(super) enum ReadEntry {
+    Stat(u64, Option<FileMeta>),
+    Body(u64, Option<bytes::Bytes>),
+}
+
+#[derive(Clone)]
+pub(super) struct ReadWeight;
+
+impl quick_cache::Weighter<ReadKey, ReadEntry> for ReadWeight {
+    fn weight(&self, _key: &ReadKey, val: &ReadEntry) -> u64 {
+        match val {
+            ReadEntry::Stat(..) => 512,
+            ReadEntry::Body(_, b) => 256 + b.as_ref().map_or(0, |b| b.len() as u64),
+        }
+    }
+}
+
+/// The read cache: metadata and small bodies as of a generation.
+pub(super) type ReadCache = quick_cache::sync::Cache<ReadKey, ReadEntry, ReadWeight>;
+
+pub(super) fn read_cache() -> ReadCache {
+    quick_cache::sync::Cache::with_weighter(4096, READ_CACHE_BYTES, ReadWeight)
+}
+
+const META_COLUMNS: &str =
+    "id, path, COALESCE(size, length(content)), content_type, hash, last_modified, created_at, \
+     CASE WHEN hash IS NULL THEN content END, \
+     (SELECT group_concat(encoding || ':' || size, ',') FROM variants WHERE file_id = files.id)";
+
+impl Store {
+    pub async fn stat(&self, path: &str) -> Result<Option<FileMeta>, StoreError> {
+        let generation = self.generation();
+        let key = ReadKey::Stat(path.to_string());
+        if let Some(ReadEntry::Stat(g, meta)) = self.reads.get(&key) {
+            if g == generation {
+                return Ok(meta);
+            }
+        }
+        let meta = self.stat_uncached(path).await?;
+        self.reads.insert(key, ReadEntry::Stat(generation, meta.clone()));
+        Ok(meta)
+    }
+
+    async fn stat_uncached(&self, path: &str) -> Result<Option<FileMeta>, StoreError> {
+        let conn = self.conn().await?;
+        let sql = format!("SELECT {META_COLUMNS} FROM files WHERE path = ?1");
+        let rows = query_all(&conn, &sql, [path]).await.map_err(|e| StoreError::read("stat", e))?;
+        self.put_back(conn);
+        rows.first().map(meta_from_row).transpose()
+    }
+
+    /// Up to `len` bytes of body `version` in content coding `encoding` from
+    /// `offset`; `None` when that version (or coding) does not exist.
+    pub async fn read(
+        &self,
+        version: u64,
+        encoding: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.read_bytes(version, encoding, offset, len).await?.map(Vec::from))
+    }
+
+    /// [`Store::read`] as shared bytes: a small body comes out of the read
+    /// cache without a copy.
+    pub async fn read_bytes(
+        &self,
+        version: u64,
+        encoding: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<bytes::Bytes>, StoreError> {
+        let generation = self.generation();
+        let small = len <= SMALL_READ_BYTES;
+        let key = ReadKey::Body(version, encoding.to_string(), offset, len);
+        if small {
+            if let Some(ReadEntry::Body(g, bytes)) = self.reads.get(&key) {
+                if g == generation {
+                    return Ok(bytes);
+                }
+            }
+        }
+        let conn = self.conn().await?;
+        let result = read_body(&conn, version, encoding, offset, len).await.map(|b| b.map(bytes::Bytes::from));
+        self.put_back(conn);
+        if let (true, Ok(bytes)) = (small, &result) {
+            self.reads.insert(key, ReadEntry::Body(generation, bytes.clone()));
+        }
+        result
+    }
+
+    /// A whole identity body of `size` bytes, read chunk by chunk.
+    pub async fn read_whole(&self, version: u64, size: u64) -> Result<Vec<u8>, StoreError> {
+        let mut out = Vec::with_capacity(size as usize);
+        while (out.len() as u64) < size {
+            // Exactly what is left, at most a chunk: a small body's read is
+            // then the one the read cache keeps.
+            let want = (size - out.len() as u64).min(CHUNK_SIZE as u64);
+            let piece = self
+                .read(version, "identity", out.len() as u64, want)
+                .await?
+                .ok_or_else(|| StoreError::Internal(format!("version {version} was replaced while being read")))?;
+            if piece.is_empty() {
+                return Err(StoreError::Internal(format!("version {version} is shorter than its recorded size")));
+            }
+            out.extend_from_slice(&piece);
+        }
+        Ok(out)
+    }
+
+    /// Files under `prefix` after `cursor`, at most `limit`; the second value
+    /// is the cursor of the next page.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<FileMeta>, Option<String>), StoreError> {
+        let limit = limit.clamp(1, MAX_LIST_LIMIT);
+        // Every path starting with `prefix` sorts before `upper` (the prefix
+        // with its last character incremented), so the range uses the index.
+        let upper = prefix_upper_bound(prefix);
+        let sql = format!(
+            "SELECT {META_COLUMNS} FROM files \
+             WHERE path >= ?1 AND (?2 IS NULL OR path < ?2) AND (?3 IS NULL OR path > ?3) \
+             ORDER BY path LIMIT ?4"
+        );
+        let conn = self.conn().await?;
+        let params = libsql::params![prefix, upper, cursor, i64::from(limit) + 1];
+        let rows = query_all(&conn, &sql, params).await.map_err(|e| StoreError::read("list", e))?;
+        self.put_back(conn);
+        let mut files = rows.iter().map(meta_from_row).collect::<Result<Vec<_>, _>>()?;
+        files.retain(|f| f.path.starts_with(prefix));
+        let next = if files.len() > limit as usize {
+            files.truncate(limit as usize);
+            files.last().map(|f| f.path.clone())
+        } else {
+            None
+        };
+        Ok((files, next))
+    }
+
+
+    /// A site configuration document, if one was set.
+    pub async fn site_config(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let generation = self.generation();
+        if let Some((g, k, v)) = &*self.site_cache.lock().expect("poisoned") {
+            if *g == generation && k == key {
+                return Ok(v.clone());
+            }
+        }
+        let value = self.read_site_config(key).await?;
+        *self.site_cache.lock().expect("poisoned") = Some((generation, key.to_string(), value.clone()));
+        Ok(value)
+    }
+
+    async fn read_site_config(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = query_all(&conn, "SELECT value FROM site_config WHERE key = ?1", [key])
+            .await
+            .map_err(|e| StoreError::read("site config", e))?;
+        self.put_back(conn);
+        rows.first().map(|r| r.text(0)).transpose()
+    }
+}
+
+
+async fn read_body(
+    conn: &Connection,
+    version: u64,
+    encoding: &str,
+    offset: u64,
+    len: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let (v, o, l) = (version as i64, offset as i64, len as i64);
+    let rows = if encoding == "identity" {
+        query_all(
+            conn,
+            "SELECT COALESCE(size, length(content)), blob_id, chunk_size, \
+             CASE WHEN blob_id IS NULL THEN substr(content, ?2 + 1, ?3) END \
+             FROM files WHERE id = ?1",
+            libsql::params![v, o, l],
+        )
+        .await
+    } else {
+        query_all(
+            conn,
+            "SELECT size, blob_id, chunk_size, CASE WHEN blob_id IS NULL THEN substr(content, ?2 + 1, ?3) END \
+             FROM variants WHERE file_id = ?1 AND encoding = ?4",
+            libsql::params![v, o, l, encoding],
+        )
+        .await
+    }
+    .map_err(|e| StoreError::read("read", e))?;
+    let Some(row) = rows.first() else { return Ok(None) };
+    let size = row.opt_i64(0)?.unwrap_or(0).max(0) as u64;
+    let Some(blob) = row.opt_i64(1)? else {
+        return Ok(Some(row.opt_blob(3)?.unwrap_or_default()));
+    };
+    let chunk = row.i64(2)?;
+    if chunk <= 0 {
+        return Err(StoreError::Internal(format!("blob {blob} has chunk size {chunk}")));
+    }
+    let chunk = chunk as u64;
+    let end = size.min(offset.saturating_add(len));
+    let mut out = Vec::new();
+    let mut pos = offset;
+    while pos < end {
+        let seq = pos / chunk;
+        let within = pos % chunk;
+        let take = (chunk - within).min(end - pos);
+        // A whole chunk is read as it is: `substr` would copy it once more.
+        let whole = within == 0 && (take == chunk || pos + take == size);
+        let rows = if whole {
+            query_all(conn, "SELECT data FROM chunks WHERE blob_id = ?1 AND seq = ?2", libsql::params![blob, seq as i64])
+                .await
+        } else {
+            query_all(
+                conn,
+                "SELECT substr(data, ?3 + 1, ?4) FROM chunks WHERE blob_id = ?1 AND seq = ?2",
+                libsql::params![blob, seq as i64, within as i64, take as i64],
+            )
+            .await
+        }
+        .map_err(|e| StoreError::read("read chunk", e))?;
+        // A chunk vanishing mid-read means the version was replaced or deleted.
+        let Some(mut row) = rows.into_iter().next() else { return Ok(None) };
+        let mut bytes = row.take_blob(0)?.unwrap_or_default();
+        if bytes.is_empty() {
+            return Err(StoreError::Internal(format!("chunk {seq} of blob {blob} is short")));
+        }
+        bytes.truncate(take as usize);
+        pos += bytes.len() as u64;
+        if out.is_empty() && pos >= end {
+            // One chunk answers the whole read (the usual, aligned case).
+            return Ok(Some(bytes));
+        }
+        out.extend_from_slice(&bytes);
+    }
+    Ok(Some(out))
+}
+
+fn meta_from_row(row: &Record) -> Result<FileMeta, StoreError> {
+    let hash = match row.opt_text(4)? {
+        Some(h) => h,
+        // Rows written directly on the primary carry no hash: derive it from
+        // the inline body.
+        None => hex::encode(Sha256::digest(row.opt_blob(7)?.unwrap_or_default())),
+    };
+    Ok(FileMeta {
+        version: row.i64(0)? as u64,
+        path: row.text(1)?,
+        size: row.opt_i64(2)?.unwrap_or(0).max(0) as u64,
+        content_type: row.text(3)?,
+        hash,
+        last_modified: row.i64(5)?.max(0) as u64,
+        created: row.i64(6)?.max(0) as u64,
+        encodings: parse_encodings(row.opt_text(8)?.as_deref().unwrap_or_default()),
+    })
+}
+
+/// Parses `br:123,gzip:140` as produced by the metadata query.
+pub(super) fn parse_encodings(list: &str) -> Vec<(String, u64)> {
+    list.split(',')
+        .filter_map(|e| {
+            let (name, size) = e.split_once(':')?;
+            Some((name.to_string(), size.parse().ok()?))
+        })
+        .collect()
+}
+
+
+/// The smallest string greater than every string that starts with `prefix`,
+/// or None when there is none (empty prefix, or it ends in U+10FFFF).
+pub(super) fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    let last = chars.pop()?;
+    let next = (last as u32 + 1..=0x10FFFF).find_map(char::from_u32)?;
+    chars.push(next);
+    Some(chars.into_iter().collect())
+}

@@ -1,0 +1,193 @@
+//! Replication state: syncs with the primary, what they record, how long
+//! a read waits for a position, and what a write leaves for other edges.
+
+use super::{Mode, Store};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::{AtomicU64, Ordering};
+use serde::Serialize;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What every sync with the primary records (the periodic loop, the sync
+/// after a write, and on-demand syncs for read-your-writes).
+pub struct SyncStats {
+    pub ok: AtomicU64,
+    /// Unix milliseconds of the last successful sync (0: never).
+    pub last_success_ms: AtomicU64,
+    pub last_duration_us: AtomicU64,
+    /// The replica's replication index (frame number) after the last sync.
+    pub replication_index: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+    pub duration: Histogram,
+    pub failures: Counter,
+    pub index_gauge: Gauge,
+}
+
+impl Default for SyncStats {
+    fn default() -> Self {
+        SyncStats {
+            ok: AtomicU64::new(0),
+            last_success_ms: AtomicU64::new(0),
+            last_duration_us: AtomicU64::new(0),
+            replication_index: AtomicU64::new(0),
+            last_error: Mutex::new(None),
+            // 1 ms to ~16 s.
+            duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            failures: Counter::default(),
+            index_gauge: Gauge::default(),
+        }
+    }
+}
+
+impl SyncStats {
+    pub fn succeeded(&self, took: Duration, frame: Option<u64>) {
+        self.duration.observe(took.as_secs_f64());
+        if let Some(f) = frame {
+            self.index_gauge.set(f as i64);
+        }
+        self.ok.fetch_add(1, Ordering::Relaxed);
+        self.last_success_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
+        self.last_duration_us.store(took.as_micros() as u64, Ordering::Relaxed);
+        if let Some(f) = frame {
+            self.replication_index.store(f, Ordering::Relaxed);
+        }
+        *self.last_error.lock().expect("poisoned") = None;
+    }
+
+    pub fn failed(&self, why: String) {
+        self.failures.inc();
+        *self.last_error.lock().expect("poisoned") = Some(why);
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn rfc3339_ms(ms: u64) -> Option<String> {
+    (ms > 0).then(|| humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string())
+}
+
+/// A URL without user info, query or fragment: tokens never leak.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let rest = match rest.split_once('@') {
+        Some((_, host)) => host,
+        None => rest,
+    };
+    if scheme.is_empty() {
+        rest.to_string()
+    } else {
+        format!("{scheme}://{rest}")
+    }
+}
+
+/// What `/_turserver/status` shows of the syncs.
+#[derive(Serialize)]
+pub struct SyncSnapshot {
+    replication_index: u64,
+    last_success: Option<String>,
+    last_duration_ms: f64,
+    last_error: Option<String>,
+    syncs_ok: u64,
+    syncs_failed: u64,
+}
+
+impl SyncStats {
+    pub fn snapshot(&self) -> SyncSnapshot {
+        SyncSnapshot {
+            replication_index: self.replication_index.load(Ordering::Relaxed),
+            last_success: rfc3339_ms(self.last_success_ms.load(Ordering::Relaxed)),
+            last_duration_ms: self.last_duration_us.load(Ordering::Relaxed) as f64 / 1000.0,
+            last_error: self.last_error.lock().expect("poisoned").clone(),
+            syncs_ok: self.ok.load(Ordering::Relaxed),
+            syncs_failed: self.failures.get(),
+        }
+    }
+
+    pub(super) fn register(&self, registry: &mut Registry) {
+        registry.register("sync_duration_seconds", "Duration of syncs with the primary", self.duration.clone());
+        registry.register("sync_failures", "Syncs with the primary that failed", self.failures.clone());
+        registry.register("replication_index", "The replica's replication index (frame number)", self.index_gauge.clone());
+    }
+}
+
+impl Store {
+
+    /// Pulls new frames from the primary; a no-op for a local database.
+    pub async fn sync(&self) -> Result<Option<u64>, libsql::Error> {
+        if self.mode == Mode::Local {
+            return Ok(None);
+        }
+        let started = std::time::Instant::now();
+        match self.db.sync().await {
+            Ok(r) => {
+                self.stats.succeeded(started.elapsed(), r.frame_no());
+                let frame = r.frame_no().unwrap_or(0);
+                if self.last_frame.swap(frame, Ordering::AcqRel) != frame {
+                    self.changed();
+                }
+                Ok(r.frame_no())
+            }
+            Err(e) => {
+                self.stats.failed(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// Whether this edge is ready to serve: a replica must have synced once.
+    pub fn is_ready(&self) -> bool {
+        self.mode == Mode::Local || self.stats.ok.load(std::sync::atomic::Ordering::Relaxed) > 0
+    }
+
+    /// The primary's replication index after this process's latest write:
+    /// a position other edges can wait for (None in local mode).
+    pub fn write_position(&self) -> Option<u64> {
+        match self.mode {
+            Mode::Local => None,
+            Mode::Replica { .. } => self.db.max_write_replication_index(),
+        }
+    }
+
+    /// Waits until this replica has caught up with `position`, syncing on
+    /// demand, for at most `bound`. False when it has not caught up.
+    pub async fn wait_for(&self, position: u64, bound: std::time::Duration) -> bool {
+        if self.mode == Mode::Local {
+            return true;
+        }
+        let caught_up = |i: Option<u64>| i.is_some_and(|i| i >= position);
+        if caught_up(self.db.replication_index().await.ok().flatten()) {
+            return true;
+        }
+        let deadline = tokio::time::Instant::now() + bound;
+        while tokio::time::Instant::now() < deadline {
+            match tokio::time::timeout_at(deadline, self.sync()).await {
+                Ok(Ok(frame)) if caught_up(frame) => return true,
+                Ok(Ok(_)) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                Ok(Err(_)) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+                Err(_) => break,
+            }
+        }
+        caught_up(self.db.replication_index().await.ok().flatten())
+    }
+
+    /// Read-your-writes: after a write commits on the primary, pull it into
+    /// the replica before answering, so the next read on this edge sees it.
+    /// The write itself has succeeded either way; a failed pull is logged
+    /// and the periodic sync catches up.
+    pub(crate) async fn written(&self) {
+        if self.mode == Mode::Local {
+            self.changed();
+        }
+        if let Mode::Replica { .. } = self.mode {
+            if let Err(e) = self.sync().await {
+                tracing::warn!(cause = %e, "sync after a write failed; the write is on the primary but not yet visible here");
+            }
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The store's tests: its pure helpers, and the store itself against a
+//! temporary local database.
+
+use super::reads::{parse_encodings, prefix_upper_bound};
+use super::writes::{check_expectation, Current};
+use super::*;
+use sha2::Digest;
+use std::sync::Arc;
+
+#[test]
+fn encodings_list() {
+    assert_eq!(parse_encodings(""), vec![]);
+    assert_eq!(parse_encodings("br:10,gzip:12"), vec![("br".to_string(), 10), ("gzip".to_string(), 12)]);
+}
+
+#[test]
+fn expectations() {
+    let c = Current { id: 1, created_at: 0, hash: "abc".into() };
+    assert!(check_expectation(None, Some(&c)).is_ok());
+    assert!(check_expectation(Some(&Expect::Absent), None).is_ok());
+    assert!(check_expectation(Some(&Expect::Absent), Some(&c)).is_err());
+    assert!(check_expectation(Some(&Expect::Hash("abc".into())), Some(&c)).is_ok());
+    assert!(check_expectation(Some(&Expect::Hash("abd".into())), Some(&c)).is_err());
+    assert!(check_expectation(Some(&Expect::Hash("abc".into())), None).is_err());
+}
+
+#[test]
+fn host_path_check() {
+    assert!(validate_path("a/b.txt").is_ok());
+    for bad in ["", "/a", "a/", "a//b", "a/../b", ".", "a\\b", "a\0b", "_turserver/worker.wasm"] {
+        assert!(validate_path(bad).is_err(), "{bad:?}");
+    }
+}
+
+#[test]
+fn upper_bound_sorts_after_every_extension() {
+    assert_eq!(prefix_upper_bound(""), None);
+    assert_eq!(prefix_upper_bound("a/"), Some("a0".into()));
+    let ub = prefix_upper_bound("img").unwrap();
+    for p in ["img", "img/x", "img\u{10FFFF}z", "imgzzzz"] {
+        assert!(p < ub.as_str(), "{p}");
+    }
+    assert!("imh" >= ub.as_str());
+}
+
+#[test]
+fn urls_are_redacted() {
+    assert_eq!(redact_url("https://user:secret@db.example.com/x?authToken=abc"), "https://db.example.com/x");
+    assert_eq!(redact_url("http://127.0.0.1:8080"), "http://127.0.0.1:8080");
+    assert_eq!(redact_url("libsql://db.turso.io#frag"), "libsql://db.turso.io");
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(std::path::PathBuf);
+
+impl TempDir {
+    fn new(label: &str) -> TempDir {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::SeqCst);
+        let dir = std::env::temp_dir().join(format!("turserver-store-{}-{label}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn put(store: &Arc<Store>, path: &str, body: &[u8], expect: Option<Expect>) -> Result<(FileMeta, bool), StoreError> {
+    let mut upload = store.begin_upload(path, "text/plain", 1 << 30, Some(body.len() as u64), expect).await?;
+    upload.write(body).await?;
+    upload.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_store_writes_reads_lists_and_deletes() {
+    let dir = TempDir::new("roundtrip");
+    let store = Arc::new(Store::open_local(&dir.0).await.unwrap());
+    assert!(store.is_ready());
+    assert_eq!(store.stat("a.txt").await.unwrap(), None);
+
+    let before = store.generation();
+    let (meta, created) = put(&store, "a.txt", b"hello world", None).await.unwrap();
+    assert!(created);
+    assert!(store.generation() > before, "a write changes the generation caches check");
+    assert_eq!(meta.size, 11);
+    assert_eq!(meta.hash, hex::encode(sha2::Sha256::digest(b"hello world")));
+    assert_eq!(store.stat("a.txt").await.unwrap().as_ref(), Some(&meta));
+    assert_eq!(store.read(meta.version, "identity", 6, 100).await.unwrap().unwrap(), b"world");
+    assert_eq!(store.read_whole(meta.version, meta.size).await.unwrap(), b"hello world");
+
+    // A body of several chunks reads back whole and across a chunk boundary.
+    let big: Vec<u8> = (0..(CHUNK_SIZE * 2 + 100)).map(|i| (i % 251) as u8).collect();
+    let (big_meta, _) = put(&store, "dir/big.bin", &big, None).await.unwrap();
+    assert_eq!(store.read_whole(big_meta.version, big_meta.size).await.unwrap(), big);
+    let edge = CHUNK_SIZE as u64 - 3;
+    let piece = store.read(big_meta.version, "identity", edge, 6).await.unwrap().unwrap();
+    assert_eq!(piece, big[edge as usize..edge as usize + 6]);
+
+    let (files, next) = store.list("", None, 1).await.unwrap();
+    assert_eq!((files.len(), next.as_deref()), (1, Some("a.txt")));
+    let (files, next) = store.list("", next.as_deref(), 10).await.unwrap();
+    assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["dir/big.bin"]);
+    assert_eq!(next, None);
+    assert_eq!(store.list("dir/", None, 10).await.unwrap().0.len(), 1);
+
+    assert!(store.delete("a.txt", None).await.unwrap());
+    assert!(!store.delete("a.txt", None).await.unwrap());
+    assert_eq!(store.stat("a.txt").await.unwrap(), None);
+    // The old version's body is gone with it.
+    assert_eq!(store.read(meta.version, "identity", 0, 5).await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conditional_writes_check_what_is_there() {
+    let dir = TempDir::new("conditional");
+    let store = Arc::new(Store::open_local(&dir.0).await.unwrap());
+    let (first, _) = put(&store, "x", b"one", Some(Expect::Absent)).await.unwrap();
+    assert!(matches!(put(&store, "x", b"two", Some(Expect::Absent)).await, Err(StoreError::PreconditionFailed)));
+    let stale = Expect::Hash("0".repeat(64));
+    assert!(matches!(put(&store, "x", b"two", Some(stale.clone())).await, Err(StoreError::PreconditionFailed)));
+    let (second, created) = put(&store, "x", b"two", Some(Expect::Hash(first.hash.clone()))).await.unwrap();
+    assert!(!created);
+    assert_eq!(store.read_whole(second.version, second.size).await.unwrap(), b"two");
+    assert!(matches!(store.delete("x", Some(&stale)).await, Err(StoreError::PreconditionFailed)));
+    assert!(store.delete("x", Some(&Expect::Hash(second.hash))).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_past_the_limit_and_unfinished_ones_store_nothing() {
+    let dir = TempDir::new("limits");
+    let store = Arc::new(Store::open_local(&dir.0).await.unwrap());
+    assert!(matches!(store.begin_upload("big", "a/b", 10, Some(11), None).await, Err(StoreError::TooLarge(10))));
+    let mut upload = store.begin_upload("big", "a/b", 10, None, None).await.unwrap();
+    assert!(matches!(upload.write(&[0u8; 11]).await, Err(StoreError::TooLarge(10))));
+    let mut dropped = store.begin_upload("half", "a/b", 1 << 30, None, None).await.unwrap();
+    dropped.write(&vec![1u8; CHUNK_SIZE + 1]).await.unwrap();
+    dropped.abort().await;
+    assert_eq!(store.stat("big").await.unwrap(), None);
+    assert_eq!(store.stat("half").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_site_document_is_kept_and_replaced() {
+    let dir = TempDir::new("site");
+    let store = Store::open_local(&dir.0).await.unwrap();
+    assert_eq!(store.site_config("site").await.unwrap(), None);
+    store.set_site_config("site", "{\"a\":1}").await.unwrap();
+    assert_eq!(store.site_config("site").await.unwrap().as_deref(), Some("{\"a\":1}"));
+    store.set_site_config("site", "{}").await.unwrap();
+    assert_eq!(store.site_config("site").await.unwrap().as_deref(), Some("{}"));
+}

@@ -1,0 +1,138 @@
+//! Writes that are not uploads: deletes, the site document, starting
+//! uploads and batches, and garbage collection of uploads whose writer
+//! died; with the checks a conditional write makes in its transaction.
+
+use super::error::StoreError;
+use super::sql::query_all;
+use super::upload::{self, Batch, Expect, Upload};
+use super::{unix_now, Store, STALE_UPLOAD_SECS};
+use libsql::Connection;
+use sha2::{Digest, Sha256};
+use std::sync::Arc;
+
+impl Store {
+    /// Deletes the file at `path`; false when there was none.
+    pub async fn delete(&self, path: &str, expect: Option<&Expect>) -> Result<bool, StoreError> {
+        let w = |e| StoreError::write("delete", e);
+        let conn = self.conn().await?;
+        let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.map_err(w)?;
+        let current = current(&tx, path).await?;
+        let outcome = match (&current, check_expectation(expect, current.as_ref())) {
+            (_, Err(e)) => Err(e),
+            (None, Ok(())) => Ok(false),
+            (Some(c), Ok(())) => remove_file(&tx, c.id).await.map(|()| true),
+        };
+        match outcome {
+            Ok(true) => tx.commit().await.map_err(w)?,
+            _ => tx.rollback().await.map_err(w)?,
+        }
+        self.put_back(conn);
+        if let Ok(true) = outcome {
+            self.written().await;
+        }
+        outcome
+    }
+
+    /// Starts an upload of `path`; nothing is visible until it finishes.
+    pub async fn begin_upload(
+        self: &Arc<Self>,
+        path: &str,
+        content_type: &str,
+        max_size: u64,
+        size_hint: Option<u64>,
+        expect: Option<Expect>,
+    ) -> Result<Upload, StoreError> {
+        if size_hint.is_some_and(|n| n > max_size) {
+            return Err(StoreError::TooLarge(max_size));
+        }
+        let conn = self.conn().await?;
+        Ok(Upload::new(self.clone(), conn, path, content_type, max_size, expect))
+    }
+
+    /// Starts a batch of files published together.
+    pub async fn begin_batch(self: &Arc<Self>, max_size: u64) -> Result<Batch, StoreError> {
+        let conn = self.conn().await?;
+        Ok(Batch::new(self.clone(), conn, max_size))
+    }
+
+
+
+    pub async fn set_site_config(&self, key: &str, value: &str) -> Result<(), StoreError> {
+        let conn = self.conn().await?;
+        conn.execute(
+            "INSERT INTO site_config (key, value, updated_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            libsql::params![key, value, unix_now()],
+        )
+        .await
+        .map_err(|e| StoreError::write("site config", e))?;
+        self.put_back(conn);
+        self.written().await;
+        Ok(())
+    }
+
+    /// Removes chunks of uploads that never finished (their writer crashed).
+    pub async fn collect_garbage(&self) -> Result<u64, StoreError> {
+        let conn = self.conn().await?;
+        let cutoff = unix_now() - STALE_UPLOAD_SECS;
+        let rows = query_all(&conn, "SELECT blob_id FROM uploads WHERE started_at < ?1", [cutoff])
+            .await
+            .map_err(|e| StoreError::read("garbage collection", e))?;
+        let mut removed = 0;
+        for row in rows {
+            let blob = row.i64(0)?;
+            upload::discard(&conn, blob).await?;
+            removed += 1;
+        }
+        self.put_back(conn);
+        Ok(removed)
+    }
+}
+
+
+/// The file currently at a path, as a write transaction sees it.
+pub(super) struct Current {
+    pub id: i64,
+    pub created_at: i64,
+    pub hash: String,
+}
+
+pub(super) async fn current(conn: &Connection, path: &str) -> Result<Option<Current>, StoreError> {
+    let rows = query_all(
+        conn,
+        "SELECT id, created_at, hash, CASE WHEN hash IS NULL THEN content END FROM files WHERE path = ?1",
+        [path],
+    )
+    .await
+    .map_err(|e| StoreError::write("reading the current file", e))?;
+    let Some(row) = rows.first() else { return Ok(None) };
+    let hash = match row.opt_text(2)? {
+        Some(h) => h,
+        None => hex::encode(Sha256::digest(row.opt_blob(3)?.unwrap_or_default())),
+    };
+    Ok(Some(Current { id: row.i64(0)?, created_at: row.i64(1)?, hash }))
+}
+
+/// Checks a conditional write against what is at the path.
+pub(super) fn check_expectation(expect: Option<&Expect>, current: Option<&Current>) -> Result<(), StoreError> {
+    match (expect, current) {
+        (None, _) | (Some(Expect::Absent), None) => Ok(()),
+        (Some(Expect::Hash(h)), Some(c)) if *h == c.hash => Ok(()),
+        _ => Err(StoreError::PreconditionFailed),
+    }
+}
+
+/// Deletes a file row with its chunks and encodings.
+pub(super) async fn remove_file(conn: &Connection, id: i64) -> Result<(), StoreError> {
+    let w = |e| StoreError::write("removing a file", e);
+    conn.execute(
+        "DELETE FROM chunks WHERE blob_id IN (SELECT blob_id FROM files WHERE id = ?1 AND blob_id IS NOT NULL \
+         UNION SELECT blob_id FROM variants WHERE file_id = ?1 AND blob_id IS NOT NULL)",
+        [id],
+    )
+    .await
+    .map_err(w)?;
+    conn.execute("DELETE FROM variants WHERE file_id = ?1", [id]).await.map_err(w)?;
+    conn.execute("DELETE FROM files WHERE id = ?1", [id]).await.map_err(w)?;
+    Ok(())
+}

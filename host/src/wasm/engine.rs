@@ -1,0 +1,160 @@
+//! The wasm engine: one Engine and Linker for the process, the epoch clock,
+//! and workers compiled (or loaded from the compiled-worker cache), linked
+//! and pre-instantiated once.
+//!
+//! Isolation: each instance lives in a pooled slot with a memory limit, and
+//! runs under a no-progress deadline. An epoch ticks every [`TICK`]; at each
+//! tick a running instance yields to the scheduler (so a spinning worker
+//! never starves other requests) and is interrupted once it has gone
+//! `deadline` without progress (see [`super::instance`]).
+
+use super::artifacts::ArtifactCache;
+use super::bindings::files;
+use super::files::FilesView;
+use super::instance::{declares_stateless, RequestState, Worker};
+use prometheus_client::metrics::counter::Counter;
+use sha2::{Digest, Sha256};
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+use wasmtime::component::{Component, HasData, Linker};
+use wasmtime::error::Context as _;
+use wasmtime::{Config, Engine, Enabled, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+
+/// The worker built into the binary (see `host/build.rs`).
+pub const DEFAULT_WORKER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/worker.wasm"));
+
+/// Instances that may exist at once: the number of requests the worker can
+/// serve concurrently. Past it a request gets 503.
+const MAX_INSTANCES: u32 = 1000;
+/// Epoch period: how often a running instance yields and checks its deadline.
+pub const TICK: Duration = Duration::from_millis(10);
+
+struct FilesData;
+
+impl HasData for FilesData {
+    type Data<'a> = FilesView<'a>;
+}
+
+/// The engine's epoch clock: a thread that ticks as long as the engine
+/// lives, and ends with it.
+struct EpochThread;
+
+impl EpochThread {
+    fn start(engine: &Engine) -> std::io::Result<EpochThread> {
+        let ticker = engine.weak();
+        std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                while let Some(engine) = ticker.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(TICK);
+                }
+            })
+            .map(|_| EpochThread)
+    }
+}
+
+pub struct Runtime {
+    pub(super) engine: Engine,
+    linker: Linker<RequestState>,
+    cache: Option<ArtifactCache>,
+    /// How long an instance may run without progress.
+    pub(super) deadline: Duration,
+    pub(super) next_request_id: AtomicU64,
+    /// Instances created (a stateless worker's instances serve many requests).
+    pub(super) instantiations: Counter,
+    _epoch: EpochThread,
+}
+
+impl Runtime {
+    /// `cache_dir`: where compiled workers are kept (None: no cache).
+    /// `deadline`: how long an instance may run without progress.
+    pub fn new(worker_memory_bytes: u64, deadline: Duration, cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Runtime> {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(MAX_INSTANCES)
+            .total_core_instances(MAX_INSTANCES * 4)
+            .total_memories(MAX_INSTANCES * 2)
+            .total_tables(MAX_INSTANCES * 4)
+            .total_stacks(MAX_INSTANCES)
+            .max_memory_size(worker_memory_bytes as usize)
+            // Keep a reused slot's low pages resident and reset them in
+            // place; PAGEMAP_SCAN (Linux 6.7+) finds the dirty ones. `Auto`
+            // falls back to plain resets on older kernels.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(Enabled::Auto);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // Slots are sized to the memory limit rather than the default 4 GiB
+            // reservation, so a thousand of them fit comfortably.
+            .memory_reservation(worker_memory_bytes)
+            .memory_guard_size(64 << 10)
+            .memory_reservation_for_growth(0)
+            .epoch_interruption(true);
+        if std::env::var_os("TURSERVER_PERF_MAP").is_some() {
+            // Names the compiled worker's functions for `perf` (/tmp/perf-PID.map).
+            config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
+        let engine = Engine::new(&config).context("creating the wasm engine")?;
+        let epoch = EpochThread::start(&engine).context("starting the epoch ticker")?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).context("linking WASI")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).context("linking wasi:http")?;
+        files::add_to_linker::<_, FilesData>(&mut linker, |s: &mut RequestState| FilesView {
+            ctx: &mut s.files,
+            table: &mut s.table,
+        })
+        .context("linking turserver:store/files")?;
+        let cache = cache_dir.map(|dir| ArtifactCache::new(dir, &engine));
+        Ok(Runtime {
+            engine,
+            linker,
+            cache,
+            deadline,
+            next_request_id: AtomicU64::new(1),
+            instantiations: Counter::default(),
+            _epoch: epoch,
+        })
+    }
+
+    /// Registers the runtime's metrics.
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "worker_instantiations",
+            "Worker instances created (a stateless worker's instances serve many requests)",
+            self.instantiations.clone(),
+        );
+    }
+
+    /// Compiles (or loads from the cache) and links a worker component,
+    /// checking it has the `turserver:store/worker` shape: imports the host
+    /// provides and the wasi:http handler export. CPU-heavy: call it from a
+    /// blocking context.
+    pub fn load(&self, bytes: &[u8]) -> anyhow::Result<Worker> {
+        let hash = component_hash(bytes);
+        let cached = self.cache.as_ref().and_then(|c| c.load(&self.engine, &hash));
+        let from_cache = cached.is_some();
+        let component = match cached {
+            Some(c) => c,
+            None => {
+                let c = Component::new(&self.engine, bytes).context("compiling the worker")?;
+                if let Some(cache) = &self.cache {
+                    cache.store(&hash, &c);
+                }
+                c
+            }
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).context("linking the worker")?;
+        let pre = ProxyPre::new(instance_pre).context("the worker does not export wasi:http/incoming-handler")?;
+        Ok(Worker::new(pre, hash, from_cache, declares_stateless(bytes))?)
+    }
+}
+
+/// A component's version: the hex SHA-256 of its bytes.
+pub fn component_hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}

@@ -1,0 +1,47 @@
+//! The runtime's own tests: which workers link.
+
+use super::Runtime;
+use std::time::Duration;
+
+/// A stand-in worker (it traps if called) importing `files` at
+/// `version` with the functions `files_wit` declares.
+fn worker_importing(version: &str, files_wit: &str) -> Vec<u8> {
+    let mut resolve = wit_parser::Resolve::default();
+    // The repository's WIT brings the wasi:http package the world exports.
+    resolve.push_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../wit")).unwrap();
+    let source = format!(
+        "package turserver:store@{version};\n\
+         interface files {{ {files_wit} }}\n\
+         world old-worker {{ import files; export wasi:http/incoming-handler@0.2.0; }}"
+    );
+    let pkg = resolve.push_str("old.wit", &source).unwrap();
+    let world = resolve.select_world(&[pkg], Some("old-worker")).unwrap();
+    let mut module = wit_component::dummy_module(&resolve, world, wit_parser::ManglingAndAbi::Standard32);
+    wit_component::embed_component_metadata(&mut module, &resolve, world, wit_component::StringEncoding::UTF8)
+        .unwrap();
+    wit_component::ComponentEncoder::default().module(&module).unwrap().validate(true).encode().unwrap()
+}
+
+const ERROR: &str = "variant error { not-found, unauthorized, forbidden, too-large(u64), \
+                     precondition-failed, invalid(string), unavailable(string), internal(string) }";
+
+#[test]
+fn workers_built_against_earlier_files_versions_still_link() {
+    let runtime = Runtime::new(16 << 20, Duration::from_secs(1), None).unwrap();
+    // 0.1.0 had no `authorize`; 0.1.1 added it; 0.1.2 added `send`.
+    let v010 = worker_importing(
+        "0.1.0",
+        &format!("{ERROR} read: func(version: u64, encoding: string, offset: u64, len: u64) -> result<list<u8>, error>;"),
+    );
+    let v011 = worker_importing("0.1.1", &format!("{ERROR} authorize: func(credentials: string);"));
+    runtime.load(&v010).expect("a 0.1.0 worker links");
+    runtime.load(&v011).expect("a 0.1.1 worker links");
+
+    // The checks can fail: another major version, or a function this
+    // host lacks, is refused.
+    let v020 = worker_importing("0.2.0", &format!("{ERROR} authorize: func(credentials: string);"));
+    assert!(runtime.load(&v020).is_err());
+    let unknown = worker_importing("0.1.1", &format!("{ERROR} frobnicate: func();"));
+    let err = runtime.load(&unknown).err().expect("an unknown import is refused");
+    assert!(format!("{err:#}").contains("frobnicate"), "{err:#}");
+}
