@@ -165,8 +165,29 @@ pub fn parse_range(value: &str, len: u64) -> RangeRequest {
     if ranges.is_empty() {
         RangeRequest::Unsatisfiable
     } else {
-        RangeRequest::Ranges(ranges)
+        RangeRequest::Ranges(coalesce(ranges))
     }
+}
+
+/// Ranges that overlap or touch are merged (RFC 9110 section 14.2 allows
+/// it), so a request never costs more than the representation itself:
+/// sixteen `0-` ranges are one. Ranges that stand apart keep the order the
+/// client asked for.
+fn coalesce(mut ranges: Vec<ByteRange>) -> Vec<ByteRange> {
+    let mut sorted = ranges.clone();
+    sorted.sort_by_key(|r| r.start);
+    let apart = sorted.windows(2).all(|w| w[0].end.saturating_add(1) < w[1].start);
+    if apart {
+        return ranges;
+    }
+    ranges.clear();
+    for r in sorted {
+        match ranges.last_mut() {
+            Some(last) if r.start <= last.end.saturating_add(1) => last.end = last.end.max(r.end),
+            _ => ranges.push(r),
+        }
+    }
+    ranges
 }
 
 /// Picks the content coding to send from `available` (name, size) pairs;
@@ -272,6 +293,17 @@ mod tests {
         }
         let many = format!("bytes={}", vec!["0-1"; MAX_RANGES + 1].join(","));
         assert_eq!(parse_range(&many, 100), RangeRequest::Ignore);
+    }
+
+    #[test]
+    fn overlapping_ranges_are_merged_and_apart_ones_kept_in_order() {
+        let r = |start, end| ByteRange { start, end };
+        let sixteen = format!("bytes={}", vec!["0-"; MAX_RANGES].join(","));
+        assert_eq!(parse_range(&sixteen, 100), RangeRequest::Ranges(vec![r(0, 99)]));
+        assert_eq!(parse_range("bytes=50-59,0-9", 100), RangeRequest::Ranges(vec![r(50, 59), r(0, 9)]));
+        assert_eq!(parse_range("bytes=50-59,0-9,5-52", 100), RangeRequest::Ranges(vec![r(0, 59)]));
+        assert_eq!(parse_range("bytes=0-9,10-19", 100), RangeRequest::Ranges(vec![r(0, 19)]));
+        assert_eq!(parse_range("bytes=-10,0-", 100), RangeRequest::Ranges(vec![r(0, 99)]));
     }
 
     #[test]

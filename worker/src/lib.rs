@@ -16,3 +16,6 @@ pub mod site;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;
+
+#[cfg(test)]
+mod properties;
