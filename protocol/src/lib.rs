@@ -42,6 +42,30 @@ pub const MAX_SITE_CONFIG: usize = 64 << 10;
 /// Largest `A` frame (a path and a content type) in a batch body.
 pub const MAX_ADD_FRAME: usize = 64 << 10;
 
+/// Top-level path segments that belong to the host and the API: no file is
+/// written there, and no public route serves or lists what the host keeps
+/// there (the deployed worker).
+pub const RESERVED_TOP_LEVEL: [&str; 2] = ["_api", "_turserver"];
+
+/// Whether a store path (no leading slash) lies under a reserved top-level
+/// segment.
+pub fn is_reserved(path: &str) -> bool {
+    let first = path.split('/').next().unwrap_or_default();
+    RESERVED_TOP_LEVEL.contains(&first)
+}
+
+/// Longest media type a file may be stored with.
+pub const MAX_MEDIA_TYPE: usize = 256;
+
+/// Whether `value` can be stored as a file's media type and sent back as a
+/// `Content-Type` header: 1 to [`MAX_MEDIA_TYPE`] bytes of visible ASCII,
+/// spaces and tabs, not blank (no CR, LF or other control characters).
+pub fn valid_media_type(value: &str) -> bool {
+    !value.trim().is_empty()
+        && value.len() <= MAX_MEDIA_TYPE
+        && value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+}
+
 /// The WIT `error` variant of `turserver:store/files`, as it travels: its
 /// JSON is the serde form of the generated bindings' type on either side.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -371,6 +395,17 @@ mod tests {
         assert_eq!(bad, Err(Error::Invalid("version is not a number".into())));
         let inline = Request::parse("GET", "/v1/stat", Some("path=a&inline=99999999999")).unwrap();
         assert_eq!(inline, Request::Stat { path: "a".into(), inline: MAX_INLINE });
+    }
+
+    #[test]
+    fn reserved_paths_and_media_types() {
+        assert!(is_reserved("_turserver/worker.wasm") && is_reserved("_api/x") && is_reserved("_api"));
+        assert!(!is_reserved("api/x") && !is_reserved("x/_turserver") && !is_reserved("_apix/y"));
+        assert!(valid_media_type("text/html; charset=utf-8"));
+        for bad in ["", "  ", "text/html\r\nx-evil: 1", "a\u{7f}", "\u{e9}t\u{e9}"] {
+            assert!(!valid_media_type(bad), "{bad:?}");
+        }
+        assert!(!valid_media_type(&"a".repeat(MAX_MEDIA_TYPE + 1)));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 mod cache;
 mod conformance;
+mod hardening;
 mod local;
 mod operations;
 mod replica;

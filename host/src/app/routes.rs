@@ -6,6 +6,7 @@ use super::App;
 use crate::http::{self, json_value, retry_later, text_response, Handler, Request, Response};
 use crate::ops::{render_status, Metrics};
 use crate::pipeline::take_access;
+use crate::store::Reader;
 use crate::wasm::{DeployError, MAX_WORKER_SIZE};
 use http_body_util::BodyExt;
 use std::sync::{Arc, OnceLock};
@@ -97,11 +98,11 @@ async fn native(app: &App, req: Request) -> Response {
     let store = &app.pipeline.store;
     let path = req.uri().path().trim_start_matches("/_turserver/native/").to_string();
     let meta = match store.stat(&path).await {
-        Ok(Some(m)) => m,
-        Ok(None) => return text_response(404, "not found"),
+        Ok(Some(m)) if !turserver_protocol::is_reserved(&m.path) => m,
+        Ok(_) => return text_response(404, "not found"),
         Err(e) => return text_response(500, &e.to_string()),
     };
-    let Ok(body) = store.read_whole(meta.version, meta.size).await else {
+    let Ok(body) = store.read_whole(Reader::Public, meta.version, meta.size).await else {
         return text_response(500, "read failed");
     };
     let mut resp = hyper::Response::new(http::full_body(body));

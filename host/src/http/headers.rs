@@ -12,5 +12,3 @@ pub const CACHE: &str = "turserver-cache";
 pub const WORKER: &str = "x-turserver-worker";
 /// The request's number, also in the log lines about it.
 pub const REQUEST_ID: &str = "x-request-id";
-/// Paths under this top-level segment belong to the host, never to files.
-pub const RESERVED_PREFIX: &str = "_turserver";

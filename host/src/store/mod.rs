@@ -35,6 +35,7 @@ mod writes;
 
 pub use error::StoreError;
 pub use paths::validate_path;
+pub use reads::Reader;
 pub use replication::{redact_url, SyncSnapshot, SyncStats};
 pub use upkeep::Upkeep;
 pub use upload::{Batch, Expect, Upload};

@@ -1,8 +1,6 @@
 //! The host's own check of file paths: workers are swappable, untrusted
 //! code, so every path they write is checked here again.
 
-use crate::http::headers::RESERVED_PREFIX;
-
 /// Checks a path the worker wants to write. The worker normalises paths
 /// already; the host does not trust it to (workers are swappable code).
 pub fn validate_path(path: &str) -> Result<(), String> {
@@ -15,8 +13,8 @@ pub fn validate_path(path: &str) -> Result<(), String> {
     if path.chars().any(|c| c.is_control() || c == '\\') {
         return Err("path has a control character or backslash".into());
     }
-    if path.split('/').next() == Some(RESERVED_PREFIX) {
-        return Err("paths under _turserver/ are reserved for the host".into());
+    if turserver_protocol::is_reserved(path) {
+        return Err("paths under _api/ and _turserver/ are reserved".into());
     }
     Ok(())
 }

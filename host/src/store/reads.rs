@@ -15,11 +15,20 @@ const SMALL_READ_BYTES: u64 = 64 << 10;
 /// Memory for cached metadata and small bodies.
 const READ_CACHE_BYTES: u64 = 32 << 20;
 
+/// Who reads a body. The public routes (workers, the sidecar) never see the
+/// host's own rows under reserved paths (the deployed worker); the host
+/// itself does.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum Reader {
+    Public,
+    Host,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
 pub(super) enum ReadKey {
     Stat(String),
-    /// version, encoding, offset, length
-    Body(u64, String, u64, u64),
+    /// reader, version, encoding, offset, length
+    Body(Reader, u64, String, u64, u64),
 }
 
 /// A cached read, stamped with the generation it was read at.
@@ -96,9 +105,20 @@ impl Store {
         offset: u64,
         len: u64,
     ) -> Result<Option<bytes::Bytes>, StoreError> {
+        self.read_as(Reader::Public, version, encoding, offset, len).await
+    }
+
+    async fn read_as(
+        &self,
+        reader: Reader,
+        version: u64,
+        encoding: &str,
+        offset: u64,
+        len: u64,
+    ) -> Result<Option<bytes::Bytes>, StoreError> {
         let generation = self.generation();
         let small = len <= SMALL_READ_BYTES;
-        let key = ReadKey::Body(version, encoding.to_string(), offset, len);
+        let key = ReadKey::Body(reader, version, encoding.to_string(), offset, len);
         if small {
             if let Some(ReadEntry::Body(g, bytes)) = self.reads.get(&key) {
                 if g == generation {
@@ -107,7 +127,7 @@ impl Store {
             }
         }
         let conn = self.conn().await?;
-        let result = read_body(&conn, version, encoding, offset, len).await.map(|b| b.map(bytes::Bytes::from));
+        let result = read_body(&conn, reader, version, encoding, offset, len).await.map(|b| b.map(bytes::Bytes::from));
         self.put_back(conn);
         if let (true, Ok(bytes)) = (small, &result) {
             self.reads.insert(key, ReadEntry::Body(generation, bytes.clone()));
@@ -116,16 +136,17 @@ impl Store {
     }
 
     /// A whole identity body of `size` bytes, read chunk by chunk.
-    pub async fn read_whole(&self, version: u64, size: u64) -> Result<Vec<u8>, StoreError> {
+    pub async fn read_whole(&self, reader: Reader, version: u64, size: u64) -> Result<Vec<u8>, StoreError> {
         let mut out = Vec::with_capacity(size as usize);
         while (out.len() as u64) < size {
             // Exactly what is left, at most a chunk: a small body's read is
             // then the one the read cache keeps.
             let want = (size - out.len() as u64).min(CHUNK_SIZE as u64);
             let piece = self
-                .read(version, "identity", out.len() as u64, want)
+                .read_as(reader, version, "identity", out.len() as u64, want)
                 .await?
-                .ok_or_else(|| StoreError::Internal(format!("version {version} was replaced while being read")))?;
+                .ok_or_else(|| StoreError::Internal(format!("version {version} was replaced while being read")))?
+                .to_vec();
             if piece.is_empty() {
                 return Err(StoreError::Internal(format!("version {version} is shorter than its recorded size")));
             }
@@ -135,7 +156,8 @@ impl Store {
     }
 
     /// Files under `prefix` after `cursor`, at most `limit`; the second value
-    /// is the cursor of the next page.
+    /// is the cursor of the next page. Rows under the reserved top-level
+    /// paths are the host's, not files: never listed.
     pub async fn list(
         &self,
         prefix: &str,
@@ -149,6 +171,8 @@ impl Store {
         let sql = format!(
             "SELECT {META_COLUMNS} FROM files \
              WHERE path >= ?1 AND (?2 IS NULL OR path < ?2) AND (?3 IS NULL OR path > ?3) \
+             AND path <> '_api' AND substr(path, 1, 5) <> '_api/' \
+             AND path <> '_turserver' AND substr(path, 1, 11) <> '_turserver/' \
              ORDER BY path LIMIT ?4"
         );
         let conn = self.conn().await?;
@@ -165,7 +189,6 @@ impl Store {
         };
         Ok((files, next))
     }
-
 
     /// A site configuration document, if one was set.
     pub async fn site_config(&self, key: &str) -> Result<Option<String>, StoreError> {
@@ -193,17 +216,22 @@ impl Store {
 
 async fn read_body(
     conn: &Connection,
+    reader: Reader,
     version: u64,
     encoding: &str,
     offset: u64,
     len: u64,
 ) -> Result<Option<Vec<u8>>, StoreError> {
-    let (v, o, l) = (version as i64, offset as i64, len as i64);
+    // SQLite's substr takes 32-bit positions: offsets and lengths are
+    // clamped to one still past any inline body (at most one chunk), never
+    // wrapped around to the start.
+    const FAR: u64 = 1 << 30;
+    let (v, o, l) = (version as i64, offset.min(FAR) as i64, len.min(FAR) as i64);
     let rows = if encoding == "identity" {
         query_all(
             conn,
             "SELECT COALESCE(size, length(content)), blob_id, chunk_size, \
-             CASE WHEN blob_id IS NULL THEN substr(content, ?2 + 1, ?3) END \
+             CASE WHEN blob_id IS NULL THEN substr(content, ?2 + 1, ?3) END, path \
              FROM files WHERE id = ?1",
             libsql::params![v, o, l],
         )
@@ -211,14 +239,19 @@ async fn read_body(
     } else {
         query_all(
             conn,
-            "SELECT size, blob_id, chunk_size, CASE WHEN blob_id IS NULL THEN substr(content, ?2 + 1, ?3) END \
-             FROM variants WHERE file_id = ?1 AND encoding = ?4",
+            "SELECT v.size, v.blob_id, v.chunk_size, \
+             CASE WHEN v.blob_id IS NULL THEN substr(v.content, ?2 + 1, ?3) END, f.path \
+             FROM variants v JOIN files f ON f.id = v.file_id WHERE v.file_id = ?1 AND v.encoding = ?4",
             libsql::params![v, o, l, encoding],
         )
         .await
     }
     .map_err(|e| StoreError::read("read", e))?;
     let Some(row) = rows.first() else { return Ok(None) };
+    if reader == Reader::Public && turserver_protocol::is_reserved(&row.text(4)?) {
+        // The host's own rows (the deployed worker) are not files.
+        return Ok(None);
+    }
     let size = row.opt_i64(0)?.unwrap_or(0).max(0) as u64;
     let Some(blob) = row.opt_i64(1)? else {
         return Ok(Some(row.opt_blob(3)?.unwrap_or_default()));

@@ -91,12 +91,12 @@ async fn a_local_store_writes_reads_lists_and_deletes() {
     assert_eq!(meta.hash, hex::encode(sha2::Sha256::digest(b"hello world")));
     assert_eq!(store.stat("a.txt").await.unwrap().as_ref(), Some(&meta));
     assert_eq!(store.read(meta.version, "identity", 6, 100).await.unwrap().unwrap(), b"world");
-    assert_eq!(store.read_whole(meta.version, meta.size).await.unwrap(), b"hello world");
+    assert_eq!(store.read_whole(Reader::Public, meta.version, meta.size).await.unwrap(), b"hello world");
 
     // A body of several chunks reads back whole and across a chunk boundary.
     let big: Vec<u8> = (0..(CHUNK_SIZE * 2 + 100)).map(|i| (i % 251) as u8).collect();
     let (big_meta, _) = put(&store, "dir/big.bin", &big, None).await.unwrap();
-    assert_eq!(store.read_whole(big_meta.version, big_meta.size).await.unwrap(), big);
+    assert_eq!(store.read_whole(Reader::Public, big_meta.version, big_meta.size).await.unwrap(), big);
     let edge = CHUNK_SIZE as u64 - 3;
     let piece = store.read(big_meta.version, "identity", edge, 6).await.unwrap().unwrap();
     assert_eq!(piece, big[edge as usize..edge as usize + 6]);
@@ -125,7 +125,7 @@ async fn conditional_writes_check_what_is_there() {
     assert!(matches!(put(&store, "x", b"two", Some(stale.clone())).await, Err(StoreError::PreconditionFailed)));
     let (second, created) = put(&store, "x", b"two", Some(Expect::Hash(first.hash.clone()))).await.unwrap();
     assert!(!created);
-    assert_eq!(store.read_whole(second.version, second.size).await.unwrap(), b"two");
+    assert_eq!(store.read_whole(Reader::Public, second.version, second.size).await.unwrap(), b"two");
     assert!(matches!(store.delete("x", Some(&stale)).await, Err(StoreError::PreconditionFailed)));
     assert!(store.delete("x", Some(&Expect::Hash(second.hash))).await.unwrap());
 }
@@ -153,4 +153,23 @@ async fn the_site_document_is_kept_and_replaced() {
     assert_eq!(store.site_config("site").await.unwrap().as_deref(), Some("{\"a\":1}"));
     store.set_site_config("site", "{}").await.unwrap();
     assert_eq!(store.site_config("site").await.unwrap().as_deref(), Some("{}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hosts_own_rows_are_hidden_from_public_reads_and_listings() {
+    let dir = TempDir::new("internal");
+    let store = Arc::new(Store::open_local(&dir.0).await.unwrap());
+    let (own, _) = put(&store, "_turserver/worker.wasm", b"\0asm", None).await.unwrap();
+    let (file, _) = put(&store, "a.txt", b"public", None).await.unwrap();
+    assert_eq!(store.read_bytes(own.version, "identity", 0, 4).await.unwrap(), None);
+    assert_eq!(store.read_whole(Reader::Host, own.version, own.size).await.unwrap(), b"\0asm");
+    assert!(store.read_whole(Reader::Public, own.version, own.size).await.is_err());
+    assert_eq!(store.read_whole(Reader::Public, file.version, file.size).await.unwrap(), b"public");
+    let (files, _) = store.list("", None, 10).await.unwrap();
+    assert_eq!(files.iter().map(|f| f.path.as_str()).collect::<Vec<_>>(), ["a.txt"]);
+    assert!(store.list("_turserver", None, 10).await.unwrap().0.is_empty());
+    // Offsets past a body read nothing, however large.
+    for offset in [6, 1 << 32, 1 << 62, u64::MAX] {
+        assert_eq!(store.read(file.version, "identity", offset, 4).await.unwrap().unwrap(), b"", "{offset}");
+    }
 }

@@ -142,6 +142,17 @@ impl FilesCtx {
     }
 }
 
+/// A media type the store keeps and later sends as `Content-Type`.
+fn check_media_type(content_type: &str) -> Result<(), Error> {
+    if turserver_protocol::valid_media_type(content_type) {
+        return Ok(());
+    }
+    Err(Error::Invalid(format!(
+        "bad content type {content_type:?}: 1 to {} bytes of visible ASCII",
+        turserver_protocol::MAX_MEDIA_TYPE
+    )))
+}
+
 /// Maps a store failure to what the worker sees, logging the cause first.
 pub fn to_wit(op: &'static str, err: StoreError) -> Error {
     match err {
@@ -230,6 +241,10 @@ impl files::Host for FilesView<'_> {
 
     async fn stat(&mut self, path: String) -> HostResult<Metadata> {
         let _progress = self.progressed();
+        if turserver_protocol::is_reserved(&path) {
+            // The host's own rows (the deployed worker) are not files.
+            return Err(Error::NotFound.into());
+        }
         match self.ctx.store.stat(&path).await {
             Ok(Some(m)) => Ok(to_metadata(m)),
             Ok(None) => Err(Error::NotFound.into()),
@@ -298,6 +313,7 @@ impl files::Host for FilesView<'_> {
     ) -> HostResult<Resource<UploadHandle>> {
         let _progress = self.progressed();
         self.ctx.check_write_to(&path)?;
+        check_media_type(&content_type)?;
         let upload = self.ctx.store.begin_upload(&path, &content_type, self.ctx.max_upload, size_hint, to_expect(expect));
         let upload = upload.await.map_err(|e| to_wit("begin upload", e))?;
         Ok(self.table.push(UploadHandle(Some(upload)))?)
@@ -331,6 +347,9 @@ impl files::Host for FilesView<'_> {
         if json.len() > MAX_SITE_CONFIG {
             return Err(Error::Invalid(format!("site configuration larger than {MAX_SITE_CONFIG} bytes")).into());
         }
+        // A document the built-in worker would ignore is refused, whoever
+        // sends it (a worker, or a client of the sidecar).
+        turserver_worker::site::SiteRules::parse(&json).map_err(Error::Invalid)?;
         Ok(bounded("set site config", self.ctx.store.set_site_config(SITE_KEY, &json)).await?)
     }
 
@@ -380,6 +399,7 @@ impl files::HostBatch for FilesView<'_> {
     async fn add(&mut self, this: Resource<BatchHandle>, path: String, content_type: String) -> HostResult<()> {
         let _progress = self.progressed();
         crate::store::validate_path(&path).map_err(|why| Error::Invalid(format!("{path:?}: {why}")))?;
+        check_media_type(&content_type)?;
         let batch = open(&mut self.table.get_mut(&this)?.0, "batch")?;
         Ok(bounded("batch add", batch.add(&path, &content_type)).await?)
     }

@@ -11,7 +11,7 @@ use super::bindings::files::Error;
 use super::engine::{component_hash, Runtime, DEFAULT_WORKER};
 use super::files::to_wit;
 use super::instance::Worker;
-use crate::store::Store;
+use crate::store::{Reader, Store};
 use crate::task::AbortOnDrop;
 use anyhow::Context;
 use arc_swap::ArcSwap;
@@ -234,7 +234,7 @@ impl Workers {
                     if self.is_current_or_refused(&meta.hash) {
                         continue;
                     }
-                    match self.store.read_whole(meta.version, meta.size).await {
+                    match self.store.read_whole(Reader::Host, meta.version, meta.size).await {
                         Ok(bytes) => self.try_swap(bytes, Origin::Database).await,
                         Err(e) => tracing::warn!(cause = %e, "cannot read the deployed worker"),
                     }
@@ -280,7 +280,7 @@ async fn compile(runtime: Arc<Runtime>, bytes: Vec<u8>) -> anyhow::Result<(Worke
 /// The deployed worker at startup, if there is one.
 async fn deployed(store: &Store) -> anyhow::Result<Option<Vec<u8>>> {
     match store.stat(DEPLOY_PATH).await? {
-        Some(meta) => Ok(Some(store.read_whole(meta.version, meta.size).await?)),
+        Some(meta) => Ok(Some(store.read_whole(Reader::Host, meta.version, meta.size).await?)),
         None => Ok(None),
     }
 }

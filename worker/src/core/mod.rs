@@ -206,8 +206,6 @@ pub const MAX_SITE_CONFIG: usize = turserver_protocol::MAX_SITE_CONFIG;
 pub(crate) const LIST_ROUTE: &str = "_api/files";
 pub(crate) const SITE_ROUTE: &str = "_api/site";
 pub(crate) const BATCH_ROUTE: &str = "_api/batch";
-/// Top-level names the host and the API own; files cannot be written there.
-pub(crate) const RESERVED: [&str; 2] = ["_api", "_turserver"];
 
 /// Routes one request, parsing the site rules afresh.
 pub fn handle(req: &Request, store: &mut impl Store) -> Outcome {

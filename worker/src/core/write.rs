@@ -1,7 +1,7 @@
 //! Writes: where a file may be written, uploads and their answers, deletes,
 //! batch entries, and the site rules document.
 
-use super::{error_response, preconditions, Body, FileEntry, Metadata, Outcome, Request, Response, Store, StoreError, RESERVED};
+use super::{error_response, preconditions, Body, FileEntry, Metadata, Outcome, Request, Response, Store, StoreError};
 use crate::http;
 use crate::path::{self, NormalPath};
 use crate::site::SiteRules;
@@ -11,8 +11,8 @@ pub(crate) fn writable(target: &NormalPath) -> Result<(), Response> {
     if target.dir {
         return Err(Response::text(400, "bad path: a file path cannot end with '/'"));
     }
-    let first = target.path.split('/').next().unwrap_or_default();
-    if RESERVED.contains(&first) {
+    if turserver_protocol::is_reserved(&target.path) {
+        let first = target.path.split('/').next().unwrap_or_default();
         return Err(Response::text(400, format!("bad path: '/{first}/' is reserved")));
     }
     Ok(())
@@ -24,7 +24,7 @@ pub(crate) fn put(req: &Request, target: &NormalPath, store: &mut impl Store) ->
     }
     let content_type = match req.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
         Some((_, v)) => match std::str::from_utf8(v) {
-            Ok(s) if !s.trim().is_empty() && s.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) => {
+            Ok(s) if turserver_protocol::valid_media_type(s) => {
                 s.trim().to_string()
             }
             _ => return Outcome::Respond(Response::text(400, "bad content-type header")),

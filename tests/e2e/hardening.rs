@@ -1,0 +1,97 @@
+//! Regression tests for what a hostile client found: each bounded in time,
+//! against the real binary.
+
+use crate::support::*;
+
+const SIDECAR_TOKEN: &str = "hardening-sidecar-token";
+
+/// A server with its sidecar on; the sidecar's base URL.
+fn with_sidecar(label: &str) -> (Server, String) {
+    let dir = TempDir::new(label);
+    let data = dir.path().to_path_buf();
+    let s = Server::start(&data, &["--sidecar-listen", "127.0.0.1:0", "--sidecar-token", SIDECAR_TOKEN], Some(dir));
+    let base = format!("http://{}", s.sidecar_addr());
+    (s, base)
+}
+
+#[test]
+fn the_deployed_worker_is_not_a_public_file() {
+    // This edge keeps the built-in worker (`--worker`) while another worker
+    // is deployed for the others, as a deploy to a fleet leaves it.
+    let built_in = target_dir().join("worker/wasm32-wasip2/release/turserver_worker.wasm");
+    let dir = TempDir::new("deployed-worker");
+    let s = Server::start(&dir.path().join("data"), &["--worker", built_in.to_str().unwrap()], None);
+    let worker = std::fs::read(test_worker("v1")).unwrap();
+    let r = client().put(s.url("/_turserver/worker")).bearer_auth(TOKEN).body(worker).send().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+
+    assert_eq!(s.get("/_turserver/worker.wasm").status(), 404);
+    let listed: serde_json::Value = s.get("/_api/files?prefix=_turserver").json().unwrap();
+    assert_eq!(listed["files"], serde_json::json!([]));
+    let all: serde_json::Value = s.get("/_api/files").json().unwrap();
+    assert_eq!(all["files"], serde_json::json!([]), "the worker is not listed among the files");
+    // Not even as a fallback page.
+    let rules = r#"{"spa_fallback": "_turserver/worker.wasm", "not_found_page": "_turserver/worker.wasm"}"#;
+    let r = client().put(s.url("/_api/site")).bearer_auth(TOKEN).body(rules).send().unwrap();
+    assert!(r.status().is_success() || r.status() == 400, "{}", r.status());
+    let r = client().get(s.url("/nowhere")).header("accept", "text/html").send().unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.bytes().unwrap().len() < 1000, "the worker's bytes were served");
+}
+
+#[test]
+fn the_sidecar_checks_what_the_public_port_checks() {
+    let (s, sidecar) = with_sidecar("sidecar-checks");
+    assert_eq!(s.put("/a.txt", None, b"abcdef".to_vec()).status(), 201);
+    let c = client();
+    let call = |method: reqwest::Method, target: &str, body: &str| {
+        let r = c
+            .request(method, format!("{sidecar}{target}"))
+            .bearer_auth(SIDECAR_TOKEN)
+            .header("turserver-client-authorization", format!("Bearer {TOKEN}"))
+            .body(body.to_string())
+            .send()
+            .unwrap();
+        (r.status().as_u16(), r.bytes().unwrap().to_vec())
+    };
+    let stat: serde_json::Value = serde_json::from_slice(&call(reqwest::Method::GET, "/v1/stat?path=a.txt", "").1).unwrap();
+    let version = stat["version"].as_u64().unwrap();
+
+    // An offset past any body reads nothing, never bytes from the start.
+    for offset in [u64::MAX, 1 << 32, 1 << 62] {
+        let target = format!("/v1/read?version={version}&encoding=identity&offset={offset}&len=4");
+        let (status, body) = call(reqwest::Method::GET, &target, "");
+        assert!(body.is_empty() || status >= 400, "{offset}: {status}: {:?}", String::from_utf8_lossy(&body));
+    }
+    assert_eq!(call(reqwest::Method::GET, &format!("/v1/read?version={version}&encoding=identity&offset=2&len=2"), "").1, b"cd");
+
+    // A content type that would break the header it is sent back in.
+    let (status, _) = call(reqwest::Method::PUT, "/v1/upload?path=b.txt&content-type=text%2Fplain%0D%0AX-Evil%3A%201", "x");
+    assert_eq!(status, 400);
+    // Reserved paths.
+    for path in ["_api/x", "_turserver/worker.wasm", "_api"] {
+        let (status, _) = call(reqwest::Method::PUT, &format!("/v1/upload?path={path}&content-type=text%2Fplain"), "x");
+        assert_eq!(status, 400, "{path}");
+    }
+    // A site document the worker would ignore.
+    let (status, body) = call(reqwest::Method::PUT, "/v1/site-config", r#"{"spa_fallback": 7}"#);
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(call(reqwest::Method::GET, "/v1/site-config", "").0, 204, "nothing was stored");
+
+    // Nothing of it reached the public port.
+    assert_eq!(s.get("/b.txt").status(), 404);
+    assert_eq!(s.get("/a.txt").text().unwrap(), "abcdef");
+    assert_eq!(s.get("/_turserver/health").status(), 200);
+}
+
+#[test]
+fn overlapping_ranges_cost_no_more_than_the_file() {
+    let s = Server::local();
+    let body = pseudo_random(100_000, 5);
+    assert_eq!(s.put("/r.bin", None, body.clone()).status(), 201);
+    let sixteen = format!("bytes={}", vec!["0-"; 16].join(","));
+    let r = client().get(s.url("/r.bin")).header("range", sixteen).send().unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.headers()["content-range"], "bytes 0-99999/100000");
+    assert_eq!(r.bytes().unwrap().len(), body.len());
+}
