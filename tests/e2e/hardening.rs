@@ -95,3 +95,101 @@ fn overlapping_ranges_cost_no_more_than_the_file() {
     assert_eq!(r.headers()["content-range"], "bytes 0-99999/100000");
     assert_eq!(r.bytes().unwrap().len(), body.len());
 }
+
+#[test]
+fn host_and_authorization_headers_are_checked() {
+    let s = Server::local();
+    assert_eq!(s.put("/h.txt", None, b"kept".to_vec()).status(), 201);
+    // HTTP/1.1 needs exactly one valid Host; HTTP/1.0 may go without.
+    assert_eq!(s.raw("GET /h.txt HTTP/1.1\r\nConnection: close\r\n\r\n").0, 400);
+    assert_eq!(s.raw("GET /h.txt HTTP/1.1\r\nHost: a\r\nHost: b\r\nConnection: close\r\n\r\n").0, 400);
+    let (status, body) = s.raw("GET /h.txt HTTP/1.0\r\n\r\n");
+    assert_eq!((status, body.as_str()), (200, "kept"));
+    // A right token followed by a wrong one writes nothing.
+    let two = format!(
+        "PUT /h.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nAuthorization: Bearer wrong\r\n\
+         Content-Length: 3\r\nConnection: close\r\n\r\nnew"
+    );
+    assert_eq!(s.raw(&two).0, 400);
+    assert_eq!(s.get("/h.txt").text().unwrap(), "kept");
+    assert!(!s.log().contains("ERROR"), "{}", s.log());
+}
+
+/// Reads from `stream` until the server closes it: how long that took and
+/// what came, or None when it stayed open past `within`.
+fn closed_within(stream: &mut std::net::TcpStream, within: std::time::Duration) -> Option<(std::time::Duration, String)> {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some((started.elapsed(), String::from_utf8_lossy(&got).to_string())),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some((started.elapsed(), String::from_utf8_lossy(&got).to_string()))
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+#[test]
+fn slow_headers_and_stalled_bodies_are_cut_off() {
+    use std::io::Write;
+    let dir = TempDir::new("timeouts");
+    let flags = ["--header-read-timeout", "1s", "--body-timeout", "1s"];
+    let s = Server::start(dir.path(), &flags, None);
+
+    // Half a request line, never finished (slowloris).
+    let mut slow = std::net::TcpStream::connect(s.addr).unwrap();
+    slow.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+    let (took, _) = closed_within(&mut slow, std::time::Duration::from_secs(10)).expect("a slow header is cut off");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+
+    // An upload whose body stops half-way fails with a reason, and stores nothing.
+    let mut stalled = std::net::TcpStream::connect(s.addr).unwrap();
+    write!(stalled, "PUT /stalled.txt HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 10\r\n\r\nhalf").unwrap();
+    let (took, answer) = closed_within(&mut stalled, std::time::Duration::from_secs(10)).expect("a stalled body ends the request");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(s.get("/stalled.txt").status(), 404);
+    assert_eq!(s.get("/_turserver/health").status(), 200);
+}
+
+#[test]
+fn a_connection_with_nothing_moving_is_closed() {
+    use std::io::Write;
+    let dir = TempDir::new("idle");
+    let s = Server::start(dir.path(), &["--idle-timeout", "1s", "--header-read-timeout", "60s"], None);
+    let mut idle = std::net::TcpStream::connect(s.addr).unwrap();
+    idle.write_all(b"GET /_turserver/health HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let (took, answer) = closed_within(&mut idle, std::time::Duration::from_secs(10)).expect("an idle connection is closed");
+    assert!(answer.starts_with("HTTP/1.1 200"), "the request itself was answered: {answer}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
+fn past_the_connection_limit_new_connections_wait_their_turn() {
+    use std::io::Write;
+    let dir = TempDir::new("max-connections");
+    let s = Server::start(dir.path(), &["--max-connections", "3"], None);
+    // Three held connections (one is the reqwest pool's, closed as soon as
+    // the harness's client is dropped; the others are these).
+    let held: Vec<std::net::TcpStream> = (0..3).map(|_| std::net::TcpStream::connect(s.addr).unwrap()).collect();
+    let waits_before = eventually(std::time::Duration::from_secs(5), || {
+        let mut probe = std::net::TcpStream::connect(s.addr).ok()?;
+        probe.write_all(b"GET /_turserver/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+        // The probe is accepted by the kernel but not served while all three are held.
+        closed_within(&mut probe, std::time::Duration::from_millis(500)).is_none().then_some(())
+    });
+    assert!(waits_before.is_some(), "a connection past the limit was served at once");
+    drop(held);
+    let served = eventually(std::time::Duration::from_secs(10), || {
+        (client().get(s.url("/_turserver/health")).send().ok()?.status() == 200).then_some(())
+    });
+    assert!(served.is_some(), "once the held connections closed, new ones were served");
+    assert!(s.metric("turserver_connection_limit_waits_total") >= 1.0);
+    assert!(s.log().contains("connection limit reached"), "{}", s.log());
+}

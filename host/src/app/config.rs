@@ -19,6 +19,15 @@ pub const DEFAULT_MAX_UPLOAD: u64 = 1 << 30;
 pub const DEFAULT_WORKER_MEMORY_MIB: u64 = 128;
 /// How long a worker instance may run without progress.
 pub const DEFAULT_WORKER_DEADLINE: &str = "10s";
+/// How long a client may take to send a request's headers (and an idle
+/// HTTP/1.1 keep-alive connection waits for its next request).
+pub const DEFAULT_HEADER_READ_TIMEOUT: &str = "20s";
+/// How long a connection may stay open with no byte moving either way.
+pub const DEFAULT_IDLE_TIMEOUT: &str = "75s";
+/// How long a request body may pause between two pieces.
+pub const DEFAULT_BODY_TIMEOUT: &str = "30s";
+/// Concurrent h2 streams per connection (nginx's default too).
+pub const DEFAULT_H2_STREAMS: u32 = 128;
 
 #[derive(Debug, Parser)]
 #[command(name = "turserver", version, about = "Edge file server: a wasm worker over a libSQL embedded replica")]
@@ -131,9 +140,36 @@ pub struct ServeArgs {
     pub worker_deadline: Duration,
 
     /// How long a response write may wait for a client that has stopped
-    /// reading before the connection is closed (nginx's `send_timeout`).
+    /// reading before the connection is closed (nginx's `send_timeout`); a
+    /// response (an h2 stream too) that moves no bytes for this long is
+    /// ended and its worker instance freed.
     #[arg(long, env = "TURSERVER_SEND_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub send_timeout: Duration,
+
+    /// How long a client may take to send a request's headers; also how
+    /// long an idle HTTP/1.1 keep-alive connection waits for its next request.
+    #[arg(long, env = "TURSERVER_HEADER_READ_TIMEOUT", default_value = DEFAULT_HEADER_READ_TIMEOUT, value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// How long a connection (HTTP/1.1 or h2) may stay open with no byte
+    /// moving either way.
+    #[arg(long, env = "TURSERVER_IDLE_TIMEOUT", default_value = DEFAULT_IDLE_TIMEOUT, value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// How long a request body may pause between two pieces before the
+    /// request fails (nginx's `client_body_timeout`).
+    #[arg(long, env = "TURSERVER_BODY_TIMEOUT", default_value = DEFAULT_BODY_TIMEOUT, value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Most client connections open at once, both ports together; past it,
+    /// new connections wait until one closes. Default: the file descriptor
+    /// limit (raised to its hard limit at startup) less 256.
+    #[arg(long, env = "TURSERVER_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
+    /// Most concurrent h2 streams on one connection.
+    #[arg(long, env = "TURSERVER_H2_MAX_STREAMS", default_value_t = DEFAULT_H2_STREAMS)]
+    pub h2_max_streams: u32,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -163,6 +199,21 @@ impl ServeArgs {
         if self.send_timeout < Duration::from_secs(1) {
             // Shorter cuts off clients on any passing stall of the network.
             bail!("--send-timeout must be at least 1s");
+        }
+        for (flag, value) in [
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--idle-timeout", self.idle_timeout),
+            ("--body-timeout", self.body_timeout),
+        ] {
+            if value < Duration::from_secs(1) {
+                bail!("{flag} must be at least 1s");
+            }
+        }
+        if self.max_connections == Some(0) {
+            bail!("--max-connections must be at least 1");
+        }
+        if self.h2_max_streams == 0 {
+            bail!("--h2-max-streams must be at least 1");
         }
         if self.worker_memory_mib == 0 || self.worker_memory_mib > 4096 {
             bail!("--worker-memory-mib must be between 1 and 4096");

@@ -12,7 +12,7 @@ mod routes;
 pub use client::deploy_worker;
 pub use config::{Cli, Command, ServeArgs, WorkerCommand};
 
-use crate::http::{self, TokenDigest};
+use crate::http::{self, Connections, Limits, TokenDigest};
 use crate::ops::Metrics;
 use crate::pipeline::{Pipeline, ResponseCache};
 use crate::sidecar::Sidecar;
@@ -60,11 +60,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     let routes = Arc::new(Routes { app: OnceLock::new(), metrics: Metrics::default() });
-    let mut server =
-        tokio::spawn(http::serve("public port", listener, routes.clone(), args.send_timeout, shutdown(stopped.clone())));
+    let connections = Arc::new(Connections::new(max_connections(&args)));
+    routes.metrics.register(|r| connections.register_metrics(r));
+    let limits = args.limits();
+    let mut server = tokio::spawn(http::serve(
+        "public port",
+        listener,
+        routes.clone(),
+        limits,
+        connections.clone(),
+        shutdown(stopped.clone()),
+    ));
     // A signal while starting ends the server task: stop starting then.
     let (app, running) = tokio::select! {
-        started = start(&args, &routes.metrics, shutdown(stopped)) => started?,
+        started = start(&args, &routes.metrics, connections, shutdown(stopped)) => started?,
         ended = &mut server => return ended.context("the server task failed"),
     };
     let _ = routes.app.set(app);
@@ -80,6 +89,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 async fn start(
     args: &ServeArgs,
     metrics: &Metrics,
+    connections: Arc<Connections>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(Arc<App>, Running)> {
     std::fs::create_dir_all(&args.data_dir)
@@ -132,11 +142,40 @@ async fn start(
                 write_token,
                 max_upload: args.max_upload_size,
             });
-            Some(tokio::spawn(http::serve("sidecar", listener, sidecar, args.send_timeout, shutdown)))
+            Some(tokio::spawn(http::serve("sidecar", listener, sidecar, args.limits(), connections, shutdown)))
         }
         _ => None,
     };
     let watch = workers.watch(args.worker.clone(), args.sync_interval);
     let app = Arc::new(App { pipeline, bench_native: args.bench_native });
     Ok((app, Running { _upkeep: upkeep, _watch: watch, sidecar }))
+}
+
+/// The connection limit: `--max-connections`, else what the file descriptor
+/// limit leaves room for (the store, the compiled-worker cache and the
+/// primary's connections need some).
+fn max_connections(args: &ServeArgs) -> usize {
+    let fds = http::raise_fd_limit();
+    let room = fds.saturating_sub(256).max(64) as usize;
+    match args.max_connections {
+        Some(n) if n > room => {
+            tracing::warn!(max_connections = n, fd_limit = fds, "--max-connections is above what the file descriptor limit allows");
+            n
+        }
+        Some(n) => n,
+        None => room.min(1 << 20),
+    }
+}
+
+impl ServeArgs {
+    /// What each connection may take.
+    fn limits(&self) -> Limits {
+        Limits {
+            header_read: self.header_read_timeout,
+            idle: self.idle_timeout,
+            send: self.send_timeout,
+            body: self.body_timeout,
+            h2_streams: self.h2_max_streams,
+        }
+    }
 }

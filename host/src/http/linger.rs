@@ -21,8 +21,9 @@ pub const LINGER_BYTES: u64 = 64 << 20;
 /// Longest an unread body is drained.
 pub const LINGER_TIME: Duration = Duration::from_secs(5);
 
-/// A request as the servers hand it on: its body lingers.
-pub type RequestBody = Linger<hyper::body::Incoming>;
+/// A request as the servers hand it on: its body must keep moving, and
+/// lingers.
+pub type RequestBody = Linger<super::body_timeout::BodyTimeout<hyper::body::Incoming>>;
 
 /// A body that can be drained in a task of its own.
 pub trait Drainable: Body<Data: Send, Error: Send> + Send + Unpin + 'static {}

@@ -1,18 +1,24 @@
 //! The accept and serve loop both ports use (the public port and the
-//! sidecar): HTTP/1.1 and h2, Nagle off, a send timeout on every
-//! connection, request bodies that linger, and a graceful drain on shutdown.
+//! sidecar): HTTP/1.1 and h2, Nagle off, the connection limit, every
+//! connection's clocks (header read, idle, send, request body), malformed
+//! requests refused before anything else sees them, request bodies that
+//! linger, and a graceful drain on shutdown.
 
-use super::linger::{Linger, RequestBody};
+use super::linger::RequestBody;
 use super::response::Response;
-use super::send_timeout::SendTimeout;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use super::timed_io::TimedIo;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 
 /// How long shutdown waits for in-flight requests before giving up.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,6 +26,69 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// What answers the requests of one port.
 pub trait Handler: Send + Sync + 'static {
     fn handle(&self, req: hyper::Request<RequestBody>) -> impl Future<Output = Response> + Send;
+}
+
+/// How long a client may take, per connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// To send a request's headers; HTTP/1.1 counts the wait for the next
+    /// request on a kept-alive connection too.
+    pub header_read: Duration,
+    /// With no byte moving either way.
+    pub idle: Duration,
+    /// To take response bytes once a write waits.
+    pub send: Duration,
+    /// Between two pieces of a request body.
+    pub body: Duration,
+    /// Concurrent h2 streams on one connection.
+    pub h2_streams: u32,
+}
+
+/// The connections both ports share: at most `max` open at once. Past it,
+/// new connections wait in the kernel's backlog until one closes.
+pub struct Connections {
+    permits: Arc<Semaphore>,
+    max: usize,
+    open: Gauge,
+    waited: Counter,
+    /// The limit is reached now: logged once per time it is.
+    full: AtomicBool,
+}
+
+impl Connections {
+    pub fn new(max: usize) -> Connections {
+        Connections {
+            permits: Arc::new(Semaphore::new(max)),
+            max,
+            open: Gauge::default(),
+            waited: Counter::default(),
+            full: AtomicBool::new(false),
+        }
+    }
+
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register("connections_open", "Open client connections, both ports", self.open.clone());
+        registry.register(
+            "connection_limit_waits",
+            "Times a new connection had to wait because the connection limit was reached",
+            self.waited.clone(),
+        );
+    }
+
+    /// A place for one more connection, waiting while there is none.
+    async fn admit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            if self.full.swap(false, Ordering::Relaxed) {
+                tracing::info!(max = self.max, "below the connection limit again");
+            }
+            return permit;
+        }
+        self.waited.inc();
+        if !self.full.swap(true, Ordering::Relaxed) {
+            tracing::warn!(max = self.max, "connection limit reached: new connections wait until one closes");
+        }
+        self.permits.clone().acquire_owned().await.expect("the semaphore is never closed")
+    }
 }
 
 /// The next connection, with Nagle's algorithm off. Accept errors (typically
@@ -46,26 +115,48 @@ pub async fn serve<H: Handler>(
     name: &'static str,
     listener: TcpListener,
     handler: Arc<H>,
-    send_timeout: Duration,
+    limits: Limits,
+    connections: Arc<Connections>,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read);
+    builder.http2().timer(TokioTimer::new()).max_concurrent_streams(limits.h2_streams);
+    // An HTTP/1.0 request without Host is given this port's address.
+    let own = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    let own = http::HeaderValue::from_str(&own).unwrap_or(http::HeaderValue::from_static("localhost"));
     tokio::pin!(shutdown);
     loop {
+        let next = async {
+            let permit = connections.admit().await;
+            (permit, accept(&listener).await)
+        };
         tokio::select! {
-            (stream, peer) = accept(&listener) => {
-                let stream = SendTimeout::new(stream, send_timeout);
+            (permit, (stream, peer)) = next => {
+                let stream = TimedIo::new(stream, limits.send, limits.idle);
                 let handler = handler.clone();
+                let own = own.clone();
                 let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler.handle(req.map(Linger::new)).await) }
+                    let mut req = req.map(|body| super::request_body(body, limits.body));
+                    let checked = super::request::check(&mut req, &own);
+                    async move {
+                        Ok::<_, Infallible>(match checked {
+                            Ok(()) => handler.handle(req).await,
+                            Err(refused) => refused,
+                        })
+                    }
                 });
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                let open = connections.open.clone();
+                open.inc();
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(%peer, cause = %e, "{name} connection ended with an error");
                     }
+                    open.dec();
+                    drop(permit);
                 });
             }
             () = &mut shutdown => break,
@@ -93,5 +184,25 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         _ = term.recv() => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// File descriptors this process may open: the soft limit, first raised to
+/// the hard limit (as nginx's `worker_rlimit_nofile` would), so the default
+/// connection limit can be set below it.
+pub fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        lim.rlim_cur
     }
 }

@@ -1,23 +1,31 @@
 //! The HTTP layer, beneath everything that answers requests: the one
-//! accept/serve loop, the host's own responses, header names, write access
-//! from bearer tokens, lingering request bodies and the send timeout. It
-//! knows nothing of workers or the store.
+//! accept/serve loop with the connection limit and each connection's clocks
+//! (header read, idle, send, request body), the checks every request passes
+//! (Host, Authorization), the host's own responses, header names, write
+//! access from bearer tokens, and lingering request bodies. It knows nothing
+//! of workers or the store.
 
 mod auth;
+mod body_timeout;
 pub mod headers;
 mod linger;
 mod listener;
+mod request;
 mod response;
-mod send_timeout;
+mod timed_io;
 
 pub use auth::{TokenDigest, WriteAccess};
 pub use linger::RequestBody;
-#[cfg(test)]
-pub use linger::Linger;
-pub use listener::{serve, shutdown_signal, Handler};
+pub use listener::{raise_fd_limit, serve, shutdown_signal, Connections, Handler, Limits};
 pub use response::{
     full_body, json_response, json_value, no_content, response, retry_later, text_response, Response, ResponseBody,
 };
 
 /// A request as the servers hand it on.
 pub type Request = hyper::Request<RequestBody>;
+
+/// A request body as the servers hand it on: its pieces must come within
+/// `timeout` of each other, and what is left unread is drained.
+pub fn request_body(body: hyper::body::Incoming, timeout: std::time::Duration) -> RequestBody {
+    linger::Linger::new(body_timeout::BodyTimeout::new(body, timeout))
+}

@@ -3,7 +3,7 @@
 //! from the outside as a client would see it.
 
 use super::*;
-use crate::http::{Linger, TokenDigest};
+use crate::http::{request_body, TokenDigest};
 use crate::wasm::Runtime;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -38,7 +38,7 @@ async fn pipeline(label: &str, cache_bytes: u64) -> (TempDir, hyper::client::con
     let (client_io, server_io) = tokio::io::duplex(1 << 20);
     let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
         let pipeline = pipeline.clone();
-        async move { Ok::<_, std::convert::Infallible>(pipeline.handle(req.map(Linger::new)).await) }
+        async move { Ok::<_, std::convert::Infallible>(pipeline.handle(req.map(|b| request_body(b, Duration::from_secs(5)))).await) }
     });
     tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(server_io), service));
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(client_io)).await.unwrap();
