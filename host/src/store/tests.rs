@@ -173,3 +173,27 @@ async fn the_hosts_own_rows_are_hidden_from_public_reads_and_listings() {
         assert_eq!(store.read(file.version, "identity", offset, 4).await.unwrap().unwrap(), b"", "{offset}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_keeps_a_bounded_amount_of_small_bodies_in_memory() {
+    let dir = TempDir::new("batch-memory");
+    let store = Arc::new(Store::open_local(&dir.0).await.unwrap());
+    let mut batch = store.begin_batch(1 << 30).await.unwrap();
+    let n = (upload::MAX_BATCH_MEMORY / (512 << 10)) as usize + 8;
+    let body = |i: usize| vec![i as u8; 512 << 10];
+    for i in 0..n {
+        batch.add(&format!("b/{i}.bin"), "application/octet-stream").await.unwrap();
+        batch.write(&body(i)).await.unwrap();
+    }
+    let written = batch.commit().await.unwrap();
+    assert_eq!(written.len(), n);
+    for (meta, _) in &written {
+        let i: usize = meta.path.trim_start_matches("b/").trim_end_matches(".bin").parse().unwrap();
+        assert_eq!(store.read_whole(Reader::Public, meta.version, meta.size).await.unwrap(), body(i));
+    }
+    // The files past the memory budget were staged as chunks, not held.
+    let conn = store.conn().await.unwrap();
+    let rows = sql::query_all(&conn, "SELECT count(*) FROM files WHERE blob_id IS NOT NULL", ()).await.unwrap();
+    let spilled = rows[0].i64(0).unwrap() as usize;
+    assert!(spilled >= 8 && spilled < n, "{spilled} of {n} small files staged as chunks");
+}

@@ -87,9 +87,10 @@ impl BlobWriter {
         Ok(())
     }
 
-    /// Writes what is left: inline when the whole body fits in one chunk.
-    async fn finish(mut self, conn: &Connection, path: &str) -> Result<Body, StoreError> {
-        if self.blob.is_none() {
+    /// Writes what is left: inline when the whole body fits in one chunk,
+    /// unless `spill` asks for it to be written out as a chunk all the same.
+    async fn finish(mut self, conn: &Connection, path: &str, spill: bool) -> Result<Body, StoreError> {
+        if self.blob.is_none() && !(spill && !self.pending.is_empty()) {
             return Ok(Body { size: self.size, inline: Some(std::mem::take(&mut self.pending)), blob: None });
         }
         if !self.pending.is_empty() {
@@ -189,6 +190,9 @@ pub struct Upload {
     /// The encodings being produced; started only once the body outgrows
     /// its first chunk (smaller bodies are compressed whole at the end).
     variants: Vec<Variant>,
+    /// Stage even a small body as a chunk rather than in memory (a batch
+    /// that already holds its share of small bodies asks for this).
+    spill: bool,
 }
 
 impl Upload {
@@ -211,6 +215,7 @@ impl Upload {
             body: BlobWriter::new(),
             compress: is_compressible(content_type),
             variants: Vec::new(),
+            spill: false,
         }
     }
 
@@ -298,7 +303,7 @@ impl Upload {
             }
             variants.push((name, v.writer));
         }
-        let body = match std::mem::replace(&mut self.body, BlobWriter::new()).finish(&self.conn, &self.path).await {
+        let body = match std::mem::replace(&mut self.body, BlobWriter::new()).finish(&self.conn, &self.path, self.spill).await {
             Ok(b) => b,
             Err(e) => {
                 self.discard_all(variants).await;
@@ -309,7 +314,7 @@ impl Upload {
         let mut kept = Vec::new();
         for (name, mut writer) in variants {
             if writer.size < body.size {
-                match writer.finish(&self.conn, &self.path).await {
+                match writer.finish(&self.conn, &self.path, self.spill).await {
                     Ok(b) => kept.push((name, b)),
                     Err(e) => {
                         tracing::warn!(cause = %e, encoding = name, "dropping an encoding that could not be stored");
@@ -354,6 +359,12 @@ pub struct Staged {
 }
 
 impl Staged {
+    /// Bytes of it held in memory until it is published.
+    fn held_bytes(&self) -> u64 {
+        let inline = |b: &Body| b.inline.as_ref().map_or(0, |v| v.len() as u64);
+        inline(&self.body) + self.variants.iter().map(|(_, v)| inline(v)).sum::<u64>()
+    }
+
     /// The staging ids of the body and its encodings (inline ones have none).
     fn blobs(&self) -> Vec<i64> {
         let mut blobs: Vec<i64> = self.body.blob.into_iter().collect();
@@ -448,6 +459,9 @@ async fn publish_in_transaction(conn: &Connection, staged: &[Staged], now: i64) 
 
 /// Most files one batch may hold.
 pub const MAX_BATCH_FILES: usize = 10_000;
+/// Most bytes of small bodies a batch keeps in memory until it commits;
+/// past it, small bodies are staged in the database as large ones are.
+pub const MAX_BATCH_MEMORY: u64 = 16 << 20;
 
 /// Files written together and published in one transaction.
 pub struct Batch {
@@ -456,13 +470,15 @@ pub struct Batch {
     max_size: u64,
     /// Bytes of the files staged so far.
     staged_bytes: u64,
+    /// Bytes of those held in memory (small bodies and encodings).
+    held_bytes: u64,
     current: Option<Upload>,
     staged: Vec<Staged>,
 }
 
 impl Batch {
     pub(super) fn new(store: Arc<Store>, conn: Connection, max_size: u64) -> Batch {
-        Batch { store, conn, max_size, staged_bytes: 0, current: None, staged: Vec::new() }
+        Batch { store, conn, max_size, staged_bytes: 0, held_bytes: 0, current: None, staged: Vec::new() }
     }
 
     /// Starts the next file; the previous one is staged.
@@ -490,8 +506,10 @@ impl Batch {
 
     async fn stage_current(&mut self) -> Result<(), StoreError> {
         if let Some(mut upload) = self.current.take() {
+            upload.spill = self.held_bytes >= MAX_BATCH_MEMORY;
             let staged = upload.stage().await?;
             self.staged_bytes += staged.body.size;
+            self.held_bytes += staged.held_bytes();
             self.staged.push(staged);
         }
         Ok(())
