@@ -20,6 +20,7 @@
 //! | `delete`          | `DELETE /v1/file?path=&expect=`                                  | 204                |
 //! | `site-config`     | `GET /v1/site-config`                                            | 200 JSON, or 204   |
 //! | `set-site-config` | `PUT /v1/site-config`, body                                      | 204                |
+//! | `check-write`     | `GET /v1/check-write`                                            | 204                |
 //!
 //! `stat` with `inline=N` may append a body of at most N bytes after the
 //! metadata JSON; [`INLINE_HEADER`] then gives the JSON's length.
@@ -118,12 +119,16 @@ pub enum Request {
     SiteConfig,
     /// The body is the document.
     SetSiteConfig,
+    /// Whether the client's credentials allow writes.
+    CheckWrite,
 }
 
 impl Request {
     pub fn method(&self) -> &'static str {
         match self {
-            Request::Stat { .. } | Request::Read { .. } | Request::List { .. } | Request::SiteConfig => "GET",
+            Request::Stat { .. } | Request::Read { .. } | Request::List { .. } | Request::SiteConfig | Request::CheckWrite => {
+                "GET"
+            }
             Request::Upload { .. } | Request::SetSiteConfig => "PUT",
             Request::Batch => "POST",
             Request::Delete { .. } => "DELETE",
@@ -132,7 +137,10 @@ impl Request {
 
     /// Whether the call writes, and so carries the client's credentials.
     pub fn is_write(&self) -> bool {
-        matches!(self, Request::Upload { .. } | Request::Batch | Request::Delete { .. } | Request::SetSiteConfig)
+        matches!(
+            self,
+            Request::Upload { .. } | Request::Batch | Request::Delete { .. } | Request::SetSiteConfig | Request::CheckWrite
+        )
     }
 
     fn call(&self) -> &'static str {
@@ -144,6 +152,7 @@ impl Request {
             Request::Batch => "batch",
             Request::Delete { .. } => "file",
             Request::SiteConfig | Request::SetSiteConfig => "site-config",
+            Request::CheckWrite => "check-write",
         }
     }
 
@@ -184,7 +193,7 @@ impl Request {
                     query.append_pair("expect", &e);
                 }
             }
-            Request::Batch | Request::SiteConfig | Request::SetSiteConfig => {}
+            Request::Batch | Request::SiteConfig | Request::SetSiteConfig | Request::CheckWrite => {}
         }
         let query = query.finish();
         let mut target = format!("{prefix}/v1/{}", self.call());
@@ -224,6 +233,7 @@ impl Request {
             ("DELETE", "/v1/file") => Request::Delete { path: q.text("path")?, expect: q.expect()? },
             ("GET", "/v1/site-config") => Request::SiteConfig,
             ("PUT", "/v1/site-config") => Request::SetSiteConfig,
+            ("GET", "/v1/check-write") => Request::CheckWrite,
             _ => return Err(Error::Invalid(format!("no sidecar call {method} {path}"))),
         })
     }
@@ -372,6 +382,7 @@ mod tests {
             Request::Delete { path: "d".into(), expect: Some(Expectation::Absent) },
             Request::SiteConfig,
             Request::SetSiteConfig,
+            Request::CheckWrite,
         ];
         for call in calls {
             let target = call.target("/store");

@@ -539,9 +539,14 @@ pub struct WasmtimeServe {
 impl WasmtimeServe {
     /// Serves `component` with the given environment variables.
     pub fn start(component: &Path, env: &[(&str, &str)]) -> WasmtimeServe {
+        WasmtimeServe::start_with(component, env, &[])
+    }
+
+    /// [`WasmtimeServe::start`] with more `wasmtime serve` flags.
+    pub fn start_with(component: &Path, env: &[(&str, &str)], flags: &[&str]) -> WasmtimeServe {
         let addr = format!("127.0.0.1:{}", free_port());
         let mut cmd = Command::new(wasmtime_binary());
-        cmd.args(["serve", "-Scli", "--addr", &addr]);
+        cmd.args(["serve", "-Scli", "--addr", &addr]).args(flags);
         for (k, v) in env {
             cmd.arg("--env").arg(format!("{k}={v}"));
         }

@@ -38,10 +38,11 @@ impl Guest for Worker {
             headers: request.headers().entries(),
         };
         // turserver takes this header before the worker runs; under Spin it
-        // arrives here, and the store (through its sidecar) judges it.
-        if let Some((_, value)) = req.headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("authorization")) {
-            files::authorize(&String::from_utf8_lossy(value));
-        }
+        // arrives here, and the store (through its sidecar) judges it. Said
+        // on every request, empty when absent, so an instance that served an
+        // earlier request never writes with that one's credentials.
+        let credentials = req.headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("authorization"));
+        files::authorize(&credentials.map(|(_, v)| String::from_utf8_lossy(v)).unwrap_or_default());
         let outcome = RULES.with_borrow_mut(|rules| core::handle_with(&req, &mut HostStore, rules));
         let resp = match outcome {
             Outcome::Respond(resp) => resp,
@@ -49,9 +50,13 @@ impl Guest for Worker {
                 core::upload_response(upload(request, &path, &content_type, size_hint, expect))
             }
             Outcome::Batch => batch(request),
-            Outcome::PutSiteConfig => match read_body(request, core::MAX_SITE_CONFIG) {
-                Ok(body) => core::put_site_config(&body, &mut HostStore),
-                Err(resp) => resp,
+            // A client that may not write is answered before its body is read.
+            Outcome::PutSiteConfig => match files::check_write().map_err(from_wit) {
+                Err(e) => core::error_response(e),
+                Ok(()) => match read_body(request, core::MAX_SITE_CONFIG) {
+                    Ok(body) => core::put_site_config(&body, &mut HostStore),
+                    Err(resp) => resp,
+                },
             },
         };
         send(resp, out);

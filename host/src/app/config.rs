@@ -28,6 +28,8 @@ pub const DEFAULT_IDLE_TIMEOUT: &str = "75s";
 pub const DEFAULT_BODY_TIMEOUT: &str = "30s";
 /// Concurrent h2 streams per connection (nginx's default too).
 pub const DEFAULT_H2_STREAMS: u32 = 128;
+/// Worker instances that may exist at once.
+pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
 
 #[derive(Debug, Parser)]
 #[command(name = "turserver", version, about = "Edge file server: a wasm worker over a libSQL embedded replica")]
@@ -140,9 +142,7 @@ pub struct ServeArgs {
     pub worker_deadline: Duration,
 
     /// How long a response write may wait for a client that has stopped
-    /// reading before the connection is closed (nginx's `send_timeout`); a
-    /// response (an h2 stream too) that moves no bytes for this long is
-    /// ended and its worker instance freed.
+    /// reading before the connection is closed (nginx's `send_timeout`).
     #[arg(long, env = "TURSERVER_SEND_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub send_timeout: Duration,
 
@@ -166,6 +166,12 @@ pub struct ServeArgs {
     /// limit (raised to its hard limit at startup) less 256.
     #[arg(long, env = "TURSERVER_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
+
+    /// Worker instances that may exist at once: the requests the worker can
+    /// serve concurrently (each holds a pooled slot of `--worker-memory-mib`
+    /// address space). Past it a request gets 503.
+    #[arg(long, env = "TURSERVER_MAX_INSTANCES", default_value_t = DEFAULT_MAX_INSTANCES)]
+    pub max_instances: u32,
 
     /// Most concurrent h2 streams on one connection.
     #[arg(long, env = "TURSERVER_H2_MAX_STREAMS", default_value_t = DEFAULT_H2_STREAMS)]
@@ -211,6 +217,9 @@ impl ServeArgs {
         }
         if self.max_connections == Some(0) {
             bail!("--max-connections must be at least 1");
+        }
+        if self.max_instances == 0 || self.max_instances > 100_000 {
+            bail!("--max-instances must be between 1 and 100000");
         }
         if self.h2_max_streams == 0 {
             bail!("--h2-max-streams must be at least 1");

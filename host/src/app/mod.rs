@@ -18,7 +18,7 @@ use crate::pipeline::{Pipeline, ResponseCache};
 use crate::sidecar::Sidecar;
 use crate::store::{redact_url, Mode, Store, Upkeep};
 use crate::task::AbortOnDrop;
-use crate::wasm::{Runtime, Workers};
+use crate::wasm::{Runtime, RuntimeConfig, Workers};
 use anyhow::Context;
 use routes::Routes;
 use std::sync::{Arc, OnceLock};
@@ -111,8 +111,12 @@ async fn start(
     }
     let upkeep = store.start_upkeep(args.sync_interval);
 
-    let cache_dir = Some(args.data_dir.join("worker-cache"));
-    let runtime = Arc::new(Runtime::new(args.worker_memory_mib << 20, args.worker_deadline, cache_dir)?);
+    let runtime = Arc::new(Runtime::new(RuntimeConfig {
+        worker_memory_bytes: args.worker_memory_mib << 20,
+        deadline: args.worker_deadline,
+        cache_dir: Some(args.data_dir.join("worker-cache")),
+        max_instances: args.max_instances,
+    })?);
     let workers = Arc::new(Workers::start(runtime.clone(), store.clone(), args.worker.as_ref()).await?);
     if args.write_token.is_none() {
         tracing::warn!("no --write-token: every write will be refused");

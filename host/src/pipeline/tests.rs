@@ -25,7 +25,7 @@ async fn pipeline(label: &str, cache_bytes: u64) -> (TempDir, hyper::client::con
     let _ = std::fs::remove_dir_all(&dir.0);
     std::fs::create_dir_all(&dir.0).unwrap();
     let store = Arc::new(Store::open_local(&dir.0).await.unwrap());
-    let runtime = Arc::new(Runtime::new(64 << 20, Duration::from_secs(5), None).unwrap());
+    let runtime = Arc::new(Runtime::new(crate::wasm::tests::test_config(64 << 20)).unwrap());
     let workers = Arc::new(Workers::start(runtime, store.clone(), None).await.unwrap());
     let pipeline = Arc::new(Pipeline {
         store,

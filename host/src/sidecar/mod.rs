@@ -74,6 +74,10 @@ impl Sidecar {
                 Some(json) => response(200, Some("application/json"), json.into_bytes()),
                 None => no_content(),
             }),
+            Call::CheckWrite => {
+                check(wit::Host::check_write(&mut view).await)?;
+                Ok(no_content())
+            }
             Call::SetSiteConfig => {
                 let json = collect_text(body).await?;
                 check(wit::Host::set_site_config(&mut view, json).await)?;

@@ -24,9 +24,6 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 /// The worker built into the binary (see `host/build.rs`).
 pub const DEFAULT_WORKER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/worker.wasm"));
 
-/// Instances that may exist at once: the number of requests the worker can
-/// serve concurrently. Past it a request gets 503.
-const MAX_INSTANCES: u32 = 1000;
 /// Epoch period: how often a running instance yields and checks its deadline.
 pub const TICK: Duration = Duration::from_millis(10);
 
@@ -56,6 +53,20 @@ impl EpochThread {
     }
 }
 
+/// How workers run.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Largest linear memory one instance may grow to.
+    pub worker_memory_bytes: u64,
+    /// How long an instance may run without progress.
+    pub deadline: Duration,
+    /// Where compiled workers are kept (None: no cache).
+    pub cache_dir: Option<std::path::PathBuf>,
+    /// Instances that may exist at once: the requests the worker can serve
+    /// concurrently. Past it a request gets 503.
+    pub max_instances: u32,
+}
+
 pub struct Runtime {
     pub(super) engine: Engine,
     linker: Linker<RequestState>,
@@ -69,15 +80,14 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    /// `cache_dir`: where compiled workers are kept (None: no cache).
-    /// `deadline`: how long an instance may run without progress.
-    pub fn new(worker_memory_bytes: u64, deadline: Duration, cache_dir: Option<std::path::PathBuf>) -> anyhow::Result<Runtime> {
+    pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
+        let RuntimeConfig { worker_memory_bytes, deadline, cache_dir, max_instances } = config;
         let mut pool = PoolingAllocationConfig::default();
-        pool.total_component_instances(MAX_INSTANCES)
-            .total_core_instances(MAX_INSTANCES * 4)
-            .total_memories(MAX_INSTANCES * 2)
-            .total_tables(MAX_INSTANCES * 4)
-            .total_stacks(MAX_INSTANCES)
+        pool.total_component_instances(max_instances)
+            .total_core_instances(max_instances * 4)
+            .total_memories(max_instances * 2)
+            .total_tables(max_instances * 4)
+            .total_stacks(max_instances)
             .max_memory_size(worker_memory_bytes as usize)
             // Keep a reused slot's low pages resident and reset them in
             // place; PAGEMAP_SCAN (Linux 6.7+) finds the dirty ones. `Auto`

@@ -353,6 +353,10 @@ impl files::Host for FilesView<'_> {
         Ok(bounded("set site config", self.ctx.store.set_site_config(SITE_KEY, &json)).await?)
     }
 
+    async fn check_write(&mut self) -> HostResult<()> {
+        Ok(self.ctx.check_write()?)
+    }
+
     async fn authorize(&mut self, _credentials: String) -> wasmtime::Result<()> {
         // Write access was decided from the request before the worker ran
         // (and the header removed); a worker cannot raise it.

@@ -10,7 +10,7 @@
 
 use super::engine::Runtime;
 use super::files::FilesCtx;
-use crate::http::{Request, Response};
+use crate::http::Response;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::future::Future;
@@ -265,7 +265,11 @@ impl Runtime {
 
     /// Runs one request through `worker`: its response, or why there is
     /// none. The host itself never fails here.
-    pub async fn invoke(&self, worker: Arc<Worker>, req: Request, mut files: FilesCtx) -> Invoked {
+    pub async fn invoke<B>(&self, worker: Arc<Worker>, req: hyper::Request<B>, mut files: FilesCtx) -> Invoked
+    where
+        B: Body<Data = bytes::Bytes> + Send + Unpin + 'static,
+        B::Error: Into<wasmtime_wasi_http::Error>,
+    {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let progress = Progress::new();
         files.progress = Some(progress.clone());
@@ -357,3 +361,4 @@ impl Runtime {
         Invoked { request_id, result }
     }
 }
+

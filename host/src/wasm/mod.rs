@@ -20,10 +20,10 @@ mod workers;
 
 /// The generated `turserver:store/files` interface (its types and host traits).
 pub use bindings::files as wit;
-pub use engine::Runtime;
+pub use engine::{Runtime, RuntimeConfig};
 pub use files::{FilesCtx, FilesError, FilesView};
 pub use instance::{InvokeError, Invoked, Worker};
 pub use workers::{DeployError, Workers, MAX_WORKER_SIZE};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

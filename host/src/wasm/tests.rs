@@ -1,7 +1,17 @@
 //! The runtime's own tests: which workers link.
 
-use super::Runtime;
+use super::{Runtime, RuntimeConfig};
 use std::time::Duration;
+
+/// A runtime for tests: no compiled-worker cache, a few instances.
+pub(crate) fn test_config(worker_memory_bytes: u64) -> RuntimeConfig {
+    RuntimeConfig {
+        worker_memory_bytes,
+        deadline: Duration::from_secs(5),
+        cache_dir: None,
+        max_instances: 16,
+    }
+}
 
 /// A stand-in worker (it traps if called) importing `files` at
 /// `version` with the functions `files_wit` declares.
@@ -27,8 +37,8 @@ const ERROR: &str = "variant error { not-found, unauthorized, forbidden, too-lar
 
 #[test]
 fn workers_built_against_earlier_files_versions_still_link() {
-    let runtime = Runtime::new(16 << 20, Duration::from_secs(1), None).unwrap();
-    // 0.1.0 had no `authorize`; 0.1.1 added it; 0.1.2 added `send`.
+    let runtime = Runtime::new(test_config(16 << 20)).unwrap();
+    // 0.1.0 had no `authorize`; 0.1.1 added it; 0.1.2 added `send`; 0.1.3 `check-write`.
     let v010 = worker_importing(
         "0.1.0",
         &format!("{ERROR} read: func(version: u64, encoding: string, offset: u64, len: u64) -> result<list<u8>, error>;"),

@@ -8,6 +8,10 @@
 //! link is refused and the active one keeps serving.
 
 use super::bindings::files::Error;
+use super::files::FilesCtx;
+use super::instance::Invoked;
+use crate::http::WriteAccess;
+use http_body_util::BodyExt;
 use super::engine::{component_hash, Runtime, DEFAULT_WORKER};
 use super::files::to_wit;
 use super::instance::Worker;
@@ -29,6 +33,10 @@ const DEPLOY_CONTENT_TYPE: &str = "application/vnd.turserver.worker+wasm";
 pub const MAX_WORKER_SIZE: u64 = 64 << 20;
 /// How often the `--worker` file is looked at.
 const FILE_POLL: Duration = Duration::from_millis(200);
+/// How long a new worker has to answer its test request.
+const SMOKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The path of that request: a reserved one, never a file.
+const SMOKE_PATH: &str = "/_turserver/probe";
 
 /// Where the active worker came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,11 +102,16 @@ impl Workers {
                 None => (DEFAULT_WORKER.to_vec(), Origin::BuiltIn),
             },
         };
-        let worker = match compile(runtime.clone(), bytes).await {
-            Ok((w, _)) => w,
+        let loaded = match compile(runtime.clone(), bytes).await {
+            Ok((w, _)) if origin == Origin::BuiltIn => Ok(Arc::new(w)),
+            Ok((w, _)) => smoke_test(&runtime, &store, w).await,
+            Err(e) => Err(e),
+        };
+        let worker = match loaded {
+            Ok(w) => w,
             Err(e) if origin == Origin::Database => {
                 tracing::error!(cause = %format!("{e:#}"), "the deployed worker is unusable; starting with the built-in one");
-                compile(runtime.clone(), DEFAULT_WORKER.to_vec()).await?.0
+                Arc::new(compile(runtime.clone(), DEFAULT_WORKER.to_vec()).await?.0)
             }
             Err(e) => return Err(e.context(format!("loading the {} worker", origin.name()))),
         };
@@ -113,7 +126,7 @@ impl Workers {
             runtime,
             store,
             pinned: file.is_some(),
-            active: ArcSwap::from_pointee(Active { worker: Arc::new(worker), since: SystemTime::now(), origin }),
+            active: ArcSwap::from_pointee(Active { worker, since: SystemTime::now(), origin }),
             last_error: Mutex::new(None),
             refused: Mutex::new(None),
         })
@@ -135,10 +148,10 @@ impl Workers {
         self.last_error.lock().expect("poisoned").clone()
     }
 
-    fn swap(&self, worker: Worker, origin: Origin, took: Duration) {
+    fn swap(&self, worker: Arc<Worker>, origin: Origin, took: Duration) {
         let hash = worker.hash.clone();
         let cached = worker.from_cache;
-        let old = self.active.swap(Arc::new(Active { worker: Arc::new(worker), since: SystemTime::now(), origin }));
+        let old = self.active.swap(Arc::new(Active { worker, since: SystemTime::now(), origin }));
         *self.last_error.lock().expect("poisoned") = None;
         *self.refused.lock().expect("poisoned") = None;
         tracing::info!(
@@ -161,10 +174,18 @@ impl Workers {
         self.active.load().worker.hash == hash || self.refused.lock().expect("poisoned").as_deref() == Some(hash)
     }
 
+    /// Compiles and tests `bytes`; the worker, or why it is refused.
+    async fn candidate(&self, bytes: Vec<u8>) -> anyhow::Result<(Arc<Worker>, Duration)> {
+        let started = Instant::now();
+        let (worker, _) = compile(self.runtime.clone(), bytes).await?;
+        let worker = smoke_test(&self.runtime, &self.store, worker).await?;
+        Ok((worker, started.elapsed()))
+    }
+
     /// Compiles `bytes` and makes it the active worker, or records why not.
     async fn try_swap(&self, bytes: Vec<u8>, origin: Origin) {
         let hash = component_hash(&bytes);
-        match compile(self.runtime.clone(), bytes).await {
+        match self.candidate(bytes).await {
             Ok((worker, took)) => self.swap(worker, origin, took),
             Err(e) => self.refuse(&hash, format!("{e:#}")),
         }
@@ -249,9 +270,8 @@ impl Workers {
     /// new worker's version on success.
     pub async fn deploy(&self, bytes: Vec<u8>) -> Result<String, DeployError> {
         let hash = component_hash(&bytes);
-        let (worker, took) = compile(self.runtime.clone(), bytes.clone())
-            .await
-            .map_err(|e| DeployError::Unusable(format!("not a usable worker: {e:#}")))?;
+        let (worker, took) =
+            self.candidate(bytes.clone()).await.map_err(|e| DeployError::Unusable(format!("not a usable worker: {e:#}")))?;
         let stored = async {
             let size = Some(bytes.len() as u64);
             let mut upload = self.store.begin_upload(DEPLOY_PATH, DEPLOY_CONTENT_TYPE, MAX_WORKER_SIZE, size, None).await?;
@@ -275,6 +295,35 @@ async fn compile(runtime: Arc<Runtime>, bytes: Vec<u8>) -> anyhow::Result<(Worke
         runtime.load(&bytes).map(|w| (w, started.elapsed()))
     })
     .await?
+}
+
+/// One request through a worker before it serves: a component that links
+/// but cannot serve (one built to reach its store over HTTP, as the composed
+/// Spin build does, or one that traps) is refused while the active worker
+/// keeps serving. The request reads nothing a client could not.
+async fn smoke_test(runtime: &Runtime, store: &Arc<Store>, worker: Worker) -> anyhow::Result<Arc<Worker>> {
+    let worker = Arc::new(worker);
+    let req = hyper::Request::get(SMOKE_PATH)
+        .header(hyper::header::HOST, "localhost")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .context("building the test request")?;
+    let files = FilesCtx { store: store.clone(), access: WriteAccess::Missing, max_upload: 0, progress: None };
+    let invoked = tokio::time::timeout(SMOKE_TIMEOUT, runtime.invoke(worker.clone(), req, files)).await;
+    let failure = match invoked {
+        Err(_) => Some(format!("it did not answer a test request within {SMOKE_TIMEOUT:?}")),
+        Ok(Invoked { result: Err(e), request_id }) => Some(format!("it failed a test request ({e:?}, request {request_id})")),
+        Ok(Invoked { result: Ok(resp), .. }) if resp.status().is_server_error() => {
+            let status = resp.status();
+            let body = http_body_util::Limited::new(resp.into_body(), 1024).collect().await;
+            let body = body.map(|b| String::from_utf8_lossy(&b.to_bytes()).trim().to_string()).unwrap_or_default();
+            Some(format!("it answered a test request with {status}: {body}"))
+        }
+        Ok(_) => None,
+    };
+    if let Some(why) = failure {
+        anyhow::bail!("{why}");
+    }
+    Ok(worker)
 }
 
 /// The deployed worker at startup, if there is one.

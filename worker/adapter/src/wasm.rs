@@ -41,8 +41,8 @@ const MAX_JSON: usize = 16 << 20;
 const SECOND_NS: u64 = 1_000_000_000;
 
 thread_local! {
-    /// The client's `Authorization` value, from `authorize`. One instance
-    /// serves one request, so this is that request's.
+    /// The client's `Authorization` value, from `authorize`, which the
+    /// worker calls at the start of every request: always this request's.
     static CREDENTIALS: RefCell<Option<String>> = const { RefCell::new(None) };
     /// A small body `stat` brought along: (version, identity bytes).
     static INLINE: RefCell<Option<(u64, Vec<u8>)>> = const { RefCell::new(None) };
@@ -319,7 +319,12 @@ impl Guest for Adapter {
     }
 
     fn authorize(credentials: String) {
-        CREDENTIALS.with(|c| *c.borrow_mut() = Some(credentials));
+        // Each request's own: none when it carries none.
+        CREDENTIALS.with(|c| *c.borrow_mut() = (!credentials.is_empty()).then_some(credentials));
+    }
+
+    fn check_write() -> Result<(), Error> {
+        call(Call::CheckWrite).map(drop)
     }
 }
 
