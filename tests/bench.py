@@ -7,8 +7,9 @@ files in turserver and on disk, starts nginx (on loopback, with a config it
 writes) and a real sqld primary, runs wrk (each run bounded in time) and
 prints one table with each target marked met or not.
 
-    python3 tests/bench.py            # full run, about 10 minutes after the build
+    python3 tests/bench.py            # full run, about 12 minutes after the build
     python3 tests/bench.py --quick    # shorter runs, for a rough look
+    python3 tests/bench.py --no-soak  # without the soak test (64 clients, 60 s)
 
 Needs wrk and nginx (Debian: apt-get install wrk nginx-light).
 """
@@ -93,7 +94,7 @@ def http(method, url, body=None, headers=None):
 def start_turserver(binary, data_dir, *extra):
     args = [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir, "--write-token", TOKEN,
             "--bench-native", *extra]
-    env = dict(os.environ, RUST_LOG="warn,turserver::server=info")
+    env = dict(os.environ, RUST_LOG="warn,turserver::app=info")
     p = Proc(args, stderr=subprocess.PIPE, text=True, env=env)
     addr = None
     for line in p.p.stderr:
@@ -273,6 +274,7 @@ def batch_vs_put(url, files):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter runs")
+    ap.add_argument("--no-soak", action="store_true", help="skip the soak test")
     opts = ap.parse_args()
     seconds = 2 if opts.quick else 4
     rounds = 3 if opts.quick else 5
@@ -395,6 +397,28 @@ def main():
     print()
     for name, ok, figure in checks:
         print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
+
+    if not opts.no_soak:
+        print()
+        print(soak(opts.quick))
+
+
+def soak(quick):
+    """The soak test (tests/e2e/soak.rs) at full size: 64 clients of mixed
+    reads and writes for 60 s on a replica edge, with a worker swap and a
+    primary restart, then 30 s to settle. Its summary line, or why it failed."""
+    env = dict(os.environ, TURSERVER_SOAK_SECS="20" if quick else "60", TURSERVER_SOAK_CLIENTS="64",
+               TURSERVER_SOAK_SETTLE_SECS="10" if quick else "30")
+    env["TURSERVER_SQLD"] = subprocess.run(["bash", "tests/setup.sh"], cwd=ROOT, capture_output=True, text=True,
+                                           check=True).stdout.strip().splitlines()[-1]
+    log("soak: 64 clients, worker swap and primary restart (cargo test, dev profile)")
+    run = subprocess.run(["cargo", "test", "-q", "-p", "turserver", "--test", "e2e", "soak::", "--", "--nocapture"],
+                         cwd=ROOT, env=env, capture_output=True, text=True)
+    summary = [l for l in run.stderr.splitlines() if l.startswith("soak:")]
+    verdict = "met" if run.returncode == 0 else "NOT MET"
+    if summary:
+        return f"[{verdict:>7}] {summary[-1]}"
+    return f"[{verdict:>7}] soak: no summary line; the test said:\n" + run.stdout[-2000:] + run.stderr[-2000:]
 
 
 if __name__ == "__main__":

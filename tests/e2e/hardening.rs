@@ -242,3 +242,50 @@ fn a_worker_that_links_but_cannot_serve_is_refused() {
     assert_eq!(s.put("/still.txt", None, b"served".to_vec()).status(), 201);
     assert_eq!(s.get("/still.txt").text().unwrap(), "served");
 }
+
+#[test]
+fn files_replaced_or_deleted_while_being_read_never_give_500() {
+    let dir = TempDir::new("replace-race");
+    let s = Server::start(dir.path(), &["--response-cache-mib", "0"], None);
+    let versions = [pseudo_random(3000, 1), pseudo_random(5000, 2)];
+    assert_eq!(s.put("/race.bin", None, versions[0].clone()).status(), 201);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, url, versions) = (stop.clone(), s.url("/race.bin"), versions.clone());
+            std::thread::spawn(move || {
+                let c = client();
+                let (mut served, mut failures) = (0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = c.get(&url).send().unwrap();
+                    let status = r.status().as_u16();
+                    let body = r.bytes().map(|b| b.to_vec()).unwrap_or_default();
+                    match status {
+                        200 if versions.iter().any(|v| *v == body) => served += 1,
+                        404 => {}
+                        _ => failures.push(format!("{status}: {} bytes {:?}", body.len(), String::from_utf8_lossy(&body[..body.len().min(80)]))),
+                    }
+                }
+                (served, failures)
+            })
+        })
+        .collect();
+    let c = client();
+    let started = std::time::Instant::now();
+    let mut i = 0;
+    while started.elapsed() < std::time::Duration::from_secs(5) {
+        i += 1;
+        if i % 5 == 0 {
+            c.delete(s.url("/race.bin")).bearer_auth(TOKEN).send().unwrap();
+        }
+        c.put(s.url("/race.bin")).bearer_auth(TOKEN).body(versions[i % 2].clone()).send().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut served = 0;
+    for r in readers {
+        let (n, failures) = r.join().unwrap();
+        assert!(failures.is_empty(), "{} bad answers, e.g. {:?}", failures.len(), &failures[..failures.len().min(3)]);
+        served += n;
+    }
+    assert!(served > 100, "the readers barely ran: {served}");
+}

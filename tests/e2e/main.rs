@@ -7,6 +7,7 @@ mod hardening;
 mod local;
 mod operations;
 mod replica;
+mod soak;
 mod spin;
 mod swap;
 mod support;

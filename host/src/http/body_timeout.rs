@@ -4,11 +4,10 @@
 //! staged upload) for longer than that between two reads.
 
 use http_body::{Body, Frame, SizeHint};
-use std::future::Future;
+use super::clock::Clock;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::Sleep;
 
 /// Why a request body failed.
 #[derive(Debug)]
@@ -34,14 +33,14 @@ impl std::error::Error for BodyError {}
 pub struct BodyTimeout<B> {
     inner: B,
     timeout: Duration,
-    /// The clock of a waiting read, made at its first wait.
-    clock: Option<Pin<Box<Sleep>>>,
+    /// The clock of a waiting read.
+    clock: Clock,
     waiting: bool,
 }
 
 impl<B> BodyTimeout<B> {
     pub fn new(inner: B, timeout: Duration) -> Self {
-        BodyTimeout { inner, timeout, clock: None, waiting: false }
+        BodyTimeout { inner, timeout, clock: Clock::default(), waiting: false }
     }
 }
 
@@ -59,13 +58,9 @@ impl<B: Body<Error = hyper::Error> + Unpin> Body for BodyTimeout<B> {
             Poll::Pending => {
                 if !this.waiting {
                     this.waiting = true;
-                    let deadline = tokio::time::Instant::now() + this.timeout;
-                    match &mut this.clock {
-                        Some(clock) => clock.as_mut().reset(deadline),
-                        None => this.clock = Some(Box::pin(tokio::time::sleep_until(deadline))),
-                    }
+                    this.clock.start(this.timeout);
                 }
-                match this.clock.as_mut().expect("set when the wait began").as_mut().poll(cx) {
+                match this.clock.poll_out(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(BodyError::Stalled(this.timeout)))),
                     Poll::Pending => Poll::Pending,
                 }

@@ -7,6 +7,7 @@
 
 mod auth;
 mod body_timeout;
+mod clock;
 pub mod headers;
 mod linger;
 mod listener;

@@ -9,13 +9,12 @@
 //!   for it is closed (HTTP/1.1 keep-alive and h2 alike). It is checked only
 //!   when a read has to wait, so busy connections pay nothing for it.
 
-use std::future::Future;
+use super::clock::Clock;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::Sleep;
 
 /// An I/O stream whose writes fail once one has waited `timeout`, and whose
 /// reads fail once nothing has moved for `idle`.
@@ -23,13 +22,12 @@ pub struct TimedIo<S> {
     inner: S,
     timeout: Duration,
     idle: Duration,
-    /// The idle clock, armed when a read first waits after bytes moved.
-    idle_clock: Option<Pin<Box<Sleep>>>,
+    /// The idle clock, started when a read first waits after bytes moved.
+    idle_clock: Clock,
     /// Bytes moved since the idle clock was last armed.
     active: bool,
-    /// The clock of a waiting write, made at the first wait and reset at
-    /// each later one.
-    clock: Option<Pin<Box<Sleep>>>,
+    /// The clock of a waiting write.
+    clock: Clock,
     /// A write is waiting: set when one first has to wait, cleared by any
     /// write that goes on.
     waiting: bool,
@@ -37,22 +35,17 @@ pub struct TimedIo<S> {
 
 impl<S> TimedIo<S> {
     pub fn new(inner: S, timeout: Duration, idle: Duration) -> Self {
-        TimedIo { inner, timeout, idle, idle_clock: None, active: true, clock: None, waiting: false }
+        TimedIo { inner, timeout, idle, idle_clock: Clock::default(), active: true, clock: Clock::default(), waiting: false }
     }
 
     /// A read that has to wait: fails once the connection has been idle
     /// for the idle timeout.
     fn idle_wait(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.active || self.idle_clock.is_none() {
+        if self.active || !self.idle_clock.is_started() {
             self.active = false;
-            let deadline = tokio::time::Instant::now() + self.idle;
-            match &mut self.idle_clock {
-                Some(clock) => clock.as_mut().reset(deadline),
-                None => self.idle_clock = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
+            self.idle_clock.start(self.idle);
         }
-        let clock = self.idle_clock.as_mut().expect("armed above");
-        match clock.as_mut().poll(cx) {
+        match self.idle_clock.poll_out(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("the connection was idle for {:?}", self.idle),
@@ -75,14 +68,9 @@ impl<S> TimedIo<S> {
         }
         if !self.waiting {
             self.waiting = true;
-            let deadline = tokio::time::Instant::now() + self.timeout;
-            match &mut self.clock {
-                Some(clock) => clock.as_mut().reset(deadline),
-                None => self.clock = Some(Box::pin(tokio::time::sleep_until(deadline))),
-            }
+            self.clock.start(self.timeout);
         }
-        let clock = self.clock.as_mut().expect("set when the wait began");
-        match clock.as_mut().poll(cx) {
+        match self.clock.poll_out(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("the client took no response bytes for {:?}", self.timeout),

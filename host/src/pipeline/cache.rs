@@ -105,6 +105,11 @@ fn header_text(req: &Request, name: http::header::HeaderName) -> String {
 }
 
 impl Lookup {
+    /// A request the cache does not keep (its response may still be gathered).
+    pub fn uncached(is_get: bool) -> Lookup {
+        Lookup { key: None, generation: 0, is_get }
+    }
+
     pub fn new(cache: Option<&ResponseCache>, req: &Request, worker: &Worker, generation: u64) -> Lookup {
         let key = cache.filter(|_| request_is_cacheable(req.method(), req.headers())).map(|_| Key {
             target: req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string(),
@@ -131,19 +136,23 @@ fn content_length(resp: &Response) -> Option<u64> {
     resp.headers().get(http::header::CONTENT_LENGTH)?.to_str().ok()?.parse().ok()
 }
 
+/// The worker's body failed while it was being gathered, before anything
+/// was sent: typically the version it chose was replaced or deleted meanwhile.
+pub struct BodyFailed;
+
 /// Post-process: a GET that the cache keeps, or one small enough, is
 /// gathered whole before the head is sent; the cache keeps what it may.
-pub async fn post_process(cache: Option<&ResponseCache>, lookup: Lookup, resp: Response) -> Response {
+pub async fn post_process(cache: Option<&ResponseCache>, lookup: Lookup, resp: Response) -> Result<Response, BodyFailed> {
     let cacheable = lookup.is_get && lookup.key.is_some() && response_is_cacheable(resp.status(), resp.headers());
     if !cacheable && !(lookup.is_get && content_length(&resp).is_some_and(|n| n <= COALESCE_BYTES)) {
-        return resp;
+        return Ok(resp);
     }
     let (mut parts, body) = resp.into_parts();
     let bytes = match body.collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
-            tracing::warn!(cause = ?e, "the worker's response body failed");
-            return crate::http::text_response(500, "worker failed while sending the response");
+            tracing::debug!(cause = ?e, "the worker's response body failed before it was sent");
+            return Err(BodyFailed);
         }
     };
     if let (true, Some(cache), Some(key)) = (cacheable, cache, lookup.key) {
@@ -152,7 +161,7 @@ pub async fn post_process(cache: Option<&ResponseCache>, lookup: Lookup, resp: R
         cache.insert(key, entry);
         parts.headers.insert(headers::CACHE, http::HeaderValue::from_static("miss"));
     }
-    hyper::Response::from_parts(parts, full_body(bytes))
+    Ok(hyper::Response::from_parts(parts, full_body(bytes)))
 }
 
 /// Whether a request may be answered from the cache: a plain GET or HEAD

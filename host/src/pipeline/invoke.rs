@@ -1,11 +1,16 @@
 //! The invoke step: the request runs through the active worker; a worker
 //! that produced no response gets the status its failure deserves.
 
-use crate::http::{headers, text_response, Request, Response};
+use crate::http::{headers, text_response, Response};
 use crate::wasm::{FilesCtx, InvokeError, Invoked, Worker, Workers};
+use bytes::Bytes;
 use std::sync::Arc;
 
-pub async fn run(workers: &Workers, worker: Arc<Worker>, req: Request, files: FilesCtx) -> Response {
+pub async fn run<B>(workers: &Workers, worker: Arc<Worker>, req: hyper::Request<B>, files: FilesCtx) -> Response
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<wasmtime_wasi_http::Error>,
+{
     let version = worker.version_header.clone();
     let Invoked { request_id, result } = workers.runtime().invoke(worker, req, files).await;
     let mut resp = result.unwrap_or_else(|e| failure_response(&e, request_id));
@@ -25,4 +30,32 @@ fn failure_response(e: &InvokeError, request_id: u64) -> Response {
         InvokeError::ErrorCode(code) => (500, format!("worker error: {code:?}")),
     };
     text_response(status, &format!("{why} (request {request_id})"))
+}
+
+/// A bodiless request as it reached the worker, to run again.
+pub struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+}
+
+impl Replay {
+    pub fn of<B>(req: &hyper::Request<B>) -> Replay {
+        Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            version: req.version(),
+            headers: req.headers().clone(),
+        }
+    }
+
+    pub fn request(&self) -> hyper::Request<http_body_util::Empty<Bytes>> {
+        let mut req = hyper::Request::new(http_body_util::Empty::new());
+        *req.method_mut() = self.method.clone();
+        *req.uri_mut() = self.uri.clone();
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers.clone();
+        req
+    }
 }

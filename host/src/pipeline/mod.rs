@@ -22,6 +22,9 @@ use crate::wasm::{FilesCtx, Workers};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// How many times a GET whose file changed under it is run again.
+const MAX_REPLAYS: usize = 4;
+
 /// What every request for the worker goes through.
 pub struct Pipeline {
     pub store: Arc<Store>,
@@ -48,9 +51,27 @@ impl Pipeline {
             return hit;
         }
         let access = access::take(&mut req, self.write_token.as_ref());
+        let is_get = req.method() == hyper::Method::GET;
+        let replay = is_get.then(|| invoke::Replay::of(&req));
         let files = FilesCtx { store: self.store.clone(), access, max_upload: self.max_upload, progress: None };
         let resp = invoke::run(&self.workers, worker, req, files).await;
-        let resp = cache::post_process(self.cache.as_ref(), lookup, resp).await;
+        let mut answer = cache::post_process(self.cache.as_ref(), lookup, resp).await;
+        // The version the worker chose vanished before anything was sent
+        // (replaced or deleted meanwhile): answer from the store as it is
+        // now. A file replaced again and again may need a few tries.
+        if let Some(replay) = replay {
+            for _ in 0..MAX_REPLAYS {
+                if answer.is_ok() {
+                    break;
+                }
+                let files = FilesCtx { store: self.store.clone(), access, max_upload: self.max_upload, progress: None };
+                let resp = invoke::run(&self.workers, self.workers.current(), replay.request(), files).await;
+                answer = cache::post_process(None, cache::Lookup::uncached(is_get), resp).await;
+            }
+        }
+        let resp = answer.unwrap_or_else(|cache::BodyFailed| {
+            crate::http::retry_later(503, "the file changed while it was being read; retry")
+        });
         if is_write {
             consistency::post_process(&self.store, resp)
         } else {

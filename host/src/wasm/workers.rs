@@ -292,7 +292,17 @@ impl Workers {
 async fn compile(runtime: Arc<Runtime>, bytes: Vec<u8>) -> anyhow::Result<(Worker, Duration)> {
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
-        runtime.load(&bytes).map(|w| (w, started.elapsed()))
+        let loaded = runtime.load(&bytes).map(|w| (w, started.elapsed()));
+        drop(bytes);
+        // Compiling takes tens of MiB that are free again now; hand them
+        // back rather than keep them (the allocator keeps freed memory up to
+        // its trim threshold, set high for the serving path).
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: malloc_trim only returns free memory to the system.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        loaded
     })
     .await?
 }
