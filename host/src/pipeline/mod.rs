@@ -5,7 +5,8 @@
 //! 2. [`cache`]: a fresh cached response answers at once.
 //! 3. [`access`]: the `Authorization` header becomes write access, removed.
 //! 4. [`invoke`]: the worker answers; its failures become 500/503/504.
-//! 5. [`cache`] again: small bodies are gathered, cacheable ones kept.
+//! 5. [`cache`] again: small bodies are gathered, cacheable ones kept; a GET
+//!    whose file changed before its body was read is run again.
 //! 6. [`consistency`] again: a successful write carries its position.
 
 mod access;
