@@ -36,6 +36,7 @@ pub(crate) struct App {
 struct Running {
     _upkeep: Upkeep,
     _watch: AbortOnDrop,
+    _sweep: AbortOnDrop,
     /// The sidecar's serve loop, drained on shutdown.
     sidecar: Option<tokio::task::JoinHandle<()>>,
 }
@@ -151,8 +152,9 @@ async fn start(
         _ => None,
     };
     let watch = workers.watch(args.worker.clone(), args.sync_interval);
+    let sweep = workers.sweep_idle();
     let app = Arc::new(App { pipeline, bench_native: args.bench_native });
-    Ok((app, Running { _upkeep: upkeep, _watch: watch, sidecar }))
+    Ok((app, Running { _upkeep: upkeep, _watch: watch, _sweep: sweep, sidecar }))
 }
 
 /// The connection limit: `--max-connections`, else what the file descriptor

@@ -24,6 +24,8 @@ use wasmtime_wasi_http::p2::bindings::ProxyPre;
 /// The worker built into the binary (see `host/build.rs`).
 pub const DEFAULT_WORKER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/worker.wasm"));
 
+/// Pooled slots left warm (their resident pages kept) while unused.
+const MAX_UNUSED_WARM_SLOTS: u32 = 16;
 /// Epoch period: how often a running instance yields and checks its deadline.
 pub const TICK: Duration = Duration::from_millis(10);
 
@@ -94,6 +96,9 @@ impl Runtime {
             // falls back to plain resets on older kernels.
             .linear_memory_keep_resident(1 << 20)
             .table_keep_resident(64 << 10)
+            // Slots no instance uses keep their resident pages only this
+            // many at a time, so the memory of a burst comes back.
+            .max_unused_warm_slots(MAX_UNUSED_WARM_SLOTS)
             .pagemap_scan(Enabled::Auto);
         let mut config = Config::new();
         config

@@ -206,6 +206,8 @@ struct Warm {
     store: Store<RequestState>,
     proxy: Proxy,
     served: u32,
+    /// When it last finished a request.
+    parked: Instant,
 }
 
 impl Worker {
@@ -229,6 +231,16 @@ impl Worker {
         if idle.len() < MAX_IDLE {
             idle.push(warm);
         }
+    }
+
+    /// Drops the instances that have waited longer than `unused` for a
+    /// request, so what a burst took comes back; how many were dropped.
+    pub fn trim_idle(&self, unused: Duration) -> usize {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let before = idle.len();
+        // The pool is a stack: the longest unused are at the bottom.
+        idle.retain(|w| w.parked.elapsed() < unused);
+        before - idle.len()
     }
 }
 
@@ -277,7 +289,7 @@ impl Runtime {
         // A reused instance keeps its Store (and resource table, so handles
         // can never alias across requests); the request's own state is new.
         let (mut store, proxy, served) = match worker.take_idle() {
-            Some(Warm { mut store, proxy, served }) => {
+            Some(Warm { mut store, proxy, served, .. }) => {
                 let state = store.data_mut();
                 state.files = files;
                 state.progress = progress.clone();
@@ -315,7 +327,7 @@ impl Runtime {
             .await;
             match result {
                 Ok(proxy) => {
-                    worker.put_idle(Warm { store, proxy, served: served + 1 });
+                    worker.put_idle(Warm { store, proxy, served: served + 1, parked: Instant::now() });
                     Ok(())
                 }
                 Err(e) => {

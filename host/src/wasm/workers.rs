@@ -33,6 +33,9 @@ const DEPLOY_CONTENT_TYPE: &str = "application/vnd.turserver.worker+wasm";
 pub const MAX_WORKER_SIZE: u64 = 64 << 20;
 /// How often the `--worker` file is looked at.
 const FILE_POLL: Duration = Duration::from_millis(200);
+/// How long an idle instance of a stateless worker waits for its next
+/// request before it is dropped.
+const IDLE_INSTANCE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a new worker has to answer its test request.
 const SMOKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The path of that request: a reserved one, never a file.
@@ -191,6 +194,21 @@ impl Workers {
         }
     }
 
+    /// Drops the active worker's instances that have gone unused for
+    /// [`IDLE_INSTANCE_TIMEOUT`], every so often, and hands the memory they
+    /// held back to the system: a burst's instances do not stay forever.
+    pub fn sweep_idle(self: &Arc<Self>) -> AbortOnDrop {
+        let workers = self.clone();
+        AbortOnDrop::spawn(async move {
+            loop {
+                tokio::time::sleep(IDLE_INSTANCE_TIMEOUT / 2).await;
+                if workers.current().trim_idle(IDLE_INSTANCE_TIMEOUT) > 0 {
+                    release_free_memory();
+                }
+            }
+        })
+    }
+
     /// Watches where new workers come from: the `--worker` file when there
     /// is one, else the database every `interval`.
     pub fn watch(self: &Arc<Self>, file: Option<PathBuf>, interval: Duration) -> AbortOnDrop {
@@ -288,20 +306,25 @@ impl Workers {
     }
 }
 
+/// Hands memory freed after a burst back to the system, rather than keep
+/// it: the allocator keeps freed memory up to its trim threshold, set high
+/// for the serving path (see `main.rs`).
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free memory to the system.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Compiles a candidate off the async threads.
 async fn compile(runtime: Arc<Runtime>, bytes: Vec<u8>) -> anyhow::Result<(Worker, Duration)> {
     tokio::task::spawn_blocking(move || {
         let started = Instant::now();
         let loaded = runtime.load(&bytes).map(|w| (w, started.elapsed()));
         drop(bytes);
-        // Compiling takes tens of MiB that are free again now; hand them
-        // back rather than keep them (the allocator keeps freed memory up to
-        // its trim threshold, set high for the serving path).
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only returns free memory to the system.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        // Compiling takes tens of MiB that are free again now.
+        release_free_memory();
         loaded
     })
     .await?
