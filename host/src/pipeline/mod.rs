@@ -54,8 +54,7 @@ impl Pipeline {
         let access = access::take(&mut req, self.write_token.as_ref());
         let is_get = req.method() == hyper::Method::GET;
         let replay = is_get.then(|| invoke::Replay::of(&req));
-        let files = FilesCtx { store: self.store.clone(), access, max_upload: self.max_upload, progress: None };
-        let resp = invoke::run(&self.workers, worker, req, files).await;
+        let resp = invoke::run(&self.workers, worker, req, self.files(access)).await;
         let mut answer = cache::post_process(self.cache.as_ref(), lookup, resp).await;
         // The version the worker chose vanished before anything was sent
         // (replaced or deleted meanwhile): answer from the store as it is
@@ -65,8 +64,7 @@ impl Pipeline {
                 if answer.is_ok() {
                     break;
                 }
-                let files = FilesCtx { store: self.store.clone(), access, max_upload: self.max_upload, progress: None };
-                let resp = invoke::run(&self.workers, self.workers.current(), replay.request(), files).await;
+                let resp = invoke::run(&self.workers, self.workers.current(), replay.request(), self.files(access)).await;
                 answer = cache::post_process(None, cache::Lookup::uncached(is_get), resp).await;
             }
         }
@@ -78,6 +76,11 @@ impl Pipeline {
         } else {
             resp
         }
+    }
+
+    /// What one run of the worker may do to the store.
+    fn files(&self, access: crate::http::WriteAccess) -> FilesCtx {
+        FilesCtx { store: self.store.clone(), access, max_upload: self.max_upload, progress: None }
     }
 
     /// Registers the pipeline's metrics.

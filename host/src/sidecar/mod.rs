@@ -35,7 +35,7 @@ pub struct Sidecar {
 
 impl Handler for Sidecar {
     async fn handle(&self, req: http::Request) -> Response {
-        self.answer(req).await.unwrap_or_else(|e| json(protocol_error(e)))
+        self.answer(req).await.unwrap_or_else(failure)
     }
 }
 
@@ -45,7 +45,7 @@ impl Sidecar {
         if !admitted {
             tracing::warn!(path = req.uri().path(), "sidecar request with a missing or wrong sidecar token");
             let refused = Error::Unavailable("the store sidecar refused this worker's sidecar token".into());
-            return Ok(json_with_status(401, &turserver_protocol::Error::from(refused)));
+            return Ok(http::json_value(401, &turserver_protocol::Error::from(refused)));
         }
         let access = WriteAccess::judge(req.headers().get(CLIENT_AUTHORIZATION).map(|v| v.as_bytes()), self.write_token.as_ref());
         let mut ctx = FilesCtx { store: self.store.clone(), access, max_upload: self.max_upload, progress: None };
@@ -60,7 +60,7 @@ impl Sidecar {
                 Ok(response(200, Some("application/octet-stream"), bytes))
             }
             Call::List { prefix, cursor, limit } => {
-                Ok(json_ok(&check(wit::Host::list_files(&mut view, prefix, cursor, limit).await)?))
+                Ok(http::json_value(200, &check(wit::Host::list_files(&mut view, prefix, cursor, limit).await)?))
             }
             Call::Upload { path, content_type, size_hint, expect } => {
                 upload(&mut view, path, content_type, size_hint, expect.map(Into::into), body).await
@@ -137,7 +137,7 @@ async fn upload(
                 check(HostUpload::write(view, Resource::new_own(rep), data.to_vec()).await)?;
             }
         }
-        Ok(json_ok(&check(HostUpload::finish(view, Resource::new_own(rep)).await)?))
+        Ok(http::json_value(200, &check(HostUpload::finish(view, Resource::new_own(rep)).await)?))
     }
     .await;
     // Unfinished (an error, or a body cut off) means discarded.
@@ -165,7 +165,7 @@ async fn batch(view: &mut FilesView<'_>, mut body: RequestBody) -> Result<Respon
             }
         }
         frames.finish().map_err(Error::from)?;
-        Ok(json_ok(&check(HostBatch::commit(view, Resource::new_own(rep)).await)?))
+        Ok(http::json_value(200, &check(HostBatch::commit(view, Resource::new_own(rep)).await)?))
     }
     .await;
     let _ = HostBatch::drop(view, batch).await;
@@ -180,21 +180,11 @@ async fn collect_text(body: RequestBody) -> Result<String, Error> {
     String::from_utf8(bytes.to_vec()).map_err(|_| Error::Invalid("body is not UTF-8".into()))
 }
 
-fn protocol_error(e: Error) -> turserver_protocol::Error {
-    e.into()
-}
-
-/// A failure as the wire carries it: the error's JSON with its status.
-fn json(e: turserver_protocol::Error) -> Response {
-    json_with_status(e.status(), &e)
-}
-
-fn json_with_status(status: u16, value: &impl serde::Serialize) -> Response {
-    http::json_value(status, value)
-}
-
-fn json_ok(value: &impl serde::Serialize) -> Response {
-    http::json_value(200, value)
+/// A failure as the wire carries it: the error's JSON, with the status the
+/// worker gives it.
+fn failure(e: Error) -> Response {
+    let e = turserver_protocol::Error::from(e);
+    http::json_value(e.status(), &e)
 }
 
 #[cfg(test)]
