@@ -274,6 +274,10 @@ pub const FRAME_ADD: u8 = b'A';
 /// Kind of a batch frame that appends bytes to the current file.
 pub const FRAME_WRITE: u8 = b'W';
 
+/// Kind of a batch frame that removes a file when the batch commits; its
+/// payload is the path, UTF-8. Added with files@0.1.4.
+pub const FRAME_REMOVE: u8 = b'R';
+
 /// A batch body frame's header: one byte of kind, the payload's length as a
 /// big-endian `u32`. The body's end commits the batch.
 pub fn frame_header(kind: u8, payload_len: usize) -> [u8; 5] {
@@ -292,6 +296,8 @@ pub enum Piece {
     Add { path: String, content_type: String },
     /// Bytes of the current file, in whatever pieces the body brought them.
     Write(Vec<u8>),
+    /// Remove this path when the batch commits.
+    Remove(String),
 }
 
 /// Splits a batch body into [`Piece`]s as its bytes arrive.
@@ -331,8 +337,15 @@ impl FrameReader {
                 // An empty frame: go on to whatever follows it.
                 self.next_piece()
             }
-            FRAME_ADD if len > MAX_ADD_FRAME => Err(Error::Invalid("batch frame too large".into())),
-            FRAME_ADD if self.buf.len() < 5 + len => Ok(None),
+            FRAME_ADD | FRAME_REMOVE if len > MAX_ADD_FRAME => Err(Error::Invalid("batch frame too large".into())),
+            FRAME_ADD | FRAME_REMOVE if self.buf.len() < 5 + len => Ok(None),
+            FRAME_REMOVE => {
+                self.buf.advance(5);
+                let payload = self.buf.split_to(len);
+                let path = String::from_utf8(payload.to_vec())
+                    .map_err(|_| Error::Invalid("bad batch frame: a path that is not UTF-8".into()))?;
+                Ok(Some(Piece::Remove(path)))
+            }
             FRAME_ADD => {
                 self.buf.advance(5);
                 let payload = self.buf.split_to(len);
@@ -435,6 +448,8 @@ mod tests {
         body.extend(frame_header(FRAME_WRITE, 11));
         body.extend(b"hello world");
         body.extend(frame_header(FRAME_WRITE, 0));
+        body.extend(frame_header(FRAME_REMOVE, 9));
+        body.extend(b"old/x.css");
         let mut reader = FrameReader::default();
         let mut got = Vec::new();
         for b in body {
@@ -445,6 +460,7 @@ mod tests {
         }
         reader.finish().unwrap();
         assert_eq!(got[0], Piece::Add { path: "a.txt".into(), content_type: "text/plain".into() });
+        assert_eq!(got.pop(), Some(Piece::Remove("old/x.css".into())));
         let written: Vec<u8> = got[1..]
             .iter()
             .flat_map(|p| match p {
@@ -497,6 +513,7 @@ mod properties {
                     match p {
                         Piece::Add { path, .. } => got.push((path, Vec::new())),
                         Piece::Write(b) => got.last_mut().unwrap().1.extend(b),
+                        Piece::Remove(p) => panic!("no remove frame was sent, got {p:?}"),
                     }
                 }
             }

@@ -58,6 +58,13 @@ impl Guest for Worker {
                     Err(resp) => resp,
                 },
             },
+            Outcome::Plan => match files::check_write().map_err(from_wit) {
+                Err(e) => core::error_response(e),
+                Ok(()) => match read_body(request, core::MAX_PLAN_BODY) {
+                    Ok(body) => core::plan(&body, &mut HostStore),
+                    Err(resp) => resp,
+                },
+            },
         };
         send(resp, out);
     }
@@ -138,6 +145,10 @@ impl core::BatchSink for HostBatch<'_> {
 
     fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
         self.0.write(bytes).map_err(from_wit)
+    }
+
+    fn remove(&mut self, path: &str) -> Result<(), StoreError> {
+        self.0.remove(path).map_err(from_wit)
     }
 }
 

@@ -145,7 +145,7 @@ async fn upload(
     outcome
 }
 
-/// `begin-batch`, then `add`/`write` per frame, `commit` at the body's end.
+/// `begin-batch`, then `add`/`write`/`remove` per frame, `commit` at the body's end.
 async fn batch(view: &mut FilesView<'_>, mut body: RequestBody) -> Result<Response, Error> {
     let batch = check(wit::Host::begin_batch(view).await)?;
     let rep = batch.rep();
@@ -161,6 +161,7 @@ async fn batch(view: &mut FilesView<'_>, mut body: RequestBody) -> Result<Respon
                         check(HostBatch::add(view, Resource::new_own(rep), path, content_type).await)?
                     }
                     Piece::Write(bytes) => check(HostBatch::write(view, Resource::new_own(rep), bytes).await)?,
+                    Piece::Remove(path) => check(HostBatch::remove(view, Resource::new_own(rep), path).await)?,
                 }
             }
         }

@@ -197,3 +197,38 @@ async fn a_batch_keeps_a_bounded_amount_of_small_bodies_in_memory() {
     let spilled = rows[0].i64(0).unwrap() as usize;
     assert!(spilled >= 8 && spilled < n, "{spilled} of {n} small files staged as chunks");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_removes_files_in_the_transaction_that_writes() {
+    let dir = TempDir::new("batch-remove");
+    let store = Arc::new(Store::open_local(&dir.0).await.unwrap());
+    for p in ["site/a.html", "site/old.css", "site/big.bin"] {
+        put(&store, p, &vec![b'x'; if p.ends_with(".bin") { 3 << 20 } else { 10 }], None).await.unwrap();
+    }
+    let paths = |store: Arc<Store>| async move {
+        store.list("", None, 10).await.unwrap().0.into_iter().map(|f| f.path).collect::<Vec<_>>()
+    };
+
+    // A path both written and removed is refused, whichever comes first.
+    let mut batch = store.begin_batch(1 << 30).await.unwrap();
+    batch.add("site/a.html", "text/html").await.unwrap();
+    assert!(matches!(batch.remove("site/a.html").await, Err(StoreError::Invalid(_))));
+    batch.remove("site/old.css").await.unwrap();
+    assert!(matches!(batch.add("site/old.css", "text/css").await, Err(StoreError::Invalid(_))));
+    batch.abort().await;
+    assert_eq!(paths(store.clone()).await, ["site/a.html", "site/big.bin", "site/old.css"], "an aborted batch removes nothing");
+
+    let mut batch = store.begin_batch(1 << 30).await.unwrap();
+    batch.add("site/a.html", "text/html").await.unwrap();
+    batch.write(b"new").await.unwrap();
+    for p in ["site/old.css", "site/big.bin", "site/never-was.txt"] {
+        batch.remove(p).await.unwrap();
+    }
+    let written = batch.commit().await.unwrap();
+    assert_eq!(written.len(), 1);
+    assert_eq!(paths(store.clone()).await, ["site/a.html"]);
+    // The removed large file's chunks went with it.
+    let conn = store.conn().await.unwrap();
+    let rows = sql::query_all(&conn, "SELECT count(*) FROM chunks", ()).await.unwrap();
+    assert_eq!(rows[0].i64(0).unwrap(), 0);
+}

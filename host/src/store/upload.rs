@@ -10,6 +10,7 @@ use super::{unix_now, FileMeta, Store, CHUNK_SIZE};
 use super::error::StoreError;
 use libsql::Connection;
 use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
 use std::io::Write;
 use std::sync::Arc;
 
@@ -269,7 +270,7 @@ impl Upload {
     pub async fn finish(mut self) -> Result<(FileMeta, bool), StoreError> {
         let staged = self.stage().await?;
         let conn = self.conn.clone();
-        let mut published = publish(&conn, vec![staged]).await?;
+        let mut published = publish(&conn, vec![staged], Default::default()).await?;
         // Reuse the connection: with a replica each new one opens another
         // write-delegation session on the primary, which holds it for a while.
         self.store.put_back(conn);
@@ -373,12 +374,16 @@ impl Staged {
     }
 }
 
-/// Publishes staged files in one transaction: all become visible, replacing
-/// what was at their paths, or none does (and their staged bytes are
-/// deleted).
-pub(super) async fn publish(conn: &Connection, staged: Vec<Staged>) -> Result<Vec<(FileMeta, bool)>, StoreError> {
+/// Publishes staged files and removes the files at `removed` in one
+/// transaction: all become visible, replacing what was at their paths, or
+/// none does (and their staged bytes are deleted).
+pub(super) async fn publish(
+    conn: &Connection,
+    staged: Vec<Staged>,
+    removed: BTreeSet<String>,
+) -> Result<Vec<(FileMeta, bool)>, StoreError> {
     let now = unix_now();
-    let result = publish_in_transaction(conn, &staged, now).await;
+    let result = publish_in_transaction(conn, &staged, &removed, now).await;
     if result.is_err() {
         for s in &staged {
             for blob in s.blobs() {
@@ -407,9 +412,19 @@ pub(super) async fn publish(conn: &Connection, staged: Vec<Staged>) -> Result<Ve
         .collect())
 }
 
-async fn publish_in_transaction(conn: &Connection, staged: &[Staged], now: i64) -> Result<Vec<(u64, i64, bool)>, StoreError> {
+async fn publish_in_transaction(
+    conn: &Connection,
+    staged: &[Staged],
+    removed: &BTreeSet<String>,
+    now: i64,
+) -> Result<Vec<(u64, i64, bool)>, StoreError> {
     let w = |e| StoreError::write("publishing an upload", e);
     let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.map_err(w)?;
+    for path in removed {
+        if let Some(old) = super::writes::current(&tx, path).await? {
+            super::writes::remove_file(&tx, old.id).await?;
+        }
+    }
     let mut outcomes = Vec::with_capacity(staged.len());
     for s in staged {
         let old = super::writes::current(&tx, &s.path).await?;
@@ -474,17 +489,31 @@ pub struct Batch {
     held_bytes: u64,
     current: Option<Upload>,
     staged: Vec<Staged>,
+    /// Paths whose files the commit removes.
+    removed: std::collections::BTreeSet<String>,
 }
 
 impl Batch {
     pub(super) fn new(store: Arc<Store>, conn: Connection, max_size: u64) -> Batch {
-        Batch { store, conn, max_size, staged_bytes: 0, held_bytes: 0, current: None, staged: Vec::new() }
+        Batch {
+            store,
+            conn,
+            max_size,
+            staged_bytes: 0,
+            held_bytes: 0,
+            current: None,
+            staged: Vec::new(),
+            removed: Default::default(),
+        }
     }
 
     /// Starts the next file; the previous one is staged.
     pub async fn add(&mut self, path: &str, content_type: &str) -> Result<(), StoreError> {
         self.stage_current().await?;
-        if self.staged.len() >= MAX_BATCH_FILES {
+        if self.removed.contains(path) {
+            return Err(StoreError::Invalid(format!("{path:?} is both written and removed by the batch")));
+        }
+        if self.staged.len() + self.removed.len() >= MAX_BATCH_FILES {
             return Err(StoreError::Invalid(format!("a batch holds at most {MAX_BATCH_FILES} files")));
         }
         // The whole batch shares the upload size limit.
@@ -502,6 +531,20 @@ impl Batch {
             StoreError::TooLarge(_) => StoreError::TooLarge(max),
             other => other,
         })
+    }
+
+    /// Removes the file at `path` when the batch commits (nothing when
+    /// there is none then).
+    pub async fn remove(&mut self, path: &str) -> Result<(), StoreError> {
+        let written = |p: &str| self.staged.iter().any(|s| s.path == p) || self.current.as_ref().is_some_and(|u| u.path == p);
+        if written(path) {
+            return Err(StoreError::Invalid(format!("{path:?} is both written and removed by the batch")));
+        }
+        if self.staged.len() + self.removed.len() >= MAX_BATCH_FILES {
+            return Err(StoreError::Invalid(format!("a batch holds at most {MAX_BATCH_FILES} files")));
+        }
+        self.removed.insert(path.to_string());
+        Ok(())
     }
 
     async fn stage_current(&mut self) -> Result<(), StoreError> {
@@ -522,7 +565,8 @@ impl Batch {
             return Err(e);
         }
         let staged = std::mem::take(&mut self.staged);
-        let published = publish(&self.conn, staged).await?;
+        let removed = std::mem::take(&mut self.removed);
+        let published = publish(&self.conn, staged, removed).await?;
         self.store.put_back(self.conn.clone());
         self.store.written().await;
         Ok(published)

@@ -4,7 +4,7 @@
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    interfaces: "import turserver:store/files@0.1.3;",
+    interfaces: "import turserver:store/files@0.1.4;",
     imports: { default: async | trappable },
     // The sidecar carries these values as JSON.
     additional_derives: [serde::Serialize, serde::Deserialize],

@@ -414,6 +414,13 @@ impl files::HostBatch for FilesView<'_> {
         Ok(bounded("batch write", batch.write(&bytes)).await?)
     }
 
+    async fn remove(&mut self, this: Resource<BatchHandle>, path: String) -> HostResult<()> {
+        let _progress = self.progressed();
+        crate::store::validate_path(&path).map_err(|why| Error::Invalid(format!("{path:?}: {why}")))?;
+        let batch = open(&mut self.table.get_mut(&this)?.0, "batch")?;
+        Ok(bounded("batch remove", batch.remove(&path)).await?)
+    }
+
     async fn commit(&mut self, this: Resource<BatchHandle>) -> HostResult<Vec<Written>> {
         let _progress = self.progressed();
         let batch = take(&mut self.table.get_mut(&this)?.0, "batch")?;

@@ -38,14 +38,24 @@ const ERROR: &str = "variant error { not-found, unauthorized, forbidden, too-lar
 #[test]
 fn workers_built_against_earlier_files_versions_still_link() {
     let runtime = Runtime::new(test_config(16 << 20)).unwrap();
-    // 0.1.0 had no `authorize`; 0.1.1 added it; 0.1.2 added `send`; 0.1.3 `check-write`.
+    // 0.1.0 had no `authorize`; 0.1.1 added it; 0.1.2 added `send`; 0.1.3 `check-write`;
+    // 0.1.4 `batch.remove`.
     let v010 = worker_importing(
         "0.1.0",
         &format!("{ERROR} read: func(version: u64, encoding: string, offset: u64, len: u64) -> result<list<u8>, error>;"),
     );
     let v011 = worker_importing("0.1.1", &format!("{ERROR} authorize: func(credentials: string);"));
+    // 0.1.4 added `batch.remove`: a worker whose batch lacks it still links.
+    let v013 = worker_importing(
+        "0.1.3",
+        &format!(
+            "{ERROR} resource batch {{ add: func(path: string, content-type: string) -> result<_, error>; }} \
+             begin-batch: func() -> result<batch, error>; check-write: func() -> result<_, error>;"
+        ),
+    );
     runtime.load(&v010).expect("a 0.1.0 worker links");
     runtime.load(&v011).expect("a 0.1.1 worker links");
+    runtime.load(&v013).expect("a 0.1.3 worker links");
 
     // The checks can fail: another major version, or a function this
     // host lacks, is refused.

@@ -378,6 +378,10 @@ impl GuestBatch for Batch {
         self.0.send(&[&protocol::frame_header(protocol::FRAME_WRITE, bytes.len()), &bytes])
     }
 
+    fn remove(&self, path: String) -> Result<(), Error> {
+        self.0.send(&[&protocol::frame_header(protocol::FRAME_REMOVE, path.len()), path.as_bytes()])
+    }
+
     fn commit(&self) -> Result<Vec<Written>, Error> {
         json(self.0.finish()?)
     }

@@ -1,9 +1,10 @@
-//! A batch body: a tar archive whose regular files are published together,
+//! A batch body: a tar archive whose regular files are published together
+//! (and whose manifest entry, [`MANIFEST_ENTRY`], names files to remove),
 //! or (on any bad entry, a cut-off body or a store failure) none is. The
 //! archive is read from any `Read` into any [`BatchSink`], so this runs
 //! natively in tests as it runs over a request stream in the worker.
 
-use super::{batch_entry, error_response, Response, StoreError};
+use super::{batch_entry, error_response, read_manifest, Response, StoreError, MANIFEST_ENTRY, MAX_MANIFEST};
 use std::io::Read;
 
 /// Where a batch's files go: the host's batch, or a fake in tests.
@@ -12,6 +13,8 @@ pub trait BatchSink {
     fn add(&mut self, path: &str, content_type: &str) -> Result<(), StoreError>;
     /// Appends bytes to the current file.
     fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Removes a path when the batch commits.
+    fn remove(&mut self, path: &str) -> Result<(), StoreError>;
 }
 
 /// Reads `archive` into `sink` entry by entry, in pieces of `buf`'s size:
@@ -30,6 +33,17 @@ pub fn read_batch(archive: impl Read, sink: &mut impl BatchSink, buf: &mut [u8])
         let name = entry.path().map_err(bad)?.to_string_lossy().to_string();
         if !kind.is_file() {
             return Err(Response::text(400, format!("entry {name:?}: only regular files and directories")));
+        }
+        if name.trim_start_matches("./").trim_start_matches('/') == MANIFEST_ENTRY {
+            if entry.size() > MAX_MANIFEST {
+                return Err(Response::text(413, format!("{MANIFEST_ENTRY} is larger than {MAX_MANIFEST} bytes")));
+            }
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).map_err(bad)?;
+            for path in read_manifest(&bytes).map_err(|why| Response::text(400, why))? {
+                sink.remove(&path).map_err(error_response)?;
+            }
+            continue;
         }
         let (path, content_type) = batch_entry(&name).map_err(|why| Response::text(400, why))?;
         sink.add(&path, &content_type).map_err(error_response)?;

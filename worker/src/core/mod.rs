@@ -10,12 +10,15 @@
 //! - `preconditions`: conditional requests (RFC 9110 section 13).
 //! - `write`: uploads, deletes, batch entries, the site document.
 //! - `batch`: a tar archive read into a batch, all or nothing.
+//! - `deploy`: the plan of a deploy (what to send, what to remove) and a
+//!   batch's manifest of removals.
 //! - `cors`: preflights and CORS headers.
 //! - `list`: the file listing API.
 //! - `rules`: the site rules a request is served by, parsed once per version.
 
 mod batch;
 mod cors;
+mod deploy;
 mod list;
 mod preconditions;
 mod rules;
@@ -23,6 +26,7 @@ mod serve;
 mod write;
 
 pub use batch::{read_batch, BatchSink};
+pub use deploy::{plan, read_manifest, store_path, Manifest, Plan, MANIFEST_ENTRY, MAX_MANIFEST, MAX_PLAN_BODY};
 pub use rules::RulesCache;
 pub use serve::etag_for;
 pub use write::{batch_entry, batch_response, guess_content_type, put_site_config, upload_response};
@@ -171,6 +175,14 @@ impl Response {
         self
     }
 
+    /// A text response's message, without its line end.
+    pub(crate) fn message(&self) -> String {
+        match &self.body {
+            Body::Bytes(b) => String::from_utf8_lossy(b).trim().to_string(),
+            _ => String::new(),
+        }
+    }
+
     /// The value of a response header, for tests and the entry point.
     pub fn get(&self, name: &str) -> Option<&str> {
         self.headers
@@ -194,6 +206,9 @@ pub enum Outcome {
     /// Stream the request body (a tar archive) into a batch: each regular
     /// file goes through [`batch_entry`]; answer with [`batch_response`].
     Batch,
+    /// Read the request body (at most [`MAX_PLAN_BODY`] bytes), once the
+    /// client may write, and answer with [`plan`].
+    Plan,
 }
 
 /// Methods the file routes answer.
@@ -206,6 +221,7 @@ pub const MAX_SITE_CONFIG: usize = turserver_protocol::MAX_SITE_CONFIG;
 pub(crate) const LIST_ROUTE: &str = "_api/files";
 pub(crate) const SITE_ROUTE: &str = "_api/site";
 pub(crate) const BATCH_ROUTE: &str = "_api/batch";
+pub(crate) const PLAN_ROUTE: &str = "_api/plan";
 
 /// Routes one request, parsing the site rules afresh.
 pub fn handle(req: &Request, store: &mut impl Store) -> Outcome {
@@ -243,6 +259,12 @@ fn route(req: &Request, target: &NormalPath, query: Option<&str>, rules: &SiteRu
     if !target.dir && target.path == BATCH_ROUTE {
         return match req.method.as_str() {
             "POST" => Outcome::Batch,
+            _ => Outcome::Respond(method_not_allowed("POST")),
+        };
+    }
+    if !target.dir && target.path == PLAN_ROUTE {
+        return match req.method.as_str() {
+            "POST" => Outcome::Plan,
             _ => Outcome::Respond(method_not_allowed("POST")),
         };
     }

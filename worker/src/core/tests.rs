@@ -243,6 +243,16 @@ fn put_decides_type_size_and_expectation() {
         handle(&r, &mut s),
         Outcome::Upload { path: "blob".into(), content_type: "image/png".into(), size_hint: Some(12), expect: None }
     );
+    // Types clients send by default are replaced by the extension's.
+    for default in ["application/x-www-form-urlencoded", "application/octet-stream", "Multipart/Form-Data; boundary=x"] {
+        let r = with(req("PUT", "/index.html"), "content-type", default);
+        assert!(
+            matches!(handle(&r, &mut s), Outcome::Upload { content_type, .. } if content_type == "text/html; charset=utf-8"),
+            "{default}"
+        );
+    }
+    let r = with(req("PUT", "/notes.md"), "content-type", "text/plain; charset=latin1");
+    assert!(matches!(handle(&r, &mut s), Outcome::Upload { content_type, .. } if content_type == "text/plain; charset=latin1"));
     // Create-only.
     let r = with(req("PUT", "/new.txt"), "if-none-match", "*");
     assert!(matches!(handle(&r, &mut s), Outcome::Upload { expect: Some(Expect::Absent), .. }));
@@ -386,6 +396,7 @@ fn rules_are_parsed_once_per_document() {
 #[derive(Default)]
 struct Sink {
     files: Vec<(String, String, Vec<u8>)>,
+    removed: Vec<String>,
     fail_writes: bool,
 }
 
@@ -399,6 +410,10 @@ impl BatchSink for Sink {
             return Err(StoreError::TooLarge(1));
         }
         self.files.last_mut().unwrap().2.extend_from_slice(bytes);
+        Ok(())
+    }
+    fn remove(&mut self, path: &str) -> Result<(), StoreError> {
+        self.removed.push(path.into());
         Ok(())
     }
 }
@@ -451,4 +466,61 @@ fn a_bad_batch_archive_is_refused_with_why() {
     // The store's refusal is the answer.
     let ok = archive(&[("a.txt", tar::EntryType::Regular, b"abc")]);
     assert_eq!(status(&ok, &mut Sink { fail_writes: true, ..Sink::default() }), 413);
+}
+
+#[test]
+fn a_batch_manifest_names_files_to_remove() {
+    let manifest = br#"{"remove": ["/old/a.css", "b//c.js"]}"#;
+    let tar = archive(&[
+        ("site/index.html", tar::EntryType::Regular, b"<h1>hi</h1>"),
+        (MANIFEST_ENTRY, tar::EntryType::Regular, manifest),
+    ]);
+    let mut sink = Sink::default();
+    read_batch(&tar[..], &mut sink, &mut [0u8; 64]).unwrap();
+    assert_eq!(sink.files.len(), 1, "the manifest is not stored as a file");
+    assert_eq!(sink.removed, ["old/a.css", "b/c.js"]);
+
+    for bad in [&br#"{"remove": ["../x"]}"#[..], br#"{"remove": ["_api/x"]}"#, br#"{"delete": []}"#, b"not json"] {
+        let tar = archive(&[(MANIFEST_ENTRY, tar::EntryType::Regular, bad)]);
+        let err = read_batch(&tar[..], &mut Sink::default(), &mut [0u8; 64]).unwrap_err();
+        assert_eq!(err.status, 400, "{}", String::from_utf8_lossy(bad));
+    }
+}
+
+/// The plan a request body gets from a store holding `stored`.
+fn plan_of(stored: &[&str], body: &str) -> Response {
+    let mut s = Fake::with(stored);
+    assert_eq!(handle(&req("POST", "/_api/plan"), &mut s), Outcome::Plan);
+    plan(body.as_bytes(), &mut s)
+}
+
+#[test]
+fn a_plan_sends_what_is_new_or_changed_and_removes_what_is_gone() {
+    // The fake's files have the hash `etag_for` gives their index; take the
+    // stored hash of the first to name it unchanged.
+    let s = Fake::with(&["site/a.html", "site/b.css", "site/old.js", "other/x"]);
+    let same = s.files["site/a.html"].hash.clone();
+    let body = format!(
+        r#"{{"prefix": "site", "files": {{"site/a.html": "{same}", "site/b.css": "{}", "site/new.txt": "{}"}}}}"#,
+        "0".repeat(64),
+        "a".repeat(64)
+    );
+    let r = plan_of(&["site/a.html", "site/b.css", "site/old.js", "other/x"], &body);
+    assert_eq!(r.status, 200, "{}", r.message());
+    let got: serde_json::Value = serde_json::from_str(&r.message()).unwrap();
+    assert_eq!(got["unchanged"], serde_json::json!(["site/a.html"]));
+    assert_eq!(got["upload"], serde_json::json!(["site/b.css", "site/new.txt"]));
+    assert_eq!(got["remove"], serde_json::json!(["site/old.js"]), "nothing outside the prefix");
+
+    let zero = "0".repeat(64);
+    for (body, why) in [
+        (format!(r#"{{"files": {{"../x": "{zero}"}}}}"#), "escaping path"),
+        (format!(r#"{{"files": {{"_api/x": "{zero}"}}}}"#), "reserved path"),
+        (r#"{"files": {"a": "abc"}}"#.to_string(), "short hash"),
+        (format!(r#"{{"prefix": "site", "files": {{"other/a": "{zero}"}}}}"#), "outside the prefix"),
+        (format!(r#"{{"files": {{"a": "{zero}", "/a": "{zero}"}}}}"#), "named twice"),
+        ("[]".to_string(), "not an object"),
+    ] {
+        assert_eq!(plan_of(&[], &body).status, 400, "{why}");
+    }
 }

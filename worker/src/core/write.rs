@@ -1,7 +1,7 @@
 //! Writes: where a file may be written, uploads and their answers, deletes,
 //! batch entries, and the site rules document.
 
-use super::{error_response, preconditions, Body, FileEntry, Metadata, Outcome, Request, Response, Store, StoreError};
+use super::{error_response, preconditions, FileEntry, Metadata, Outcome, Request, Response, Store, StoreError};
 use crate::http;
 use crate::path::{self, NormalPath};
 use crate::site::SiteRules;
@@ -24,9 +24,8 @@ pub(crate) fn put(req: &Request, target: &NormalPath, store: &mut impl Store) ->
     }
     let content_type = match req.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("content-type")) {
         Some((_, v)) => match std::str::from_utf8(v) {
-            Ok(s) if turserver_protocol::valid_media_type(s) => {
-                s.trim().to_string()
-            }
+            Ok(s) if is_client_default_type(s) => guess_content_type(&target.path),
+            Ok(s) if turserver_protocol::valid_media_type(s) => s.trim().to_string(),
             _ => return Outcome::Respond(Response::text(400, "bad content-type header")),
         },
         None => guess_content_type(&target.path),
@@ -40,6 +39,18 @@ pub(crate) fn put(req: &Request, target: &NormalPath, store: &mut impl Store) ->
         Ok(expect) => Outcome::Upload { path: target.path.clone(), content_type, size_hint, expect },
         Err(resp) => Outcome::Respond(resp),
     }
+}
+
+/// Types that HTTP clients send on their own rather than because the body is
+/// of that type: curl's `--data-binary` says `application/x-www-form-urlencoded`
+/// and many tools say `application/octet-stream` for any file. An upload
+/// with one of them (or none) is typed by its path's extension instead; any
+/// other type is stored as given.
+pub fn is_client_default_type(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    ["application/x-www-form-urlencoded", "application/octet-stream", "multipart/form-data"]
+        .iter()
+        .any(|t| essence.eq_ignore_ascii_case(t))
 }
 
 /// The media type for a path's extension, `application/octet-stream` when
@@ -94,11 +105,7 @@ pub fn batch_entry(name: &str) -> Result<(String, String), String> {
     let target = path::normalise(&format!("/{}", name.trim_start_matches("./").trim_start_matches('/')))
         .map_err(|e| format!("entry {name:?}: {e}"))?;
     if let Err(resp) = writable(&target) {
-        let why = match resp.body {
-            Body::Bytes(b) => String::from_utf8_lossy(&b).trim().to_string(),
-            _ => "not writable".into(),
-        };
-        return Err(format!("entry {name:?}: {why}"));
+        return Err(format!("entry {name:?}: {}", resp.message()));
     }
     let content_type = guess_content_type(&target.path);
     Ok((target.path, content_type))
