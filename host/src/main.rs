@@ -1,7 +1,7 @@
 use clap::Parser;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
-use turserver::app::{Cli, Command, WorkerCommand};
+use turserver::app::{self, Cli, Command, WorkerCommand};
 
 /// Applied when RUST_LOG is unset. libSQL's replication client warns about
 /// every slow frame fetch; the sync loop reports real failures itself.
@@ -38,15 +38,27 @@ async fn run() -> ExitCode {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Serve(args) => turserver::app::run(args).await,
-        Command::Worker(WorkerCommand::Deploy(args)) => turserver::app::deploy_worker(args).await,
-    };
-    match result {
+    let client = |result: anyhow::Result<()>| match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    match cli.command {
+        Command::Serve(args) => match turserver::app::run(args).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Deploy(args) => client(app::deploy(args).await),
+        Command::Put(args) => client(app::put(args).await),
+        Command::Get(args) => client(app::get(args).await),
+        Command::Ls(args) => client(app::ls(args).await),
+        Command::Rm(args) => client(app::rm(args).await),
+        Command::Status(args) => client(app::status(args).await),
+        Command::Worker(WorkerCommand::Deploy(args)) => client(app::deploy_worker(args).await),
     }
 }

@@ -3,6 +3,7 @@
 
 mod cache;
 mod conformance;
+mod deploy;
 mod hardening;
 mod local;
 mod operations;

@@ -42,6 +42,19 @@ pub struct Cli {
 pub enum Command {
     /// Serve files over HTTP.
     Serve(ServeArgs),
+    /// Publish a folder (e.g. your site's build output) in one atomic step,
+    /// sending only the files that changed.
+    Deploy(DeployArgs),
+    /// Upload one file.
+    Put(PutArgs),
+    /// Download one file (to stdout, or to -o FILE).
+    Get(GetArgs),
+    /// List stored files.
+    Ls(LsArgs),
+    /// Remove files.
+    Rm(RmArgs),
+    /// Show an edge's status: mode, worker, replication.
+    Status(StatusArgs),
     /// Manage the worker of running servers.
     #[command(subcommand)]
     Worker(WorkerCommand),
@@ -51,19 +64,120 @@ pub enum Command {
 pub enum WorkerCommand {
     /// Store a worker component on the primary; every edge swaps to it on
     /// its next sync.
-    Deploy(DeployArgs),
+    Deploy(WorkerDeployArgs),
+}
+
+/// Where the client commands send their requests.
+#[derive(Debug, Clone, Args)]
+pub struct RemoteArgs {
+    /// The edge to talk to.
+    #[arg(long, env = "TURSERVER_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// The edge's write token (never printed).
+    #[arg(long, env = "TURSERVER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Times a request is sent again after a lost connection or a 503,
+    /// waiting longer each time (as long as `Retry-After` asks, when given).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub retries: u32,
 }
 
 #[derive(Debug, Clone, Args)]
-pub struct DeployArgs {
+pub struct WorkerDeployArgs {
     /// The component (.wasm) to deploy.
     pub file: PathBuf,
-    /// A turserver edge to send it through (`http://` only).
-    #[arg(long, env = "TURSERVER_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// The edge's write token.
-    #[arg(long, env = "TURSERVER_WRITE_TOKEN", hide_env_values = true)]
-    pub token: String,
+    /// The edge, and its token (also read from `TURSERVER_WRITE_TOKEN`).
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:\n  turserver deploy dist --url http://127.0.0.1:8080 --token dev-token\n  \
+    turserver deploy public --prefix docs --delete --exclude '*.map' --dry-run")]
+pub struct DeployArgs {
+    /// The folder to publish; its files are stored under --prefix with
+    /// their paths inside it (`.git/` is always skipped).
+    pub dir: PathBuf,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+    /// Store the files under this folder of the site (default: the root).
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Also remove stored files under --prefix that are not in DIR, in the
+    /// same transaction.
+    #[arg(long)]
+    pub delete: bool,
+    /// Print what would be uploaded, kept and deleted; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Leave out files matching this glob (relative to DIR, gitignore
+    /// syntax); repeatable.
+    #[arg(long, value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// Honour `.gitignore` and `.ignore` files inside DIR.
+    #[arg(long)]
+    pub respect_ignore: bool,
+    /// Threads hashing files (default: one per CPU).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub concurrency: Option<u16>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PutArgs {
+    /// The local file.
+    pub file: PathBuf,
+    /// Where to store it, e.g. `docs/index.html`.
+    pub path: String,
+    /// Its media type (default: from the path's extension).
+    #[arg(long)]
+    pub content_type: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// The stored path, e.g. `docs/index.html`.
+    pub path: String,
+    /// Write here instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct LsArgs {
+    /// Only paths starting with this.
+    pub prefix: Option<String>,
+    /// Size, last modified and media type too.
+    #[arg(short, long)]
+    pub long: bool,
+    /// A JSON array of entries.
+    #[arg(long, conflicts_with = "long")]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RmArgs {
+    /// Stored paths to remove.
+    pub paths: Vec<String>,
+    /// Remove every file under this folder, in one transaction.
+    #[arg(long, short, value_name = "PREFIX")]
+    pub recursive: Option<String>,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The raw status document.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 }
 
 #[derive(Debug, Clone, Args)]

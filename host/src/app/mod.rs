@@ -3,13 +3,14 @@
 //!
 //! - `config`: command line and environment, validated up front.
 //! - `routes`: the host's own endpoints, and the rest to the pipeline.
-//! - `client`: `turserver worker deploy`, a client of a running edge.
+//! - `client`: the client commands (`deploy`, `put`, `get`, `ls`, `rm`,
+//!   `status`, `worker deploy`), HTTP clients of a running edge.
 
 mod client;
 mod config;
 mod routes;
 
-pub use client::deploy_worker;
+pub use client::{deploy, deploy_worker, get, ls, put, rm, status};
 pub use config::{Cli, Command, ServeArgs, WorkerCommand};
 
 use crate::http::{self, Connections, Limits, TokenDigest};
