@@ -10,6 +10,7 @@ prints one table with each target marked met or not.
     python3 tests/bench.py            # full run, about 12 minutes after the build
     python3 tests/bench.py --quick    # shorter runs, for a rough look
     python3 tests/bench.py --no-soak  # without the soak test (64 clients, 60 s)
+    python3 tests/bench.py --deploy-only  # only the deploy figures
 
 Needs wrk and nginx (Debian: apt-get install wrk nginx-light).
 """
@@ -118,8 +119,10 @@ def start_turserver(binary, data_dir, *extra):
 
 
 def put(url, path, data, content_type="application/octet-stream"):
-    status, body, _ = http("PUT", f"{url}/{path}", data,
-                           {"Authorization": f"Bearer {TOKEN}", "Content-Type": content_type})
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    if content_type:
+        headers["Content-Type"] = content_type
+    status, body, _ = http("PUT", f"{url}/{path}", data, headers)
     if status not in (201, 204):
         raise SystemExit(f"PUT {path}: {status} {body[:200]!r}")
 
@@ -271,15 +274,130 @@ def batch_vs_put(url, files):
     return single, batched
 
 
+def make_site(root, files, incompressible=False, seed=1):
+    """`files` files of 10 KiB in nested folders: two thirds HTML/JS/CSS/JSON
+    text that compresses, one third images that do not; or, with
+    `incompressible`, random bytes named .txt (text by type, not by content)."""
+    import random
+    rnd = random.Random(seed)
+    words = "the quick brown fox jumps over a lazy dog <div class=item> lorem ipsum {} ; function".split()
+    for i in range(files):
+        folder = os.path.join(root, f"s{i % 10}", f"p{i % 7}")
+        os.makedirs(folder, exist_ok=True)
+        if incompressible:
+            name, body = f"f{i}.txt", os.urandom(10 * 1024)
+        else:
+            ext = ["html", "js", "css", "json", "png", "jpg"][i % 6]
+            if ext in ("png", "jpg"):
+                body = os.urandom(10 * 1024)
+            else:
+                body = " ".join(rnd.choice(words) for _ in range(3000)).encode()[:10 * 1024]
+            name = f"f{i}.{ext}"
+        with open(os.path.join(folder, name), "wb") as f:
+            f.write(body)
+
+
+def run_deploy(binary, site, url, *extra):
+    """Seconds one `turserver deploy` took, and the client's peak RSS in MiB."""
+    t0 = time.time()
+    p = subprocess.Popen([binary, "deploy", site, "--url", url, "--token", TOKEN, *extra],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while p.poll() is None:
+        peak = max(peak, rss_kib(p.pid, "VmHWM"))
+        time.sleep(0.01)
+    took = time.time() - t0
+    out, err = p.communicate()
+    if p.returncode != 0:
+        raise SystemExit(f"deploy {site} failed: {out}{err}")
+    return took, peak / 1024
+
+
+def deploy_bench(binary, edge_url, work, quick):
+    """Deploys through a replica edge: 1,000 files of 10 KiB, again with
+    nothing changed, again with 10 changed, the same files as one PUT each,
+    1,000 incompressible .txt files, and one 1 GiB file."""
+    site = os.path.join(work, "deploy-site")
+    make_site(site, 1000)
+    first, _ = run_deploy(binary, site, edge_url, "--prefix", "site")
+    unchanged, _ = run_deploy(binary, site, edge_url, "--prefix", "site")
+    changed = sorted(os.path.join(d, f) for d, _, fs in os.walk(site) for f in fs)[::100][:10]
+    for path in changed:
+        with open(path, "ab") as f:
+            f.write(b" changed")
+    ten, _ = run_deploy(binary, site, edge_url, "--prefix", "site")
+    t0 = time.time()
+    for d, _, fs in os.walk(site):
+        for f in fs:
+            path = os.path.join(d, f)
+            with open(path, "rb") as fh:
+                put(edge_url, "single/" + os.path.relpath(path, site), fh.read(), content_type="")
+    single = time.time() - t0
+    txt = os.path.join(work, "deploy-txt")
+    make_site(txt, 1000, incompressible=True)
+    txt_time, _ = run_deploy(binary, txt, edge_url, "--prefix", "txt")
+    big_dir = os.path.join(work, "deploy-big")
+    os.makedirs(big_dir)
+    big_size = (256 if quick else 1024) << 20
+    with open(os.path.join(big_dir, "blob.bin"), "wb") as f:
+        for _ in range(big_size >> 20):
+            f.write(os.urandom(1 << 20))
+    big_time, big_rss = run_deploy(binary, big_dir, edge_url, "--prefix", "big")
+    shutil.rmtree(big_dir, ignore_errors=True)
+    return {"first": first, "unchanged": unchanged, "ten": ten, "single": single, "txt": txt_time,
+            "big_mb_s": big_size / big_time / 1e6, "big_rss": big_rss, "big_size": big_size}
+
+
+def start_sqld(sqld, work):
+    port = free_port()
+    Proc([sqld, "--db-path", os.path.join(work, "primary"), "--http-listen-addr", f"127.0.0.1:{port}", "--no-welcome"],
+         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    primary_url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if http("GET", primary_url + "/health")[0] == 200:
+                return primary_url
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit("sqld did not start")
+
+
+def print_deploy(dep):
+    print(f"deploy, 1,000 x 10 KiB (text and images) via a replica edge: {dep['first']:.2f} s; "
+          f"again unchanged {dep['unchanged']:.2f} s; 10 changed {dep['ten']:.2f} s; "
+          f"as one PUT per file {dep['single']:.2f} s")
+    print(f"deploy, 1,000 x 10 KiB incompressible .txt: {dep['txt']:.2f} s")
+    print(f"deploy, one {dep['big_size'] >> 20} MiB file: {dep['big_mb_s']:.0f} MB/s, "
+          f"client peak RSS {dep['big_rss']:.0f} MiB")
+
+
+def deploy_checks(dep):
+    return [
+    ] + deploy_checks(dep)
+
+
+def deploy_only(binary, sqld, work, quick):
+    primary_url = start_sqld(sqld, work)
+    _, edge_url = start_turserver(binary, os.path.join(work, "edge"), "--primary-url", primary_url,
+                                  "--max-upload-size", str(2 << 30))
+    dep = deploy_bench(binary, edge_url, work, quick)
+    print()
+    print_deploy(dep)
+    print()
+    for name, ok, figure in deploy_checks(dep):
+        print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter runs")
     ap.add_argument("--no-soak", action="store_true", help="skip the soak test")
+    ap.add_argument("--deploy-only", action="store_true", help="only the deploy figures (needs sqld, not wrk)")
     opts = ap.parse_args()
     seconds = 2 if opts.quick else 4
     rounds = 3 if opts.quick else 5
     lag_writes = 40 if opts.quick else 200
-    for tool in ("wrk", "nginx", "curl"):
+    for tool in () if opts.deploy_only else ("wrk", "nginx", "curl"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install wrk nginx-light curl")
 
@@ -298,6 +416,8 @@ def main():
         with open(os.path.join(disk, name), "wb") as f:
             f.write(data)
 
+    if opts.deploy_only:
+        return deploy_only(binary, sqld, work, opts.quick)
     nginx_url = nginx(disk)
     plain, plain_url = start_turserver(binary, os.path.join(work, "plain"), "--response-cache-mib", "0")
     cached, cached_url = start_turserver(binary, os.path.join(work, "cached"))
@@ -307,18 +427,9 @@ def main():
     put(plain_url, "big.bin", big)
 
     log("replica mode: starting sqld")
-    port = free_port()
-    Proc([sqld, "--db-path", os.path.join(work, "primary"), "--http-listen-addr", f"127.0.0.1:{port}", "--no-welcome"],
-         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    primary_url = f"http://127.0.0.1:{port}"
-    for _ in range(200):
-        try:
-            if http("GET", primary_url + "/health")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.05)
+    primary_url = start_sqld(sqld, work)
     edge, edge_url = start_turserver(binary, os.path.join(work, "edge"), "--primary-url", primary_url,
-                                     "--response-cache-mib", "0")
+                                     "--response-cache-mib", "0", "--max-upload-size", str(2 << 30))
     put(edge_url, "f1k.bin", files["f1k.bin"])
 
     # The machine's speed drifts by more than the differences measured, so
@@ -351,6 +462,9 @@ def main():
     log("batch vs single PUT (200 x 1 KiB, replica mode)")
     single_rate, batch_rate = batch_vs_put(edge_url, 200)
 
+    log("deploys through the replica edge (1,000 x 10 KiB; 1 GiB)")
+    dep = deploy_bench(binary, edge_url, work, opts.quick)
+
     log("100 MiB downloads")
     # Single downloads alternate between turserver and nginx, seven each, so
     # both see the same drift; each figure is the median (the first of each
@@ -374,6 +488,8 @@ def main():
     print(f"writes, 200 x 1 KiB in replica mode: {single_rate:.0f} files/s one PUT each, "
           f"{batch_rate:.0f} files/s in one batch ({batch_rate / single_rate:.1f}x)")
 
+    print_deploy(dep)
+
     def row(test, label):
         return next(r for r in rows if r[0] == test and r[1] == label)
 
@@ -393,7 +509,7 @@ def main():
          f"{anon_growth:.1f} MiB (total RSS {rss_growth:.1f} MiB)"),
         ("edge read p99 < 1 ms at 2 conns (replica)", replica_p99 < 1.0, f"{replica_p99:.2f} ms"),
         ("sync lag p99 <= interval + 50 ms", lag99 <= 1050, f"{lag99:.0f} ms"),
-    ]
+    ] + deploy_checks(dep)
     print()
     for name, ok, figure in checks:
         print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")

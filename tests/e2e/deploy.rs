@@ -340,3 +340,36 @@ fn the_file_commands_put_get_list_and_remove() {
     assert_eq!(r.status(), 201);
     assert_eq!(edge.get("/index.html").headers()["content-type"], "text/html; charset=utf-8");
 }
+
+#[test]
+fn an_edge_that_goes_away_mid_deploy_fails_it_and_keeps_the_old_site() {
+    let data = TempDir::new("edge-data");
+    let edge = Server::start(data.path(), &[], None);
+    let dir = TempDir::new("site");
+    write(dir.path(), "index.html", b"<h1>v1</h1>");
+    deploy(&edge, dir.path(), &[]);
+    write(dir.path(), "index.html", b"<h1>v2</h1>");
+    write(dir.path(), "large.bin", &pseudo_random(256 << 20, 3));
+    let child = Command::new(env!("CARGO_BIN_EXE_turserver"))
+        .args(["deploy", dir.path().to_str().unwrap(), "--url", &edge.url(""), "--token", TOKEN, "--retries", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the edge is taking the upload (its database grows), then kill it.
+    let stored = || -> u64 {
+        std::fs::read_dir(data.path()).unwrap().flatten().filter_map(|e| e.metadata().ok()).filter(|m| m.is_file()).map(|m| m.len()).sum()
+    };
+    let before = stored();
+    let started = eventually(Duration::from_secs(30), || (stored() > before + (16 << 20)).then_some(()));
+    assert!(started.is_some(), "the upload reached the edge");
+    edge.kill();
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "a deploy that did not commit exits non-zero");
+    assert!(err.contains("the edge still serves the previous version"), "{err}");
+
+    let edge = Server::start(data.path(), &[], None);
+    assert_eq!(edge.get("/index.html").text().unwrap(), "<h1>v1</h1>");
+    assert_eq!(edge.get("/large.bin").status(), 404);
+}

@@ -128,6 +128,17 @@ fn the_composed_worker_serves_like_the_host() {
     assert_eq!(r.status(), 200, "{:?}", r.text());
     assert_eq!(edge.get("/batch/a.txt").text().unwrap(), "first");
     assert_eq!(edge.get("/batch/b.txt").text().unwrap(), "second");
+    // A deploy's plan and its removals go through the adapter too.
+    let plan = format!(r#"{{"prefix": "batch", "files": {{"batch/a.txt": "{}"}}}}"#, sha256_hex(b"first"));
+    let r = c.post(spin.url("/_api/plan")).bearer_auth(TOKEN).body(plan).send().unwrap();
+    let plan: serde_json::Value = r.json().unwrap();
+    assert_eq!(plan["unchanged"], serde_json::json!(["batch/a.txt"]));
+    assert_eq!(plan["remove"], serde_json::json!(["batch/b.txt"]));
+    let archive = tar_of(&[("batch/c.txt", "third"), ("_turserver/batch.json", r#"{"remove": ["batch/b.txt"]}"#)]);
+    let r = c.post(spin.url("/_api/batch")).bearer_auth(TOKEN).body(archive).send().unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text());
+    assert_eq!(edge.get("/batch/b.txt").status(), 404);
+    assert_eq!(edge.get("/batch/c.txt").text().unwrap(), "third");
 
     // Site rules written through the adapter apply on both paths.
     assert_eq!(c.put(spin.url("/_api/site")).body("{}").send().unwrap().status(), 401);

@@ -11,7 +11,8 @@
 //!
 //! - `reads`: metadata, bodies and listings, through a read cache.
 //! - `writes`: deletes, the site document, conditional-write checks, GC.
-//! - `upload`: staging bodies (and their encodings) and publishing them.
+//! - `upload`: staging bodies (and their encodings), uploads and batches.
+//! - `publish`: making staged files visible in one transaction, in groups.
 //! - `replication`: syncs, positions, read-your-writes waits, sync stats.
 //! - `replica`: opening, checking and rebuilding the embedded replica.
 //! - `upkeep`: the background sync loop and garbage collector.
@@ -24,6 +25,7 @@
 mod error;
 mod paths;
 mod pool;
+mod publish;
 mod reads;
 mod replica;
 mod replication;

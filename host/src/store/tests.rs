@@ -232,3 +232,29 @@ async fn a_batch_removes_files_in_the_transaction_that_writes() {
     let rows = sql::query_all(&conn, "SELECT count(*) FROM chunks", ()).await.unwrap();
     assert_eq!(rows[0].i64(0).unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_publishes_every_file_and_replaces_old_ones() {
+    let dir = TempDir::new("batch-large");
+    let store = Arc::new(Store::open_local(&dir.0).await.unwrap());
+    put(&store, "many/7.txt", b"old", None).await.unwrap();
+    let mut batch = store.begin_batch(1 << 30).await.unwrap();
+    let body = |i: usize| format!("file {i} ").repeat(i % 300 + 1).into_bytes();
+    for i in 0..450 {
+        batch.add(&format!("many/{i}.txt"), "text/plain").await.unwrap();
+        batch.write(&body(i)).await.unwrap();
+    }
+    assert!(matches!(batch.add("many/3.txt", "text/plain").await, Err(StoreError::Invalid(_))), "a path written twice");
+    let written = batch.commit().await.unwrap();
+    assert_eq!(written.len(), 450);
+    let mut versions = std::collections::HashSet::new();
+    for (meta, created) in &written {
+        let i: usize = meta.path.trim_start_matches("many/").trim_end_matches(".txt").parse().unwrap();
+        assert_eq!(*created, i != 7, "{}", meta.path);
+        assert!(versions.insert(meta.version), "each file its own version");
+        assert_eq!(store.read_whole(Reader::Public, meta.version, meta.size).await.unwrap(), body(i));
+        let stat = store.stat(&meta.path).await.unwrap().unwrap();
+        assert_eq!((stat.version, stat.encodings.len()), (meta.version, meta.encodings.len()), "{}", meta.path);
+    }
+    assert_eq!(store.list("many/", None, 1000).await.unwrap().0.len(), 450);
+}

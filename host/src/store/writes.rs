@@ -6,7 +6,9 @@ use super::error::StoreError;
 use super::sql::query_all;
 use super::upload::{self, Batch, Expect, Upload};
 use super::{unix_now, Store, STALE_UPLOAD_SECS};
-use libsql::Connection;
+use super::publish::placeholders;
+use libsql::{Connection, Value};
+use std::collections::HashMap;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
 
@@ -20,7 +22,7 @@ impl Store {
         let outcome = match (&current, check_expectation(expect, current.as_ref())) {
             (_, Err(e)) => Err(e),
             (None, Ok(())) => Ok(false),
-            (Some(c), Ok(())) => remove_file(&tx, c.id).await.map(|()| true),
+            (Some(c), Ok(())) => remove_files(&tx, &[c.id]).await.map(|()| true),
         };
         match outcome {
             Ok(true) => tx.commit().await.map_err(w)?,
@@ -98,19 +100,28 @@ pub(super) struct Current {
 }
 
 pub(super) async fn current(conn: &Connection, path: &str) -> Result<Option<Current>, StoreError> {
-    let rows = query_all(
-        conn,
-        "SELECT id, created_at, hash, CASE WHEN hash IS NULL THEN content END FROM files WHERE path = ?1",
-        [path],
-    )
-    .await
-    .map_err(|e| StoreError::write("reading the current file", e))?;
-    let Some(row) = rows.first() else { return Ok(None) };
-    let hash = match row.opt_text(2)? {
-        Some(h) => h,
-        None => hex::encode(Sha256::digest(row.opt_blob(3)?.unwrap_or_default())),
-    };
-    Ok(Some(Current { id: row.i64(0)?, created_at: row.i64(1)?, hash }))
+    Ok(currents(conn, &[path]).await?.remove(path))
+}
+
+/// The files currently at `paths` (those that have one), by path.
+pub(super) async fn currents(conn: &Connection, paths: &[&str]) -> Result<HashMap<String, Current>, StoreError> {
+    let mut found = HashMap::new();
+    for group in paths.chunks(500) {
+        let sql = format!(
+            "SELECT path, id, created_at, hash, CASE WHEN hash IS NULL THEN content END FROM files WHERE path IN ({})",
+            placeholders(group.len())
+        );
+        let params: Vec<Value> = group.iter().map(|p| Value::Text(p.to_string())).collect();
+        let rows = query_all(conn, &sql, params).await.map_err(|e| StoreError::write("reading the current file", e))?;
+        for row in rows {
+            let hash = match row.opt_text(3)? {
+                Some(h) => h,
+                None => hex::encode(Sha256::digest(row.opt_blob(4)?.unwrap_or_default())),
+            };
+            found.insert(row.text(0)?, Current { id: row.i64(1)?, created_at: row.i64(2)?, hash });
+        }
+    }
+    Ok(found)
 }
 
 /// Checks a conditional write against what is at the path.
@@ -122,17 +133,20 @@ pub(super) fn check_expectation(expect: Option<&Expect>, current: Option<&Curren
     }
 }
 
-/// Deletes a file row with its chunks and encodings.
-pub(super) async fn remove_file(conn: &Connection, id: i64) -> Result<(), StoreError> {
+/// Deletes file rows with their chunks and encodings.
+pub(super) async fn remove_files(conn: &Connection, ids: &[i64]) -> Result<(), StoreError> {
     let w = |e| StoreError::write("removing a file", e);
-    conn.execute(
-        "DELETE FROM chunks WHERE blob_id IN (SELECT blob_id FROM files WHERE id = ?1 AND blob_id IS NOT NULL \
-         UNION SELECT blob_id FROM variants WHERE file_id = ?1 AND blob_id IS NOT NULL)",
-        [id],
-    )
-    .await
-    .map_err(w)?;
-    conn.execute("DELETE FROM variants WHERE file_id = ?1", [id]).await.map_err(w)?;
-    conn.execute("DELETE FROM files WHERE id = ?1", [id]).await.map_err(w)?;
+    for group in ids.chunks(500) {
+        let list = placeholders(group.len());
+        let params = || group.iter().map(|id| Value::Integer(*id)).collect::<Vec<_>>();
+        let sql = format!(
+            "DELETE FROM chunks WHERE blob_id IN (SELECT blob_id FROM files WHERE id IN ({list}) AND blob_id IS NOT NULL \
+             UNION SELECT blob_id FROM variants WHERE file_id IN ({list}) AND blob_id IS NOT NULL)"
+        );
+        let doubled: Vec<Value> = params().into_iter().chain(params()).collect();
+        conn.execute(&sql, doubled).await.map_err(w)?;
+        conn.execute(&format!("DELETE FROM variants WHERE file_id IN ({list})"), params()).await.map_err(w)?;
+        conn.execute(&format!("DELETE FROM files WHERE id IN ({list})"), params()).await.map_err(w)?;
+    }
     Ok(())
 }

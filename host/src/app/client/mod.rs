@@ -121,7 +121,7 @@ impl Remote {
     /// `send` for a request that can be built again, with retries said on
     /// stderr.
     pub async fn send_simple(&self, make: impl FnMut() -> RequestBuilder) -> anyhow::Result<Response> {
-        Ok(self.send(make, |why| eprintln!("{why}")).await.map_err(|e| self.explain(e))?)
+        self.send(make, |why| eprintln!("{why}")).await.map_err(|e| self.explain(e))
     }
 
     /// A request failure as the error a person reads, with what to do.

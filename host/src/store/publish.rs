@@ -1,0 +1,207 @@
+//! Publishing staged files: one transaction that removes what was at their
+//! paths (and at the paths a batch removes), inserts the new rows and their
+//! encodings, and forgets their staging ids.
+//!
+//! With a replica every statement is a round trip to the primary, so rows
+//! go in groups: a thousand small files take a few dozen statements, not
+//! thousands. A group's parameters stay well under the primary's message
+//! limit (a statement of about 4 MiB fails).
+
+use super::error::StoreError;
+use super::sql::query_all;
+use super::upload::{Body, Staged};
+use super::writes::{check_expectation, currents, remove_files};
+use super::{unix_now, FileMeta, CHUNK_SIZE};
+use libsql::{Connection, Transaction, Value};
+use std::collections::{BTreeSet, HashMap};
+
+/// Most inline bytes one statement carries.
+const GROUP_BYTES: usize = 1 << 20;
+/// Most rows one statement inserts.
+const GROUP_ROWS: usize = 200;
+
+/// Publishes staged files and removes the files at `removed` in one
+/// transaction: all become visible, replacing what was at their paths, or
+/// none does (and their staged bytes are deleted).
+pub(super) async fn publish(
+    conn: &Connection,
+    staged: Vec<Staged>,
+    removed: BTreeSet<String>,
+) -> Result<Vec<(FileMeta, bool)>, StoreError> {
+    let now = unix_now();
+    let result = publish_in_transaction(conn, &staged, &removed, now).await;
+    if result.is_err() {
+        for s in &staged {
+            for blob in s.blobs() {
+                super::upload::discard_logged(conn, blob).await;
+            }
+        }
+    }
+    let outcomes = result?;
+    Ok(staged
+        .into_iter()
+        .zip(outcomes)
+        .map(|(s, (version, created_at, created))| {
+            let encodings = s.variants.iter().map(|(n, b)| (n.to_string(), b.size)).collect();
+            let meta = FileMeta {
+                path: s.path,
+                version,
+                size: s.body.size,
+                content_type: s.content_type,
+                hash: s.hash,
+                last_modified: now as u64,
+                created: created_at as u64,
+                encodings,
+            };
+            (meta, created)
+        })
+        .collect())
+}
+
+/// Each staged file's (version, created_at, whether the path was new).
+async fn publish_in_transaction(
+    conn: &Connection,
+    staged: &[Staged],
+    removed: &BTreeSet<String>,
+    now: i64,
+) -> Result<Vec<(u64, i64, bool)>, StoreError> {
+    let w = |e| StoreError::write("publishing an upload", e);
+    let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.map_err(w)?;
+    let paths: Vec<&str> = staged.iter().map(|s| s.path.as_str()).chain(removed.iter().map(String::as_str)).collect();
+    let current = currents(&tx, &paths).await?;
+    for s in staged {
+        if let Err(e) = check_expectation(s.expect.as_ref(), current.get(&s.path)) {
+            tx.rollback().await.map_err(w)?;
+            return Err(e);
+        }
+    }
+    let old: Vec<i64> = current.values().map(|c| c.id).collect();
+    remove_files(&tx, &old).await?;
+
+    let versions = insert_files(&tx, staged, &current, now).await?;
+    insert_variants(&tx, staged, &versions).await?;
+    let blobs: Vec<i64> = staged.iter().flat_map(Staged::blobs).collect();
+    for group in blobs.chunks(500) {
+        let sql = format!("DELETE FROM uploads WHERE blob_id IN ({})", placeholders(group.len()));
+        tx.execute(&sql, group.iter().map(|b| Value::Integer(*b)).collect::<Vec<_>>()).await.map_err(w)?;
+    }
+    tx.commit().await.map_err(w)?;
+    Ok(staged
+        .iter()
+        .map(|s| {
+            let old = current.get(&s.path);
+            (versions[&s.path] as u64, old.map_or(now, |c| c.created_at), old.is_none())
+        })
+        .collect())
+}
+
+/// Inserts the file rows, a group per statement; returns each path's new id.
+async fn insert_files(
+    tx: &Transaction,
+    staged: &[Staged],
+    current: &HashMap<String, super::writes::Current>,
+    now: i64,
+) -> Result<HashMap<String, i64>, StoreError> {
+    let w = |e| StoreError::write("publishing an upload", e);
+    let mut versions = HashMap::with_capacity(staged.len());
+    for group in groups(staged.iter(), |s| inline_len(&s.body)) {
+        let mut params = Vec::with_capacity(group.len() * 9);
+        for s in &group {
+            let created_at = current.get(&s.path).map_or(now, |c| c.created_at);
+            params.extend([
+                Value::Text(s.path.clone()),
+                s.body.inline.clone().map_or(Value::Null, Value::Blob),
+                Value::Text(s.content_type.clone()),
+                Value::Integer(now),
+                Value::Integer(s.body.size as i64),
+                Value::Integer(created_at),
+                Value::Text(s.hash.clone()),
+                s.body.blob.map_or(Value::Null, Value::Integer),
+                s.body.blob.map_or(Value::Null, |_| Value::Integer(CHUNK_SIZE as i64)),
+            ]);
+        }
+        let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; group.len()].join(", ");
+        let sql = format!(
+            "INSERT INTO files (path, content, content_type, last_modified, size, created_at, hash, blob_id, chunk_size) \
+             VALUES {rows}"
+        );
+        tx.execute(&sql, params).await.map_err(w)?;
+        let sql = format!("SELECT path, id FROM files WHERE path IN ({})", placeholders(group.len()));
+        let paths: Vec<Value> = group.iter().map(|s| Value::Text(s.path.clone())).collect();
+        for row in query_all(tx, &sql, paths).await.map_err(w)? {
+            versions.insert(row.text(0)?, row.i64(1)?);
+        }
+    }
+    if versions.len() != staged.len() {
+        return Err(StoreError::Internal("a published file has no row".into()));
+    }
+    Ok(versions)
+}
+
+async fn insert_variants(tx: &Transaction, staged: &[Staged], versions: &HashMap<String, i64>) -> Result<(), StoreError> {
+    let w = |e| StoreError::write("publishing an upload", e);
+    let variants: Vec<(i64, &str, &Body)> =
+        staged.iter().flat_map(|s| s.variants.iter().map(|(name, body)| (versions[&s.path], *name, body))).collect();
+    for group in groups(variants.iter(), |(_, _, body)| inline_len(body)) {
+        let mut params = Vec::with_capacity(group.len() * 6);
+        for (file_id, name, body) in &group {
+            params.extend([
+                Value::Integer(*file_id),
+                Value::Text(name.to_string()),
+                Value::Integer(body.size as i64),
+                body.inline.clone().map_or(Value::Null, Value::Blob),
+                body.blob.map_or(Value::Null, Value::Integer),
+                body.blob.map_or(Value::Null, |_| Value::Integer(CHUNK_SIZE as i64)),
+            ]);
+        }
+        let rows = vec!["(?, ?, ?, ?, ?, ?)"; group.len()].join(", ");
+        let sql = format!("INSERT INTO variants (file_id, encoding, size, content, blob_id, chunk_size) VALUES {rows}");
+        tx.execute(&sql, params).await.map_err(w)?;
+    }
+    Ok(())
+}
+
+fn inline_len(body: &Body) -> usize {
+    body.inline.as_ref().map_or(0, Vec::len)
+}
+
+/// Splits items into groups of at most [`GROUP_ROWS`] and about
+/// [`GROUP_BYTES`] inline bytes (an item larger than that goes alone).
+fn groups<T>(items: impl Iterator<Item = T>, bytes: impl Fn(&T) -> usize) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = Vec::new();
+    let mut size = 0;
+    for item in items {
+        let n = bytes(&item);
+        match out.last_mut() {
+            Some(g) if g.len() < GROUP_ROWS && size + n <= GROUP_BYTES => {
+                size += n;
+                g.push(item);
+            }
+            _ => {
+                size = n;
+                out.push(vec![item]);
+            }
+        }
+    }
+    out
+}
+
+/// `?, ?, ?` for `n` parameters.
+pub(super) fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_are_bounded_by_rows_and_bytes() {
+        let sizes = [600_000usize, 600_000, 10, 2_000_000, 5];
+        let g = groups(sizes.iter(), |n| **n);
+        let lens: Vec<usize> = g.iter().map(Vec::len).collect();
+        assert_eq!(lens, [1, 2, 1, 1], "{g:?}");
+        let many = groups(0..450, |_| 1);
+        assert_eq!(many.iter().map(Vec::len).collect::<Vec<_>>(), [200, 200, 50]);
+    }
+}
