@@ -251,11 +251,16 @@ fn bad_input_gets_one_clear_error_and_changes_nothing() {
     write(linked.path(), "index.html", b"<h1>v1</h1>");
     std::os::unix::fs::symlink("/etc/hostname", linked.path().join("leak.txt")).unwrap();
     std::os::unix::fs::symlink("index.html", linked.path().join("home.html")).unwrap();
+    // Names are taken as they are, `%` and spaces included.
+    write(linked.path(), "odd/100% ü.html", b"odd");
     let out = cli(&["deploy", linked.path().to_str().unwrap(), "--url", &url, "--token", TOKEN]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("skipping leak.txt: a link that leads out of"), "{}", text(&out.stderr));
     assert_eq!(edge.get("/leak.txt").status(), 404);
     assert_eq!(edge.get("/home.html").text().unwrap(), "<h1>v1</h1>", "a link inside DIR is deployed");
+    assert_eq!(edge.get("/odd/100%25%20%C3%BC.html").text().unwrap(), "odd");
+    let again = cli(&["deploy", linked.path().to_str().unwrap(), "--url", &url, "--token", TOKEN, "--dry-run"]);
+    assert!(text(&again.stdout).contains("would upload 0 files"), "{}", text(&again.stdout));
 }
 
 #[test]
@@ -372,4 +377,59 @@ fn an_edge_that_goes_away_mid_deploy_fails_it_and_keeps_the_old_site() {
     let edge = Server::start(data.path(), &[], None);
     assert_eq!(edge.get("/index.html").text().unwrap(), "<h1>v1</h1>");
     assert_eq!(edge.get("/large.bin").status(), 404);
+}
+
+/// A TCP proxy to `upstream` that cuts its first connection after passing
+/// `cut_after` bytes of the answer; later connections pass whole. Returns
+/// its address and the requests' heads it forwarded.
+fn cutting_proxy(upstream: std::net::SocketAddr, cut_after: usize) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(mut client) = client else { return };
+            let mut server = std::net::TcpStream::connect(upstream).unwrap();
+            let mut head = vec![0u8; 8192];
+            let len = client.read(&mut head).unwrap();
+            seen.lock().unwrap().push(String::from_utf8_lossy(&head[..len]).to_string());
+            server.write_all(&head[..len]).unwrap();
+            let limit = if n == 0 { cut_after } else { usize::MAX };
+            let mut passed = 0;
+            let mut buf = vec![0u8; 64 << 10];
+            while passed < limit {
+                let Ok(got) = server.read(&mut buf) else { break };
+                if got == 0 {
+                    break;
+                }
+                let take = got.min(limit - passed);
+                if client.write_all(&buf[..take]).is_err() {
+                    break;
+                }
+                passed += take;
+            }
+            // Dropping both ends cuts the connection.
+        }
+    });
+    (format!("http://{addr}"), heads)
+}
+
+#[test]
+fn get_resumes_a_cut_download_with_a_range_request() {
+    let edge = Server::local();
+    let body = pseudo_random(5 << 20, 11);
+    assert_eq!(edge.put("/big.bin", None, body.clone()).status(), 201);
+    let (url, heads) = cutting_proxy(edge.addr, 2 << 20);
+    let dir = TempDir::new("get");
+    let out = dir.path().join("big.bin");
+    let run = cli(&["get", "big.bin", "-o", out.to_str().unwrap(), "--url", &url]);
+    assert!(run.status.success(), "{}", text(&run.stderr));
+    assert!(text(&run.stderr).contains("resuming"), "{}", text(&run.stderr));
+    assert_eq!(sha256_hex(&std::fs::read(&out).unwrap()), sha256_hex(&body));
+    let heads = heads.lock().unwrap();
+    assert_eq!(heads.len(), 2, "{heads:?}");
+    assert!(heads[1].to_ascii_lowercase().contains("range: bytes="), "the second request asks for the rest: {}", heads[1]);
+    assert!(heads[1].to_ascii_lowercase().contains("if-range: \""), "{}", heads[1]);
 }

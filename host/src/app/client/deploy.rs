@@ -4,7 +4,7 @@
 //! streamed: the edge publishes all of it in one transaction or none.
 
 use super::progress::{Progress, Unit};
-use super::{human_bytes, Remote, RequestError};
+use super::{human_bytes, local_store_path, wire, Remote, RequestError};
 use crate::app::config::DeployArgs;
 use anyhow::{bail, Context};
 use bytes::Bytes;
@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use turserver_worker::core::{store_path, Manifest, Plan, MANIFEST_ENTRY};
+use turserver_worker::core::{Manifest, Plan, MANIFEST_ENTRY};
 
 /// Most files one deploy may send and remove (the edge's batch limit).
 const MAX_FILES: usize = 10_000;
@@ -35,16 +35,16 @@ pub async fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let remote = Remote::new(&args.remote)?;
     let prefix = normal_prefix(&args.prefix)?;
-    let dir = args.dir.clone();
+    let (dir, walk_prefix) = (args.dir.clone(), prefix.clone());
     let (excludes, respect_ignore) = (args.exclude.clone(), args.respect_ignore);
-    let found = tokio::task::spawn_blocking(move || walk(&dir, &prefix, &excludes, respect_ignore)).await??;
+    let found = tokio::task::spawn_blocking(move || walk(&dir, &walk_prefix, &excludes, respect_ignore)).await??;
     for warning in &found.warnings {
         eprintln!("warning: {warning}");
     }
     let threads = args.concurrency.map_or_else(|| std::thread::available_parallelism().map_or(4, |n| n.get()), usize::from);
     let files = tokio::task::spawn_blocking(move || hash_all(found.files, threads)).await??;
 
-    let plan = ask_plan(&remote, &normal_prefix(&args.prefix)?, &files).await?;
+    let plan = ask_plan(&remote, &prefix, &files).await?;
     let remove = if args.delete { plan.remove.clone() } else { Vec::new() };
     let to_send: Vec<LocalFile> = {
         let wanted: std::collections::HashSet<&str> = plan.upload.iter().map(String::as_str).collect();
@@ -112,7 +112,7 @@ fn normal_prefix(raw: &str) -> anyhow::Result<String> {
     if trimmed.is_empty() {
         return Ok(String::new());
     }
-    match store_path(trimmed) {
+    match local_store_path(trimmed) {
         Ok(p) => Ok(format!("{p}/")),
         Err(why) => bail!("--prefix {why}"),
     }
@@ -180,7 +180,7 @@ fn walk(dir: &Path, prefix: &str, excludes: &[String], respect_ignore: bool) -> 
             continue;
         };
         let name = name.replace(std::path::MAIN_SEPARATOR, "/");
-        match store_path(&format!("{prefix}{name}")) {
+        match local_store_path(&format!("{prefix}{name}")) {
             Ok(path) => found.files.push((source, path)),
             Err(why) => refused.push(why),
         }
@@ -246,10 +246,10 @@ fn hash_file(source: &Path) -> anyhow::Result<(u64, String)> {
 async fn ask_plan(remote: &Remote, prefix: &str, files: &[LocalFile]) -> anyhow::Result<Plan> {
     #[derive(serde::Serialize)]
     struct PlanRequest<'a> {
-        prefix: &'a str,
-        files: std::collections::BTreeMap<&'a str, &'a str>,
+        prefix: String,
+        files: std::collections::BTreeMap<String, &'a str>,
     }
-    let body = PlanRequest { prefix, files: files.iter().map(|f| (f.path.as_str(), f.hash.as_str())).collect() };
+    let body = PlanRequest { prefix: wire(prefix), files: files.iter().map(|f| (wire(&f.path), f.hash.as_str())).collect() };
     let body = serde_json::to_vec(&body).context("encoding the plan request")?;
     let resp = remote
         .send_simple(|| remote.request(reqwest::Method::POST, remote.url("_api/plan")).header("content-type", "application/json").body(body.clone()))
@@ -268,7 +268,7 @@ async fn ask_plan(remote: &Remote, prefix: &str, files: &[LocalFile]) -> anyhow:
 /// (the edge discards a batch it did not receive whole). Returns the
 /// replication position of the commit, when the edge reports one.
 async fn send_batch(remote: &Remote, files: Vec<LocalFile>, remove: Vec<String>, bytes: u64) -> anyhow::Result<Option<u64>> {
-    let manifest = if remove.is_empty() { 0 } else { 512 + serde_json::to_vec(&Manifest { remove: remove.clone() })?.len() as u64 };
+    let manifest = if remove.is_empty() { 0 } else { 1024 + remove.iter().map(|p| p.len() as u64 + 3).sum::<u64>() };
     let progress = Arc::new(Progress::start("uploading", Unit::Bytes, archive_size(&files, bytes) + manifest));
     // Why the archive itself failed (a file changed since it was hashed):
     // that is reported as it is, and not retried.
@@ -356,27 +356,35 @@ fn write_archive(sink: ChannelWriter, files: &[LocalFile], remove: &[String]) ->
     for f in files {
         let file = std::fs::File::open(&f.source)
             .with_context(|| format!("{} cannot be read any more", f.source.display()))?;
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_size(f.size);
-        header.set_mode(0o644);
+        let mut header = file_header(f.size);
         let mut reader = Checked { inner: file.take(f.size + 1), hasher: Sha256::new(), read: 0 };
         archive
-            .append_data(&mut header, &f.path, &mut reader)
+            .append_data(&mut header, wire(&f.path), &mut reader)
             .map_err(|e| anyhow::anyhow!("{}: {e}", f.source.display()))?;
         if reader.read != f.size || hex::encode(reader.hasher.finalize()) != f.hash {
             bail!("{} changed while it was being deployed", f.source.display());
         }
     }
     if !remove.is_empty() {
-        let manifest = serde_json::to_vec(&Manifest { remove: remove.to_vec() })?;
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_size(manifest.len() as u64);
-        header.set_mode(0o644);
-        archive.append_data(&mut header, MANIFEST_ENTRY, &manifest[..])?;
+        append_manifest(&mut archive, remove)?;
     }
     archive.into_inner()?.flush()?;
+    Ok(())
+}
+
+/// A tar header for a regular file of `size` bytes.
+fn file_header(size: u64) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(size);
+    header.set_mode(0o644);
+    header
+}
+
+/// Adds the batch manifest that removes `paths` when the batch commits.
+pub(super) fn append_manifest<W: Write>(archive: &mut tar::Builder<W>, paths: &[String]) -> anyhow::Result<()> {
+    let manifest = serde_json::to_vec(&Manifest { remove: paths.iter().map(|p| wire(p)).collect() })?;
+    archive.append_data(&mut file_header(manifest.len() as u64), MANIFEST_ENTRY, &manifest[..])?;
     Ok(())
 }
 

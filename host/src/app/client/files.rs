@@ -2,21 +2,20 @@
 //! connection), `ls`, `rm`; the edge's `status`; and `worker deploy`.
 
 use super::progress::{Progress, Unit};
-use super::{human_bytes, Remote, RequestError};
+use super::{human_bytes, local_store_path, Remote, RequestError};
 use crate::app::config::{GetArgs, LsArgs, PutArgs, RemoteArgs, RmArgs, StatusArgs, WorkerDeployArgs};
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use reqwest::{Method, StatusCode};
 use std::io::Write;
 use std::sync::Arc;
-use turserver_worker::core::{store_path, Manifest, MANIFEST_ENTRY};
 
 /// Files larger than this show progress.
 const SHOW_PROGRESS: u64 = 8 << 20;
 
 /// A path as the user typed it, in store form.
 fn path_arg(raw: &str) -> anyhow::Result<String> {
-    store_path(raw).map_err(|why| anyhow::anyhow!("bad path {why}"))
+    local_store_path(raw).map_err(|why| anyhow::anyhow!("bad path {why}"))
 }
 
 pub async fn put(args: PutArgs) -> anyhow::Result<()> {
@@ -250,13 +249,8 @@ pub async fn rm(args: RmArgs) -> anyhow::Result<()> {
 }
 
 fn manifest_archive(paths: &[String]) -> anyhow::Result<Vec<u8>> {
-    let manifest = serde_json::to_vec(&Manifest { remove: paths.to_vec() })?;
     let mut archive = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_size(manifest.len() as u64);
-    header.set_mode(0o644);
-    archive.append_data(&mut header, MANIFEST_ENTRY, &manifest[..])?;
+    super::deploy::append_manifest(&mut archive, paths)?;
     Ok(archive.into_inner()?)
 }
 

@@ -176,6 +176,18 @@ fn describe(e: &reqwest::Error) -> String {
     s
 }
 
+/// A store path in the form the edge reads paths in (as in a URL, where
+/// `%` starts an escape): a file named `100%.html` is sent as `100%25.html`.
+pub fn wire(path: &str) -> String {
+    path.replace('%', "%25")
+}
+
+/// A path as the user typed it or a file is named, in store form, or why
+/// the edge would refuse it.
+pub fn local_store_path(name: &str) -> Result<String, String> {
+    turserver_worker::core::store_path(&wire(name))
+}
+
 /// `n` bytes as a person reads them.
 pub fn human_bytes(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
