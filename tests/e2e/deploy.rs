@@ -433,3 +433,29 @@ fn get_resumes_a_cut_download_with_a_range_request() {
     assert!(heads[1].to_ascii_lowercase().contains("range: bytes="), "the second request asks for the rest: {}", heads[1]);
     assert!(heads[1].to_ascii_lowercase().contains("if-range: \""), "{}", heads[1]);
 }
+
+#[test]
+fn excludes_and_ignore_files_leave_files_out() {
+    let edge = Server::local();
+    let url = edge.url("");
+    let dir = TempDir::new("site");
+    write(dir.path(), "a/app.js", b"1");
+    write(dir.path(), "a/app.js.map", b"2");
+    write(dir.path(), "node_modules/x/i.js", b"3");
+    write(dir.path(), ".gitignore", b"node_modules/\n");
+    let listed = |extra: &[&str]| {
+        let d = dir.path().to_str().unwrap();
+        let mut args = vec!["deploy", d, "--url", &url, "--token", TOKEN, "--dry-run"];
+        args.extend(extra);
+        let out = cli(&args);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let mut paths: Vec<String> =
+            text(&out.stdout).lines().filter_map(|l| l.strip_prefix("upload  ")).map(|l| l.split(' ').next().unwrap().to_string()).collect();
+        paths.sort();
+        paths
+    };
+    assert_eq!(listed(&[]), [".gitignore", "a/app.js", "a/app.js.map", "node_modules/x/i.js"]);
+    assert_eq!(listed(&["--exclude", "*.map"]), [".gitignore", "a/app.js", "node_modules/x/i.js"]);
+    assert_eq!(listed(&["--exclude", "*.map", "--respect-ignore"]), [".gitignore", "a/app.js"]);
+    assert_eq!(edge.get("/a/app.js").status(), 404, "a dry run sends nothing");
+}
