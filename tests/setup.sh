@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests and benchmarks need: the wasm target, a
-# checksum-verified sqld primary and a checksum-verified `wasmtime` CLI (for
-# `wasmtime serve`, the stand-in for Spin) in .tools/. Prints nothing else on
+# checksum-verified sqld primary, a checksum-verified `wasmtime` CLI (for
+# `wasmtime serve`) and, where ../shared/tools/spin exists, Spin, in .tools/. Prints nothing else on
 # success but the sqld path on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -34,4 +34,11 @@ if [ ! -x "$WASMTIME" ] || [ "$(cat .tools/wasmtime/version 2>/dev/null)" != "$W
   echo "$WASMTIME_VERSION" > .tools/wasmtime/version
 fi
 "$WASMTIME" --version >&2
+
+# Spin, for the tests under real `spin up`: installed from the checksummed
+# build kept in ../shared/tools/spin when that folder exists (it is not in
+# any registry these machines reach); without it those tests are skipped.
+if [ -f ../shared/tools/spin/install.sh ]; then
+  bash ../shared/tools/spin/install.sh .tools/spin >&2
+fi
 echo "$PWD/$SQLD"

@@ -93,14 +93,94 @@ fn the_composed_worker_serves_like_the_host() {
     let primary = Sqld::start();
     let edge = sidecar_server("sidecar-edge", &["--primary-url", &primary.url(), "--sync-interval", "200ms"]);
     let spin = spin_worker(&edge.sidecar_addr(), SIDECAR_TOKEN);
-    let native = format!("http://{}", edge.addr);
+    cross_checks(&primary, &edge, &spin.url(""));
 
+    // Oversized uploads are refused the same way.
+    drop(spin);
+    let c = client();
+    let small = sidecar_server("sidecar-small", &["--max-upload-size", "1000"]);
+    let spin = spin_worker(&small.sidecar_addr(), SIDECAR_TOKEN);
+    let r = c.put(spin.url("/too-big.bin")).bearer_auth(TOKEN).body(vec![0u8; 5000]).send().unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(small.get("/too-big.bin").status(), 404);
+}
+
+/// The same checks under `spin up`, with the repository's `spin.toml` as
+/// written and built by `spin build`.
+#[test]
+fn the_worker_serves_under_real_spin() {
+    let Some(spin) = spin_binary() else {
+        eprintln!("skipped: Spin is not installed (tests/setup.sh installs it from ../shared/tools/spin)");
+        return;
+    };
+    let app = built_app();
+    let primary = Sqld::start();
+    let edge = sidecar_server("spin-edge", &["--primary-url", &primary.url(), "--sync-interval", "200ms"]);
+    let sidecar = format!("http://{}", edge.sidecar_addr());
+    let up = SpinUp::start(&spin, &app.join("spin.toml"), &[("sidecar_url", &sidecar), ("sidecar_token", SIDECAR_TOKEN)]);
+    cross_checks(&primary, &edge, &up.url(""));
+    drop(up);
+
+    // A wrong sidecar token is refused with a clear 503.
+    let up = SpinUp::start(&spin, &app.join("spin.toml"), &[("sidecar_url", &sidecar), ("sidecar_token", "wrong")]);
+    let r = client().get(up.url("/cross/from-host.txt")).send().unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().unwrap().contains("refused this worker's sidecar token"));
+}
+
+/// The application as the manifest's build command makes it, built once
+/// per test run into a scratch target directory (this run holds the lock
+/// on the usual one): by `spin build` when Spin is installed, else by the
+/// command itself run as `spin build` runs it. Returns a folder holding the
+/// manifest as written beside what the build made.
+fn built_app() -> &'static Path {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf();
+        let scratch = target_dir().join("test-workers");
+        let mut command = match spin_binary() {
+            Some(spin) => {
+                let mut c = std::process::Command::new(spin);
+                c.arg("build").arg("--from").arg(root.join("spin.toml"));
+                c
+            }
+            None => {
+                let manifest: toml::Table = std::fs::read_to_string(root.join("spin.toml")).unwrap().parse().unwrap();
+                let build = manifest["component"]["turserver"]["build"]["command"].as_str().unwrap().to_string();
+                let mut c = std::process::Command::new("sh");
+                c.args(["-c", &build]);
+                c
+            }
+        };
+        let status = command
+            .current_dir(&root)
+            .env("CARGO_TARGET_DIR", &scratch)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .status()
+            .unwrap();
+        assert!(status.success(), "building the Spin application: {command:?}");
+        let app = scratch.join("spin-app");
+        std::fs::create_dir_all(&app).unwrap();
+        std::fs::copy(root.join("spin.toml"), app.join("spin.toml")).unwrap();
+        let link = app.join("target");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&scratch, &link).unwrap();
+        app
+    })
+}
+
+/// What both runtimes must do alike, with the worker at `base` and its
+/// store on `edge`'s sidecar, a replica of `primary`.
+fn cross_checks(primary: &Sqld, edge: &Server, base: &str) {
+    let native = format!("http://{}", edge.addr);
+    let spin_url = |p: &str| format!("{base}{p}");
     foundation_checks(&native, "native");
-    foundation_checks(&spin.url(""), "spin");
+    foundation_checks(base, "spin");
 
     // Written through one path, read through the other; the primary holds it.
     let c = client();
-    let r = c.put(spin.url("/cross/from-spin.txt")).bearer_auth(TOKEN).body("via the adapter").send().unwrap();
+    let r = c.put(spin_url("/cross/from-spin.txt")).bearer_auth(TOKEN).body("via the adapter").send().unwrap();
     assert_eq!(r.status(), 201);
     let etag = r.headers()["etag"].to_str().unwrap().to_string();
     let r = edge.get("/cross/from-spin.txt");
@@ -109,56 +189,48 @@ fn the_composed_worker_serves_like_the_host() {
     let on_primary = primary.query_column("SELECT hash FROM files WHERE path = ?1", vec!["cross/from-spin.txt".into()]);
     assert_eq!(on_primary, vec![libsql::Value::Text(sha256_hex(b"via the adapter"))]);
     assert_eq!(edge.put("/cross/from-host.txt", None, b"via the host".to_vec()).status(), 201);
-    assert_eq!(c.get(spin.url("/cross/from-host.txt")).send().unwrap().text().unwrap(), "via the host");
+    assert_eq!(c.get(spin_url("/cross/from-host.txt")).send().unwrap().text().unwrap(), "via the host");
 
     // A body of several chunks streams both ways through the adapter.
     let big = pseudo_random(3 * 1024 * 1024 + 17, 7);
-    let r = c.put(spin.url("/cross/big.bin")).bearer_auth(TOKEN).body(big.clone()).send().unwrap();
+    let r = c.put(spin_url("/cross/big.bin")).bearer_auth(TOKEN).body(big.clone()).send().unwrap();
     assert_eq!(r.status(), 201);
-    let got = c.get(spin.url("/cross/big.bin")).send().unwrap().bytes().unwrap();
+    let got = c.get(spin_url("/cross/big.bin")).send().unwrap().bytes().unwrap();
     assert_eq!(sha256_hex(&got), sha256_hex(&big));
-    let r = c.get(spin.url("/cross/big.bin")).header("range", "bytes=1048570-1048585").send().unwrap();
+    let r = c.get(spin_url("/cross/big.bin")).header("range", "bytes=1048570-1048585").send().unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().unwrap().as_ref(), &big[1048570..=1048585]);
     assert_eq!(sha256_hex(&edge.get("/cross/big.bin").bytes().unwrap()), sha256_hex(&big));
 
     // A batch is framed through the adapter and committed as one.
     let archive = tar_of(&[("batch/a.txt", "first"), ("batch/b.txt", "second")]);
-    let r = c.post(spin.url("/_api/batch")).bearer_auth(TOKEN).body(archive).send().unwrap();
+    let r = c.post(spin_url("/_api/batch")).bearer_auth(TOKEN).body(archive).send().unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text());
     assert_eq!(edge.get("/batch/a.txt").text().unwrap(), "first");
     assert_eq!(edge.get("/batch/b.txt").text().unwrap(), "second");
     // A deploy's plan and its removals go through the adapter too.
     let plan = format!(r#"{{"prefix": "batch", "files": {{"batch/a.txt": "{}"}}}}"#, sha256_hex(b"first"));
-    let r = c.post(spin.url("/_api/plan")).bearer_auth(TOKEN).body(plan).send().unwrap();
+    let r = c.post(spin_url("/_api/plan")).bearer_auth(TOKEN).body(plan).send().unwrap();
     let plan: serde_json::Value = r.json().unwrap();
     assert_eq!(plan["unchanged"], serde_json::json!(["batch/a.txt"]));
     assert_eq!(plan["remove"], serde_json::json!(["batch/b.txt"]));
     let archive = tar_of(&[("batch/c.txt", "third"), ("_turserver/batch.json", r#"{"remove": ["batch/b.txt"]}"#)]);
-    let r = c.post(spin.url("/_api/batch")).bearer_auth(TOKEN).body(archive).send().unwrap();
+    let r = c.post(spin_url("/_api/batch")).bearer_auth(TOKEN).body(archive).send().unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text());
     assert_eq!(edge.get("/batch/b.txt").status(), 404);
     assert_eq!(edge.get("/batch/c.txt").text().unwrap(), "third");
 
     // Site rules written through the adapter apply on both paths.
-    assert_eq!(c.put(spin.url("/_api/site")).body("{}").send().unwrap().status(), 401);
+    assert_eq!(c.put(spin_url("/_api/site")).body("{}").send().unwrap().status(), 401);
     let rules = r#"{"spa_fallback": "cross/from-host.txt"}"#;
-    let r = c.put(spin.url("/_api/site")).bearer_auth(TOKEN).body(rules).send().unwrap();
+    let r = c.put(spin_url("/_api/site")).bearer_auth(TOKEN).body(rules).send().unwrap();
     assert_eq!(r.status(), 200, "{:?}", r.text());
-    let site: Value = c.get(spin.url("/_api/site")).send().unwrap().json().unwrap();
+    let site: Value = c.get(spin_url("/_api/site")).send().unwrap().json().unwrap();
     assert_eq!(site["spa_fallback"], "cross/from-host.txt");
-    for base in [spin.url(""), native.clone()] {
+    for base in [base.to_string(), native.clone()] {
         let r = c.get(format!("{base}/some/client/route")).header("accept", "text/html").send().unwrap();
         assert_eq!(r.text().unwrap(), "via the host", "{base}");
     }
-
-    // Oversized uploads are refused the same way.
-    drop(spin);
-    let small = sidecar_server("sidecar-small", &["--max-upload-size", "1000"]);
-    let spin = spin_worker(&small.sidecar_addr(), SIDECAR_TOKEN);
-    let r = c.put(spin.url("/too-big.bin")).bearer_auth(TOKEN).body(vec![0u8; 5000]).send().unwrap();
-    assert_eq!(r.status(), 413);
-    assert_eq!(small.get("/too-big.bin").status(), 404);
 }
 
 /// The sidecar answers a refused upload at once and reads the rest of its
@@ -264,18 +336,7 @@ fn spin_manifest_names_what_its_build_makes() {
         }
         assert_eq!(component["dependencies_inherit_configuration"].as_bool(), Some(true));
 
-        // The build command, as `spin build` runs it (into a scratch target
-        // directory: this test run holds the lock on the usual one).
-        let command = component["build"]["command"].as_str().unwrap();
-        let status = std::process::Command::new("sh")
-            .args(["-c", command])
-            .current_dir(&root)
-            .env("CARGO_TARGET_DIR", &scratch)
-            .env_remove("RUSTFLAGS")
-            .env_remove("CARGO_ENCODED_RUSTFLAGS")
-            .status()
-            .unwrap();
-        assert!(status.success(), "{command}");
+        built_app();
         let built = |path: &str| scratch.join(path.strip_prefix("target/").expect("sources are built into target/"));
 
         let engine = wasmtime::Engine::default();

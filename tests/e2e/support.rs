@@ -576,3 +576,59 @@ impl Drop for WasmtimeServe {
         dump_on_panic("wasmtime serve", &self.log);
     }
 }
+
+/// The Spin CLI: `TURSERVER_SPIN`, else where `tests/setup.sh` installs it
+/// (from `../shared/tools/spin` when that folder exists). None when absent:
+/// the tests under real Spin then say they were skipped.
+pub fn spin_binary() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("TURSERVER_SPIN") {
+        return Some(PathBuf::from(p));
+    }
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.tools/spin/spin");
+    p.exists().then_some(p)
+}
+
+/// `spin up` serving an application manifest, its variables from the
+/// environment as Spin reads them (`SPIN_VARIABLE_<NAME>`).
+pub struct SpinUp {
+    child: Child,
+    pub addr: String,
+    log: Log,
+}
+
+impl SpinUp {
+    pub fn start(spin: &Path, manifest: &Path, variables: &[(&str, &str)]) -> SpinUp {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let mut cmd = Command::new(spin);
+        cmd.arg("up").arg("--from").arg(manifest).args(["--listen", &addr]);
+        for (k, v) in variables {
+            cmd.env(format!("SPIN_VARIABLE_{}", k.to_ascii_uppercase()), v);
+        }
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start spin up");
+        let log = Log::default();
+        log.capture(child.stdout.take().unwrap());
+        log.capture(child.stderr.take().unwrap());
+        let mut up = SpinUp { child, addr, log };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while TcpStream::connect(&up.addr).is_err() {
+            if let Ok(Some(status)) = up.child.try_wait() {
+                panic!("spin up exited ({status}):\n{}", up.log.text());
+            }
+            assert!(Instant::now() < deadline, "spin up did not listen:\n{}", up.log.text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        up
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+}
+
+impl Drop for SpinUp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        dump_on_panic("spin up", &self.log);
+    }
+}
