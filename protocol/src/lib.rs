@@ -12,7 +12,7 @@
 //!
 //! | call              | request                                                          | success            |
 //! |-------------------|------------------------------------------------------------------|--------------------|
-//! | `stat`            | `GET /v1/stat?path=&inline=`                                     | 200 `metadata`     |
+//! | `stat`            | `GET /v1/stat?path=&inline=&site=`                               | 200 `metadata`     |
 //! | `read`            | `GET /v1/read?version=&encoding=&offset=&len=`                   | 200 the bytes      |
 //! | `list-files`      | `GET /v1/list?prefix=&cursor=&limit=`                            | 200 `listing`      |
 //! | `begin-upload`…   | `PUT /v1/upload?path=&content-type=&size-hint=&expect=`, body    | 200 `written`      |
@@ -23,7 +23,8 @@
 //! | `check-write`     | `GET /v1/check-write`                                            | 204                |
 //!
 //! `stat` with `inline=N` may append a body of at most N bytes after the
-//! metadata JSON; [`INLINE_HEADER`] then gives the JSON's length.
+//! metadata JSON; with `site=1` the site document comes along too (a GET
+//! through the adapter then makes one call). See [`StatAnswer`].
 //!
 //! # Errors
 //! A failure answers the WIT `error` as JSON ([`Error`]) with the status the
@@ -35,6 +36,9 @@ use serde::{Deserialize, Serialize};
 pub const CLIENT_AUTHORIZATION: &str = "turserver-client-authorization";
 /// Header of a `stat` answer with an inlined body: the metadata JSON's length.
 pub const INLINE_HEADER: &str = "turserver-inline";
+/// Header of a `stat` answer that carries the site document: its length,
+/// or `none` when no document is stored.
+pub const SITE_HEADER: &str = "turserver-site";
 /// Largest body `stat` inlines, whatever the request asks.
 pub const MAX_INLINE: u64 = 1 << 20;
 /// Largest site rules document the store takes (the worker reads no more
@@ -108,7 +112,8 @@ pub enum Expectation {
 /// One sidecar call, as the adapter sends it and the host parses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
-    Stat { path: String, inline: u64 },
+    /// `site`: also answer the site document.
+    Stat { path: String, inline: u64, site: bool },
     Read { version: u64, encoding: String, offset: u64, len: u64 },
     List { prefix: String, cursor: Option<String>, limit: u32 },
     /// The body is the file.
@@ -143,7 +148,8 @@ impl Request {
         )
     }
 
-    fn call(&self) -> &'static str {
+    /// The call's name, as its target's last segment says it.
+    pub fn name(&self) -> &'static str {
         match self {
             Request::Stat { .. } => "stat",
             Request::Read { .. } => "read",
@@ -162,8 +168,11 @@ impl Request {
         let mut query = form_urlencoded::Serializer::new(String::new());
         let expect = |e: &Option<Expectation>| e.as_ref().map(|e| serde_json::to_string(e).unwrap_or_default());
         match self {
-            Request::Stat { path, inline } => {
+            Request::Stat { path, inline, site } => {
                 query.append_pair("path", path).append_pair("inline", &inline.to_string());
+                if *site {
+                    query.append_pair("site", "1");
+                }
             }
             Request::Read { version, encoding, offset, len } => {
                 query
@@ -196,7 +205,7 @@ impl Request {
             Request::Batch | Request::SiteConfig | Request::SetSiteConfig | Request::CheckWrite => {}
         }
         let query = query.finish();
-        let mut target = format!("{prefix}/v1/{}", self.call());
+        let mut target = format!("{prefix}/v1/{}", self.name());
         if !query.is_empty() {
             target.push('?');
             target.push_str(&query);
@@ -210,7 +219,7 @@ impl Request {
         Ok(match (method, path) {
             ("GET", "/v1/stat") => {
                 let inline = q.get("inline").map(|_| q.number("inline")).transpose()?.unwrap_or(0);
-                Request::Stat { path: q.text("path")?, inline: inline.min(MAX_INLINE) }
+                Request::Stat { path: q.text("path")?, inline: inline.min(MAX_INLINE), site: q.get("site") == Some("1") }
             }
             ("GET", "/v1/read") => Request::Read {
                 version: q.number("version")?,
@@ -266,6 +275,70 @@ impl Query {
         self.get("expect")
             .map(|e| serde_json::from_str(e).map_err(|e| Error::Invalid(format!("bad expect: {e}"))))
             .transpose()
+    }
+}
+
+/// A `stat` answer's parts: the metadata JSON, then the site document
+/// when asked for, then the file's body when it was inlined. The body is
+/// their concatenation; [`INLINE_HEADER`] gives the JSON's length whenever
+/// anything follows it, [`SITE_HEADER`] the document's.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StatAnswer {
+    pub metadata: Vec<u8>,
+    /// Some when the answer carries the site document (Some(None): none is
+    /// stored); None when it does not (not asked, or an older sidecar).
+    pub site: Option<Option<String>>,
+    pub inline: Option<Vec<u8>>,
+}
+
+impl StatAnswer {
+    /// The headers and body that carry it.
+    pub fn encode(self) -> (Vec<(&'static str, String)>, Vec<u8>) {
+        let mut headers = Vec::new();
+        let mut body = self.metadata;
+        if self.site.is_some() || self.inline.is_some() {
+            headers.push((INLINE_HEADER, body.len().to_string()));
+        }
+        match self.site {
+            Some(Some(doc)) => {
+                headers.push((SITE_HEADER, doc.len().to_string()));
+                body.extend_from_slice(doc.as_bytes());
+            }
+            Some(None) => headers.push((SITE_HEADER, "none".into())),
+            None => {}
+        }
+        if let Some(inline) = self.inline {
+            body.extend_from_slice(&inline);
+        }
+        (headers, body)
+    }
+
+    /// Splits an answer's body by its headers (`header` looks one up); the
+    /// error says what is wrong with it.
+    pub fn decode<'a>(header: impl Fn(&str) -> Option<&'a str>, mut body: Vec<u8>) -> Result<StatAnswer, String> {
+        let short = || "unexpected answer from the store sidecar: a short stat answer".to_string();
+        let Some(json_len) = header(INLINE_HEADER).and_then(|v| v.trim().parse::<usize>().ok()) else {
+            return Ok(StatAnswer { metadata: body, site: None, inline: None });
+        };
+        if json_len > body.len() {
+            return Err(short());
+        }
+        let mut rest = body.split_off(json_len);
+        let site = match header(SITE_HEADER).map(str::trim) {
+            None => None,
+            Some("none") => Some(None),
+            Some(len) => {
+                let len: usize = len.parse().map_err(|_| short())?;
+                if len > rest.len() {
+                    return Err(short());
+                }
+                let tail = rest.split_off(len);
+                let doc = String::from_utf8(std::mem::replace(&mut rest, tail)).map_err(|_| short())?;
+                Some(Some(doc))
+            }
+        };
+        let inline = (!rest.is_empty() || (site.is_none())).then_some(rest);
+        Ok(StatAnswer { metadata: body, site, inline })
     }
 }
 
@@ -380,7 +453,8 @@ mod tests {
     #[test]
     fn every_call_round_trips() {
         let calls = [
-            Request::Stat { path: "a b/ü&x=1".into(), inline: 65536 },
+            Request::Stat { path: "a b/ü&x=1".into(), inline: 65536, site: false },
+            Request::Stat { path: "a".into(), inline: 0, site: true },
             Request::Read { version: 7, encoding: "br".into(), offset: u64::MAX, len: 3 },
             Request::List { prefix: "img/".into(), cursor: Some("img/b.png".into()), limit: 100 },
             Request::List { prefix: String::new(), cursor: None, limit: 1 },
@@ -405,8 +479,33 @@ mod tests {
     }
 
     #[test]
+    fn stat_answers_round_trip() {
+        let meta = br#"{"path":"a"}"#.to_vec();
+        let cases = [
+            StatAnswer { metadata: meta.clone(), site: None, inline: None },
+            StatAnswer { metadata: meta.clone(), site: None, inline: Some(b"body".to_vec()) },
+            StatAnswer { metadata: meta.clone(), site: None, inline: Some(Vec::new()) },
+            StatAnswer { metadata: meta.clone(), site: Some(None), inline: Some(b"body".to_vec()) },
+            StatAnswer { metadata: meta.clone(), site: Some(Some(r#"{"spa_fallback":"i.html"}"#.into())), inline: None },
+            StatAnswer { metadata: meta.clone(), site: Some(Some("{}".into())), inline: Some(b"x".to_vec()) },
+        ];
+        for answer in cases {
+            let (headers, body) = answer.clone().encode();
+            let header = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str());
+            assert_eq!(StatAnswer::decode(header, body).unwrap(), answer);
+        }
+        // A length past the body is refused, not read past.
+        let header = |name: &str| match name {
+            INLINE_HEADER => Some("3"),
+            SITE_HEADER => Some("99"),
+            _ => None,
+        };
+        assert!(StatAnswer::decode(header, b"{}xyz".to_vec()).is_err());
+    }
+
+    #[test]
     fn targets_are_percent_encoded() {
-        let stat = Request::Stat { path: "a b/ü&x=1".into(), inline: 0 };
+        let stat = Request::Stat { path: "a b/ü&x=1".into(), inline: 0, site: false };
         assert_eq!(stat.target("/p"), "/p/v1/stat?path=a+b%2F%C3%BC%26x%3D1&inline=0");
         assert_eq!(Request::SiteConfig.target(""), "/v1/site-config");
     }
@@ -418,7 +517,7 @@ mod tests {
         let bad = Request::parse("GET", "/v1/read", Some("version=x&encoding=identity&offset=0&len=1"));
         assert_eq!(bad, Err(Error::Invalid("version is not a number".into())));
         let inline = Request::parse("GET", "/v1/stat", Some("path=a&inline=99999999999")).unwrap();
-        assert_eq!(inline, Request::Stat { path: "a".into(), inline: MAX_INLINE });
+        assert_eq!(inline, Request::Stat { path: "a".into(), inline: MAX_INLINE, site: false });
     }
 
     #[test]

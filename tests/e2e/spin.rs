@@ -191,6 +191,21 @@ fn cross_checks(primary: &Sqld, edge: &Server, base: &str) {
     assert_eq!(edge.put("/cross/from-host.txt", None, b"via the host".to_vec()).status(), 201);
     assert_eq!(c.get(spin_url("/cross/from-host.txt")).send().unwrap().text().unwrap(), "via the host");
 
+    // A small GET is one sidecar call: its metadata, body and the site
+    // rules come together.
+    let calls = || -> f64 {
+        let text = edge.get("/metrics").text().unwrap();
+        text.lines()
+            .filter(|l| l.starts_with("turserver_sidecar_calls_total{"))
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+            .sum()
+    };
+    let before = calls();
+    for _ in 0..3 {
+        assert_eq!(c.get(spin_url("/cross/from-host.txt")).send().unwrap().text().unwrap(), "via the host");
+    }
+    assert_eq!(calls() - before, 3.0, "one sidecar call per small GET");
+
     // A body of several chunks streams both ways through the adapter.
     let big = pseudo_random(3 * 1024 * 1024 + 17, 7);
     let r = c.put(spin_url("/cross/big.bin")).bearer_auth(TOKEN).body(big.clone()).send().unwrap();

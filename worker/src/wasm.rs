@@ -43,7 +43,10 @@ impl Guest for Worker {
         // earlier request never writes with that one's credentials.
         let credentials = req.headers.iter().find(|(name, _)| name.eq_ignore_ascii_case("authorization"));
         files::authorize(&credentials.map(|(_, v)| String::from_utf8_lossy(v)).unwrap_or_default());
-        let outcome = RULES.with_borrow_mut(|rules| core::handle_with(&req, &mut HostStore, rules));
+        // Stat the file a GET serves before the rules are read: a store over
+        // the network (the Spin adapter) then brings the rules in the same call.
+        let mut store = HostStore { first: core::first_stat(&req).map(|p| (p.clone(), HostStore::fetch(&p))) };
+        let outcome = RULES.with_borrow_mut(|rules| core::handle_with(&req, &mut store, rules));
         let resp = match outcome {
             Outcome::Respond(resp) => resp,
             Outcome::Upload { path, content_type, size_hint, expect } => {
@@ -54,14 +57,14 @@ impl Guest for Worker {
             Outcome::PutSiteConfig => match files::check_write().map_err(from_wit) {
                 Err(e) => core::error_response(e),
                 Ok(()) => match read_body(request, core::MAX_SITE_CONFIG) {
-                    Ok(body) => core::put_site_config(&body, &mut HostStore),
+                    Ok(body) => core::put_site_config(&body, &mut store),
                     Err(resp) => resp,
                 },
             },
             Outcome::Plan => match files::check_write().map_err(from_wit) {
                 Err(e) => core::error_response(e),
                 Ok(()) => match read_body(request, core::MAX_PLAN_BODY) {
-                    Ok(body) => core::plan(&body, &mut HostStore),
+                    Ok(body) => core::plan(&body, &mut store),
                     Err(resp) => resp,
                 },
             },
@@ -264,11 +267,24 @@ fn write_all(stream: &OutputStream, mut bytes: &[u8]) -> bool {
     stream.blocking_flush().is_ok()
 }
 
-struct HostStore;
+/// The host's store as the core's [`core::Store`].
+struct HostStore {
+    /// A stat made ahead of routing, handed out once.
+    first: Option<(String, Result<Metadata, StoreError>)>,
+}
+
+impl HostStore {
+    fn fetch(path: &str) -> Result<Metadata, StoreError> {
+        files::stat(path).map(to_core).map_err(from_wit)
+    }
+}
 
 impl core::Store for HostStore {
     fn stat(&mut self, path: &str) -> Result<Metadata, StoreError> {
-        files::stat(path).map(to_core).map_err(from_wit)
+        match self.first.take() {
+            Some((p, result)) if p == path => result,
+            _ => HostStore::fetch(path),
+        }
     }
 
     fn list(&mut self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<core::Listing, StoreError> {

@@ -147,7 +147,9 @@ async fn start(
                 token: TokenDigest::of(token),
                 write_token,
                 max_upload: args.max_upload_size,
+                calls: Default::default(),
             });
+            metrics.register(|r| sidecar.register_metrics(r));
             Some(tokio::spawn(http::serve("sidecar", listener, sidecar, args.limits(), connections, shutdown)))
         }
         _ => None,

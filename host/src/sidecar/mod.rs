@@ -19,8 +19,12 @@ use crate::store::Store;
 use crate::wasm::wit::{self, Error, HostBatch, HostUpload};
 use crate::wasm::{FilesCtx, FilesError, FilesView};
 use http_body_util::BodyExt;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use std::sync::Arc;
-use turserver_protocol::{FrameReader, Piece, Request as Call, CLIENT_AUTHORIZATION, INLINE_HEADER};
+use turserver_protocol::{FrameReader, Piece, Request as Call, StatAnswer, CLIENT_AUTHORIZATION};
 use wasmtime::component::{Resource, ResourceTable};
 
 /// What the sidecar shares between requests.
@@ -31,6 +35,19 @@ pub struct Sidecar {
     /// The write token client credentials are judged by.
     pub write_token: Option<TokenDigest>,
     pub max_upload: u64,
+    /// Calls answered, by name.
+    pub calls: Family<CallLabels, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallLabels {
+    call: &'static str,
+}
+
+impl Sidecar {
+    pub fn register_metrics(&self, registry: &mut Registry) {
+        registry.register("sidecar_calls", "Store calls the sidecar answered, by call", self.calls.clone());
+    }
 }
 
 impl Handler for Sidecar {
@@ -52,9 +69,10 @@ impl Sidecar {
         let mut table = ResourceTable::new();
         let mut view = FilesView { ctx: &mut ctx, table: &mut table };
         let call = Call::parse(req.method().as_str(), req.uri().path(), req.uri().query()).map_err(Error::from)?;
+        self.calls.get_or_create(&CallLabels { call: call.name() }).inc();
         let body = req.into_body();
         match call {
-            Call::Stat { path, inline } => stat(&mut view, path, inline).await,
+            Call::Stat { path, inline, site } => stat(&mut view, path, inline, site).await,
             Call::Read { version, encoding, offset, len } => {
                 let bytes = check(wit::Host::read(&mut view, version, encoding, offset, len).await)?;
                 Ok(response(200, Some("application/octet-stream"), bytes))
@@ -99,23 +117,28 @@ fn check<T>(result: Result<T, FilesError>) -> Result<T, Error> {
     })
 }
 
-/// `stat`; with `inline` > 0, a body of at most that many bytes follows the
-/// metadata, saving the `read` that would come next: the answer is the
-/// metadata JSON, then the body, split at the length [`INLINE_HEADER`] gives.
-async fn stat(view: &mut FilesView<'_>, path: String, inline: u64) -> Result<Response, Error> {
+/// `stat`; with `inline` > 0, a body of at most that many bytes comes along,
+/// saving the `read` that would come next, and with `site` the site
+/// document, saving the `site-config` call: a small GET through the
+/// adapter is one call. The parts are laid out as [`StatAnswer`] says.
+async fn stat(view: &mut FilesView<'_>, path: String, inline: u64, site: bool) -> Result<Response, Error> {
+    let site = match site {
+        true => Some(check(wit::Host::site_config(view).await)?),
+        false => None,
+    };
     let meta = check(wit::Host::stat(view, path).await)?;
-    let mut out = serde_json::to_vec(&meta).unwrap_or_default();
-    if meta.size > inline {
-        return Ok(response(200, Some("application/json"), out));
-    }
-    let json_len = out.len();
-    match check(wit::Host::read(view, meta.version, "identity".into(), 0, meta.size).await) {
-        Ok(body) => out.extend_from_slice(&body),
+    let mut answer = StatAnswer { metadata: serde_json::to_vec(&meta).unwrap_or_default(), site, inline: None };
+    if meta.size <= inline {
         // Replaced meanwhile: the metadata alone, the worker's read will say.
-        Err(_) => return Ok(response(200, Some("application/json"), out)),
+        answer.inline = check(wit::Host::read(view, meta.version, "identity".into(), 0, meta.size).await).ok();
     }
-    let mut resp = response(200, Some("application/octet-stream"), out);
-    resp.headers_mut().insert(INLINE_HEADER, ::http::HeaderValue::from(json_len));
+    let (headers, body) = answer.encode();
+    let mut resp = response(200, Some("application/octet-stream"), body);
+    for (name, value) in headers {
+        if let Ok(v) = ::http::HeaderValue::from_str(&value) {
+            resp.headers_mut().insert(name, v);
+        }
+    }
     Ok(resp)
 }
 

@@ -46,6 +46,9 @@ thread_local! {
     static CREDENTIALS: RefCell<Option<String>> = const { RefCell::new(None) };
     /// A small body `stat` brought along: (version, identity bytes).
     static INLINE: RefCell<Option<(u64, Vec<u8>)>> = const { RefCell::new(None) };
+    /// The site document, once a call of this request brought it (Some(None):
+    /// none is stored). Forgotten at `authorize`, the start of each request.
+    static SITE: RefCell<Option<Option<String>>> = const { RefCell::new(None) };
 }
 
 /// Bodies up to this size come with `stat`, saving a call per small GET.
@@ -235,17 +238,20 @@ impl Guest for Adapter {
     type Batch = Batch;
 
     fn stat(path: String) -> Result<Metadata, Error> {
-        let (headers, mut body) = call(Call::Stat { path, inline: INLINE_LIMIT })?;
-        let inline = headers.iter().find(|(n, _)| n == protocol::INLINE_HEADER);
-        let Some(json_len) = inline.and_then(|(_, v)| std::str::from_utf8(v).ok()?.parse::<usize>().ok()) else {
-            return json(body);
+        // The first call of a request also fetches the site document.
+        let site = SITE.with(|s| s.borrow().is_none());
+        let (headers, body) = call(Call::Stat { path, inline: INLINE_LIMIT, site })?;
+        let header = |name: &str| {
+            headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).and_then(|(_, v)| std::str::from_utf8(v).ok())
         };
-        if json_len > body.len() {
-            return Err(Error::Internal("unexpected answer from the store sidecar: short inline body".into()));
+        let answer = protocol::StatAnswer::decode(header, body).map_err(Error::Internal)?;
+        let meta: Metadata = json(answer.metadata)?;
+        if let Some(doc) = answer.site {
+            SITE.with(|s| *s.borrow_mut() = Some(doc));
         }
-        let file = body.split_off(json_len);
-        let meta: Metadata = json(body)?;
-        INLINE.with(|i| *i.borrow_mut() = Some((meta.version, file)));
+        if let Some(file) = answer.inline {
+            INLINE.with(|i| *i.borrow_mut() = Some((meta.version, file)));
+        }
         Ok(meta)
     }
 
@@ -305,22 +311,31 @@ impl Guest for Adapter {
     }
 
     fn site_config() -> Result<Option<String>, Error> {
-        let body = call_body(Call::SiteConfig)?;
-        if body.is_empty() {
-            return Ok(None);
+        if let Some(known) = SITE.with(|s| s.borrow().clone()) {
+            return Ok(known);
         }
-        String::from_utf8(body).map(Some).map_err(|_| Error::Internal("site configuration is not UTF-8".into()))
+        let body = call_body(Call::SiteConfig)?;
+        let doc = match body.is_empty() {
+            true => None,
+            false => Some(String::from_utf8(body).map_err(|_| Error::Internal("site configuration is not UTF-8".into()))?),
+        };
+        SITE.with(|s| *s.borrow_mut() = Some(doc.clone()));
+        Ok(doc)
     }
 
     fn set_site_config(json: String) -> Result<(), Error> {
+        SITE.with(|s| *s.borrow_mut() = None);
         let pending = start(&Call::SetSiteConfig, false)?;
         let sent = pending.send(json.as_bytes()).is_ok();
         decode(pending, sent).map(drop)
     }
 
     fn authorize(credentials: String) {
-        // Each request's own: none when it carries none.
+        // Each request's own: none when it carries none; nothing an earlier
+        // request fetched is kept.
         CREDENTIALS.with(|c| *c.borrow_mut() = (!credentials.is_empty()).then_some(credentials));
+        SITE.with(|s| *s.borrow_mut() = None);
+        INLINE.with(|i| *i.borrow_mut() = None);
     }
 
     fn check_write() -> Result<(), Error> {

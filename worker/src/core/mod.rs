@@ -223,6 +223,21 @@ pub(crate) const SITE_ROUTE: &str = "_api/site";
 pub(crate) const BATCH_ROUTE: &str = "_api/batch";
 pub(crate) const PLAN_ROUTE: &str = "_api/plan";
 
+/// The path a request's routing will `stat` first, when it is known before
+/// the site rules are: the file a GET or HEAD serves. A store reached over
+/// a network fetches it (and the rules) in one call when told early.
+pub fn first_stat(req: &Request) -> Option<String> {
+    if !matches!(req.method.as_str(), "GET" | "HEAD") {
+        return None;
+    }
+    let target = path::normalise(req.split_target().0).ok()?;
+    let api = [LIST_ROUTE, SITE_ROUTE, BATCH_ROUTE, PLAN_ROUTE];
+    if !target.dir && api.contains(&target.path.as_str()) {
+        return None;
+    }
+    Some(target.file_to_serve())
+}
+
 /// Routes one request, parsing the site rules afresh.
 pub fn handle(req: &Request, store: &mut impl Store) -> Outcome {
     handle_with(req, store, &mut RulesCache::default())

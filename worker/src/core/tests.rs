@@ -524,3 +524,46 @@ fn a_plan_sends_what_is_new_or_changed_and_removes_what_is_gone() {
         assert_eq!(plan_of(&[], &body).status, 400, "{why}");
     }
 }
+
+/// A store that records the paths it was asked to stat.
+struct Recording(Fake, Vec<String>);
+
+impl Store for Recording {
+    fn stat(&mut self, path: &str) -> Result<Metadata, StoreError> {
+        self.1.push(path.to_string());
+        self.0.stat(path)
+    }
+    fn list(&mut self, prefix: &str, cursor: Option<&str>, limit: u32) -> Result<Listing, StoreError> {
+        self.0.list(prefix, cursor, limit)
+    }
+    fn delete(&mut self, path: &str, expect: Option<Expect>) -> Result<(), StoreError> {
+        self.0.delete(path, expect)
+    }
+    fn site_config(&mut self) -> Result<Option<String>, StoreError> {
+        self.0.site_config()
+    }
+    fn set_site_config(&mut self, json: &str) -> Result<(), StoreError> {
+        self.0.set_site_config(json)
+    }
+}
+
+#[test]
+fn the_first_stat_is_known_before_routing() {
+    for (method, target) in [
+        ("GET", "/a.css"),
+        ("HEAD", "/docs/"),
+        ("GET", "/"),
+        ("GET", "/docs?x=1"),
+        ("GET", "/missing.txt"),
+        ("GET", "/_api/files"),
+        ("GET", "/_api/site"),
+        ("PUT", "/a.css"),
+        ("DELETE", "/a.css"),
+        ("GET", "/%2e%2e/x"),
+    ] {
+        let mut s = Recording(Fake::with(&["a.css", "docs/index.html", "index.html"]), Vec::new());
+        let r = req(method, target);
+        let _ = handle(&r, &mut s);
+        assert_eq!(first_stat(&r), s.1.first().cloned(), "{method} {target}");
+    }
+}
