@@ -11,6 +11,7 @@ prints one table with each target marked met or not.
     python3 tests/bench.py --quick    # shorter runs, for a rough look
     python3 tests/bench.py --no-soak  # without the soak test (64 clients, 60 s)
     python3 tests/bench.py --deploy-only  # only the deploy figures
+    python3 tests/bench.py --spin-only    # only the Spin figures
 
 Needs wrk and nginx (Debian: apt-get install wrk nginx-light).
 """
@@ -53,8 +54,9 @@ class Proc:
 
     live = []
 
-    def __init__(self, args, **kw):
-        self.p = subprocess.Popen(args, **kw)
+    def __init__(self, args, group=False, **kw):
+        self.group = group
+        self.p = subprocess.Popen(args, start_new_session=group, **kw)
         Proc.live.append(self)
 
     def stop(self):
@@ -64,6 +66,12 @@ class Proc:
                 self.p.wait(10)
             except subprocess.TimeoutExpired:
                 self.p.kill()
+        if self.group:
+            # `spin up` runs the app in a child process: stop the whole group.
+            try:
+                os.killpg(self.p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 TEMP_DIRS = []
@@ -373,7 +381,95 @@ def print_deploy(dep):
 
 def deploy_checks(dep):
     return [
-    ] + deploy_checks(dep)
+        ("deploy 1,000 x 10 KiB <= 3 s", dep["first"] <= 3, f"{dep['first']:.2f} s"),
+        ("redeploy, nothing changed <= 0.5 s", dep["unchanged"] <= 0.5, f"{dep['unchanged']:.2f} s"),
+        ("redeploy, 10 changed <= 1 s", dep["ten"] <= 1, f"{dep['ten']:.2f} s"),
+        ("1 GiB deploy >= 100 MB/s", dep["big_mb_s"] >= 100, f"{dep['big_mb_s']:.0f} MB/s"),
+        ("deploy client RSS < 64 MiB (1 GiB file)", dep["big_rss"] < 64, f"{dep['big_rss']:.0f} MiB"),
+    ]
+
+
+def spin_up(spin, manifest, env=None):
+    """`spin up` on a free port; its URL once it answers."""
+    port = free_port()
+    Proc([spin, "up", "--from", manifest, "--listen", f"127.0.0.1:{port}"], group=True, cwd=os.path.dirname(manifest),
+         env=dict(os.environ, **(env or {})), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            http("GET", url + "/")
+            return url
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"spin up {manifest} did not answer")
+
+
+def spin_bench(binary, work, seconds, rounds):
+    """The worker under real Spin, its store on a turserver sidecar, beside
+    a minimal wasi:http component (the test worker, which answers `ok`)
+    under the same Spin; None when Spin is not installed."""
+    spin = os.path.join(ROOT, ".tools/spin/spin")
+    if not os.path.exists(spin):
+        return None
+    log("spin: building the application (spin build) and a hello-world component")
+    subprocess.run([spin, "build", "--from", os.path.join(ROOT, "spin.toml")], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run(["cargo", "build", "--target", "wasm32-wasip2", "--release", "-p", "turserver-test-worker"],
+                   cwd=ROOT, check=True)
+    hello_dir = temp_dir("bench-spin-hello-")
+    hello = os.path.join(hello_dir, "spin.toml")
+    with open(hello, "w") as f:
+        f.write(f"""spin_manifest_version = 2
+[application]
+name = "hello"
+[[trigger.http]]
+route = "/..."
+component = "hello"
+[component.hello]
+source = "{ROOT}/target/wasm32-wasip2/release/turserver_test_worker.wasm"
+""")
+    sidecar_port = free_port()
+    _, host_url = start_turserver(binary, os.path.join(work, "spin-sidecar"), "--sidecar-listen",
+                                  f"127.0.0.1:{sidecar_port}", "--sidecar-token", "bench-sidecar")
+    put(host_url, "f1k.bin", os.urandom(1024))
+    worker_url = spin_up(spin, os.path.join(ROOT, "spin.toml"),
+                         {"SPIN_VARIABLE_SIDECAR_URL": f"http://127.0.0.1:{sidecar_port}",
+                          "SPIN_VARIABLE_SIDECAR_TOKEN": "bench-sidecar"})
+    hello_url = spin_up(spin, hello)
+    rows = []
+    for conns in (16, 64):
+        log(f"spin c={conns}: {rounds} rounds of 2 x {seconds}s")
+        ours, theirs = [], []
+        for r in range(rounds):
+            pair = [("worker", f"{worker_url}/f1k.bin"), ("hello", f"{hello_url}/")]
+            for label, url in pair if r % 2 == 0 else pair[::-1]:
+                (ours if label == "worker" else theirs).append(wrk(url, conns, seconds))
+        ratio = statistics.median(a[0] / b[0] for a, b in zip(ours, theirs))
+        rows.append((conns, statistics.median(x[0] for x in ours), statistics.median(x[0] for x in theirs), ratio))
+    return rows
+
+
+def print_spin(rows):
+    for conns, ours, hello, ratio in rows:
+        print(f"spin c={conns}: worker (1 KiB GET, store on the sidecar) {ours:.0f} req/s, "
+              f"hello-world {hello:.0f} req/s: {ratio:.2f}x")
+
+
+def spin_checks(rows):
+    return [(f"worker under Spin >= 0.5x hello-world, {c} conns", ratio >= 0.5, f"{ratio:.2f}x")
+            for c, _, _, ratio in rows]
+
+
+def spin_only(binary, work, seconds, rounds):
+    rows = spin_bench(binary, work, seconds, rounds)
+    if rows is None:
+        raise SystemExit("Spin is not installed: bash tests/setup.sh installs it from ../shared/tools/spin")
+    print()
+    print_spin(rows)
+    print()
+    for name, ok, figure in spin_checks(rows):
+        print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
 
 
 def deploy_only(binary, sqld, work, quick):
@@ -393,11 +489,12 @@ def main():
     ap.add_argument("--quick", action="store_true", help="shorter runs")
     ap.add_argument("--no-soak", action="store_true", help="skip the soak test")
     ap.add_argument("--deploy-only", action="store_true", help="only the deploy figures (needs sqld, not wrk)")
+    ap.add_argument("--spin-only", action="store_true", help="only the Spin figures (needs Spin and wrk)")
     opts = ap.parse_args()
     seconds = 2 if opts.quick else 4
     rounds = 3 if opts.quick else 5
     lag_writes = 40 if opts.quick else 200
-    for tool in () if opts.deploy_only else ("wrk", "nginx", "curl"):
+    for tool in () if opts.deploy_only else ("wrk",) if opts.spin_only else ("wrk", "nginx", "curl"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install wrk nginx-light curl")
 
@@ -418,6 +515,8 @@ def main():
 
     if opts.deploy_only:
         return deploy_only(binary, sqld, work, opts.quick)
+    if opts.spin_only:
+        return spin_only(binary, work, seconds, rounds)
     nginx_url = nginx(disk)
     plain, plain_url = start_turserver(binary, os.path.join(work, "plain"), "--response-cache-mib", "0")
     cached, cached_url = start_turserver(binary, os.path.join(work, "cached"))
@@ -465,6 +564,8 @@ def main():
     log("deploys through the replica edge (1,000 x 10 KiB; 1 GiB)")
     dep = deploy_bench(binary, edge_url, work, opts.quick)
 
+    spin_rows = spin_bench(binary, work, seconds, rounds)
+
     log("100 MiB downloads")
     # Single downloads alternate between turserver and nginx, seven each, so
     # both see the same drift; each figure is the median (the first of each
@@ -489,6 +590,10 @@ def main():
           f"{batch_rate:.0f} files/s in one batch ({batch_rate / single_rate:.1f}x)")
 
     print_deploy(dep)
+    if spin_rows:
+        print_spin(spin_rows)
+    else:
+        print("spin: not installed, not measured (bash tests/setup.sh installs it from ../shared/tools/spin)")
 
     def row(test, label):
         return next(r for r in rows if r[0] == test and r[1] == label)
@@ -509,7 +614,7 @@ def main():
          f"{anon_growth:.1f} MiB (total RSS {rss_growth:.1f} MiB)"),
         ("edge read p99 < 1 ms at 2 conns (replica)", replica_p99 < 1.0, f"{replica_p99:.2f} ms"),
         ("sync lag p99 <= interval + 50 ms", lag99 <= 1050, f"{lag99:.0f} ms"),
-    ] + deploy_checks(dep)
+    ] + deploy_checks(dep) + (spin_checks(spin_rows) if spin_rows else [])
     print()
     for name, ok, figure in checks:
         print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")

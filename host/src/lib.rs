@@ -7,7 +7,8 @@
 //! by a test below), so a request's path reads top to bottom:
 //!
 //! - [`app`]: wires every layer: configuration, startup, the public port's
-//!   routes (host endpoints), shutdown; the `worker deploy` client.
+//!   routes (host endpoints), shutdown; the client commands (`deploy`,
+//!   `put`, `get`, `ls`, `rm`, `status`, `worker deploy`).
 //! - `sidecar`: the store over HTTP for workers on Spin (`--sidecar-listen`).
 //! - `ops`: `/_turserver/status` and `/metrics` (one registry, metrics
 //!   registered by each owner).
@@ -15,8 +16,8 @@
 //!   consistency wait, response cache, access, invoke.
 //! - `wasm`: engine, compiled-worker cache, instances and reuse, the active
 //!   worker and swaps, the `turserver:store/files` host side and bindings.
-//! - `store`: the libSQL database: reads, writes, uploads, replication and
-//!   its stats, the background sync and GC, schema.
+//! - `store`: the libSQL database: reads, writes, uploads, publishing in
+//!   groups, replication and its stats, the background sync and GC, schema.
 //! - `http`: the one accept/serve loop for both ports, host responses,
 //!   header names, bearer tokens, lingering bodies, the send timeout.
 //! - `task`: background tasks that die with their owner.

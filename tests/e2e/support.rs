@@ -604,6 +604,9 @@ impl SpinUp {
         for (k, v) in variables {
             cmd.env(format!("SPIN_VARIABLE_{}", k.to_ascii_uppercase()), v);
         }
+        // Its own process group: `spin up` runs the app in a child process,
+        // which must stop with it.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("start spin up");
         let log = Log::default();
         log.capture(child.stdout.take().unwrap());
@@ -627,6 +630,7 @@ impl SpinUp {
 
 impl Drop for SpinUp {
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{}", self.child.id())]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
         dump_on_panic("spin up", &self.log);

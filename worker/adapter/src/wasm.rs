@@ -54,6 +54,11 @@ thread_local! {
 /// Bodies up to this size come with `stat`, saving a call per small GET.
 const INLINE_LIMIT: u64 = 64 << 10;
 
+/// Bytes asked of an answer's body stream at a time. The runtime sets a
+/// buffer of this size aside for each read, whatever arrives: a small
+/// answer read with a large request costs more than the call itself.
+const READ_PIECE: u64 = 64 << 10;
+
 /// Bytes `send` fetches from the sidecar per call: the host's chunk size.
 const SEND_PIECE: u64 = 1 << 20;
 
@@ -186,7 +191,7 @@ fn read_all(response: &IncomingResponse, limit: usize) -> Result<Vec<u8>, String
     let stream = body.stream().map_err(|()| "body unreadable".to_string())?;
     let mut out = Vec::new();
     loop {
-        match stream.blocking_read(1 << 20) {
+        match stream.blocking_read(READ_PIECE) {
             Ok(bytes) => {
                 out.extend_from_slice(&bytes);
                 if out.len() > limit {
