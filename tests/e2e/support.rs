@@ -81,12 +81,19 @@ pub struct Sqld {
     pub port: u16,
     dir: TempDir,
     log: Log,
+    extra: Vec<String>,
 }
 
 impl Sqld {
     pub fn start() -> Sqld {
+        Sqld::start_with(&[])
+    }
+
+    /// A primary started with more `sqld` flags.
+    pub fn start_with(extra: &[&str]) -> Sqld {
         let dir = TempDir::new("sqld");
-        let mut sqld = Sqld { child: None, port: free_port(), dir, log: Log::default() };
+        let extra = extra.iter().map(|s| s.to_string()).collect();
+        let mut sqld = Sqld { child: None, port: free_port(), dir, log: Log::default(), extra };
         sqld.spawn();
         sqld
     }
@@ -96,6 +103,7 @@ impl Sqld {
             .arg("--db-path")
             .arg(self.dir.path().join("data"))
             .args(["--http-listen-addr", &format!("127.0.0.1:{}", self.port), "--no-welcome"])
+            .args(&self.extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -11,6 +11,12 @@ use serde::Serialize;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// How long a write's answer waits for the replica to hold it, syncing
+/// again as often as needed (sqld refuses syncs while it compacts its log,
+/// for about 3 s at its default 200 MB log). Well under the 10 s a write
+/// may take in all, so a committed write is never answered as failed.
+pub const WRITE_VISIBLE_WAIT: Duration = Duration::from_secs(5);
+
 /// What every sync with the primary records (the periodic loop, the sync
 /// after a write, and on-demand syncs for read-your-writes).
 pub struct SyncStats {
@@ -178,15 +184,30 @@ impl Store {
 
     /// Read-your-writes: after a write commits on the primary, pull it into
     /// the replica before answering, so the next read on this edge sees it.
-    /// The write itself has succeeded either way; a failed pull is logged
-    /// and the periodic sync catches up.
+    /// A sync that fails meanwhile (the primary compacting its replication
+    /// log refuses syncs for seconds) is retried until the replica holds the
+    /// write, for at most [`WRITE_VISIBLE_WAIT`]. The write itself has
+    /// succeeded either way; past the bound it is logged and the periodic
+    /// sync catches up.
     pub(crate) async fn written(&self) {
-        if self.mode == Mode::Local {
-            self.changed();
-        }
-        if let Mode::Replica { .. } = self.mode {
-            if let Err(e) = self.sync().await {
-                tracing::warn!(cause = %e, "sync after a write failed; the write is on the primary but not yet visible here");
+        match self.mode {
+            Mode::Local => self.changed(),
+            Mode::Replica { .. } => {
+                let Some(position) = self.write_position() else {
+                    if let Err(e) = self.sync().await {
+                        tracing::warn!(cause = %e, "sync after a write failed; the write is on the primary but not yet visible here");
+                    }
+                    return;
+                };
+                if !self.wait_for(position, WRITE_VISIBLE_WAIT).await {
+                    let cause = self.stats.last_error.lock().expect("poisoned").clone().unwrap_or_default();
+                    tracing::warn!(
+                        position,
+                        cause,
+                        "the replica did not catch up with a write within {WRITE_VISIBLE_WAIT:?}; \
+                         the write is on the primary but not yet visible here"
+                    );
+                }
             }
         }
     }
