@@ -33,6 +33,23 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The same failure for another caller (a group commit answers each of
+    /// its writes): same case and message.
+    pub fn duplicate(&self) -> StoreError {
+        match self {
+            StoreError::TooLarge(n) => StoreError::TooLarge(*n),
+            StoreError::PreconditionFailed => StoreError::PreconditionFailed,
+            StoreError::Invalid(s) => StoreError::Invalid(s.clone()),
+            StoreError::Unavailable { op, source } => {
+                StoreError::Unavailable { op, source: libsql::Error::ConnectionFailed(source.to_string()) }
+            }
+            StoreError::Database { op, source } => {
+                StoreError::Database { op, source: libsql::Error::Misuse(source.to_string()) }
+            }
+            StoreError::Internal(s) => StoreError::Internal(s.clone()),
+        }
+    }
+
     /// A failed read, or any failure of the local database (or replica)
     /// itself: opening a connection, setting it up.
     pub fn read(op: &'static str, source: libsql::Error) -> Self {

@@ -13,6 +13,7 @@
 //! - `writes`: deletes, the site document, conditional-write checks, GC.
 //! - `upload`: staging bodies (and their encodings), uploads and batches.
 //! - `publish`: making staged files visible in one transaction, in groups.
+//! - `commit`: group commit of single uploads that finish together.
 //! - `replication`: syncs, positions, read-your-writes waits, sync stats.
 //! - `replica`: opening, checking and rebuilding the embedded replica.
 //! - `upkeep`: the background sync loop and garbage collector.
@@ -22,6 +23,7 @@
 //! - `paths`: the host's own check of the paths workers write.
 //! - `error`: failures, classified by what a caller should do.
 
+mod commit;
 mod error;
 mod paths;
 mod pool;
@@ -94,6 +96,11 @@ pub struct Store {
     reads: reads::ReadCache,
     /// Idle connections (see `pool`).
     idle: Mutex<Vec<Connection>>,
+    /// Where finished uploads queue for a group commit (see `commit`).
+    committer: std::sync::OnceLock<tokio::sync::mpsc::Sender<commit::Pending>>,
+    /// Group commits made, and the uploads they published.
+    commit_groups: prometheus_client::metrics::counter::Counter,
+    committed_uploads: prometheus_client::metrics::counter::Counter,
 }
 
 impl Store {
@@ -107,6 +114,9 @@ impl Store {
             site_cache: Mutex::new(None),
             reads: reads::read_cache(),
             idle: Mutex::new(Vec::new()),
+            committer: std::sync::OnceLock::new(),
+            commit_groups: Default::default(),
+            committed_uploads: Default::default(),
         }
     }
 
@@ -148,6 +158,8 @@ impl Store {
     /// Registers the store's metrics (syncs, replication index).
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.stats.register(registry);
+        registry.register("commit_groups", "Transactions that published single uploads together", self.commit_groups.clone());
+        registry.register("committed_uploads", "Single uploads published by those transactions", self.committed_uploads.clone());
     }
 }
 

@@ -29,58 +29,102 @@ pub(super) async fn publish(
     removed: BTreeSet<String>,
 ) -> Result<Vec<(FileMeta, bool)>, StoreError> {
     let now = unix_now();
-    let result = publish_in_transaction(conn, &staged, &removed, now).await;
+    let result = publish_in_transaction(conn, &staged, &removed, now, false).await;
     if result.is_err() {
-        for s in &staged {
-            for blob in s.blobs() {
-                super::upload::discard_logged(conn, blob).await;
-            }
-        }
+        discard_all(conn, &staged).await;
     }
-    let outcomes = result?;
-    Ok(staged
-        .into_iter()
-        .zip(outcomes)
-        .map(|(s, (version, created_at, created))| {
-            let encodings = s.variants.iter().map(|(n, b)| (n.to_string(), b.size)).collect();
-            let meta = FileMeta {
-                path: s.path,
-                version,
-                size: s.body.size,
-                content_type: s.content_type,
-                hash: s.hash,
-                last_modified: now as u64,
-                created: created_at as u64,
-                encodings,
-            };
-            (meta, created)
-        })
-        .collect())
+    // All or nothing: no file failed alone.
+    let outcomes = result?.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(staged.into_iter().zip(outcomes).map(|(s, outcome)| published(s, outcome, now)).collect())
 }
 
-/// Each staged file's (version, created_at, whether the path was new).
+/// Publishes independent writes together (a group commit): one
+/// transaction, but a write whose precondition fails fails alone and the
+/// others are published. Every write gets its own answer.
+pub(super) async fn publish_each(conn: &Connection, staged: Vec<Staged>) -> Vec<Result<(FileMeta, bool), StoreError>> {
+    let now = unix_now();
+    match publish_in_transaction(conn, &staged, &BTreeSet::new(), now, true).await {
+        Err(e) => {
+            discard_all(conn, &staged).await;
+            staged.iter().map(|_| Err(e.duplicate())).collect()
+        }
+        Ok(outcomes) => {
+            let mut answers = Vec::with_capacity(staged.len());
+            for (s, outcome) in staged.into_iter().zip(outcomes) {
+                answers.push(match outcome {
+                    Ok(o) => Ok(published(s, o, now)),
+                    Err(e) => {
+                        discard_all(conn, std::slice::from_ref(&s)).await;
+                        Err(e)
+                    }
+                });
+            }
+            answers
+        }
+    }
+}
+
+/// Deletes what `staged` wrote before publishing.
+pub(super) async fn discard_all(conn: &Connection, staged: &[Staged]) {
+    for s in staged {
+        for blob in s.blobs() {
+            super::upload::discard_logged(conn, blob).await;
+        }
+    }
+}
+
+/// A staged file's metadata once published.
+fn published(s: Staged, (version, created_at, created): (u64, i64, bool), now: i64) -> (FileMeta, bool) {
+    let encodings = s.variants.iter().map(|(n, b)| (n.to_string(), b.size)).collect();
+    let meta = FileMeta {
+        path: s.path,
+        version,
+        size: s.body.size,
+        content_type: s.content_type,
+        hash: s.hash,
+        last_modified: now as u64,
+        created: created_at as u64,
+        encodings,
+    };
+    (meta, created)
+}
+
+/// Each staged file's (version, created_at, whether the path was new), or
+/// why it alone was not published (only with `each_alone`; otherwise a
+/// failed precondition fails the whole transaction).
 async fn publish_in_transaction(
     conn: &Connection,
     staged: &[Staged],
     removed: &BTreeSet<String>,
     now: i64,
-) -> Result<Vec<(u64, i64, bool)>, StoreError> {
+    each_alone: bool,
+) -> Result<Vec<Result<(u64, i64, bool), StoreError>>, StoreError> {
     let w = |e| StoreError::write("publishing an upload", e);
     let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.map_err(w)?;
     let paths: Vec<&str> = staged.iter().map(|s| s.path.as_str()).chain(removed.iter().map(String::as_str)).collect();
     let current = currents(&tx, &paths).await?;
-    for s in staged {
+    let mut refused = HashMap::new();
+    for (i, s) in staged.iter().enumerate() {
         if let Err(e) = check_expectation(s.expect.as_ref(), current.get(&s.path)) {
-            tx.rollback().await.map_err(w)?;
-            return Err(e);
+            if !each_alone {
+                tx.rollback().await.map_err(w)?;
+                return Err(e);
+            }
+            refused.insert(i, e);
         }
     }
-    let old: Vec<i64> = current.values().map(|c| c.id).collect();
-    remove_files(&tx, &old).await?;
+    let going: Vec<&Staged> = staged.iter().enumerate().filter(|(i, _)| !refused.contains_key(i)).map(|(_, s)| s).collect();
+    let replaced: Vec<i64> = going
+        .iter()
+        .map(|s| s.path.as_str())
+        .chain(removed.iter().map(String::as_str))
+        .filter_map(|p| current.get(p).map(|c| c.id))
+        .collect();
+    remove_files(&tx, &replaced).await?;
 
-    let versions = insert_files(&tx, staged, &current, now).await?;
-    insert_variants(&tx, staged, &versions).await?;
-    let blobs: Vec<i64> = staged.iter().flat_map(Staged::blobs).collect();
+    let versions = insert_files(&tx, &going, &current, now).await?;
+    insert_variants(&tx, &going, &versions).await?;
+    let blobs: Vec<i64> = going.iter().flat_map(|s| s.blobs()).collect();
     for group in blobs.chunks(500) {
         let sql = format!("DELETE FROM uploads WHERE blob_id IN ({})", placeholders(group.len()));
         tx.execute(&sql, group.iter().map(|b| Value::Integer(*b)).collect::<Vec<_>>()).await.map_err(w)?;
@@ -88,9 +132,13 @@ async fn publish_in_transaction(
     tx.commit().await.map_err(w)?;
     Ok(staged
         .iter()
-        .map(|s| {
-            let old = current.get(&s.path);
-            (versions[&s.path] as u64, old.map_or(now, |c| c.created_at), old.is_none())
+        .enumerate()
+        .map(|(i, s)| match refused.remove(&i) {
+            Some(e) => Err(e),
+            None => {
+                let old = current.get(&s.path);
+                Ok((versions[&s.path] as u64, old.map_or(now, |c| c.created_at), old.is_none()))
+            }
         })
         .collect())
 }
@@ -98,7 +146,7 @@ async fn publish_in_transaction(
 /// Inserts the file rows, a group per statement; returns each path's new id.
 async fn insert_files(
     tx: &Transaction,
-    staged: &[Staged],
+    staged: &[&Staged],
     current: &HashMap<String, super::writes::Current>,
     now: i64,
 ) -> Result<HashMap<String, i64>, StoreError> {
@@ -138,7 +186,7 @@ async fn insert_files(
     Ok(versions)
 }
 
-async fn insert_variants(tx: &Transaction, staged: &[Staged], versions: &HashMap<String, i64>) -> Result<(), StoreError> {
+async fn insert_variants(tx: &Transaction, staged: &[&Staged], versions: &HashMap<String, i64>) -> Result<(), StoreError> {
     let w = |e| StoreError::write("publishing an upload", e);
     let variants: Vec<(i64, &str, &Body)> =
         staged.iter().flat_map(|s| s.variants.iter().map(|(name, body)| (versions[&s.path], *name, body))).collect();

@@ -258,3 +258,58 @@ async fn a_large_batch_publishes_every_file_and_replaces_old_ones() {
     }
     assert_eq!(store.list("many/", None, 1000).await.unwrap().0.len(), 450);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_uploads_commit_together_and_each_keeps_its_precondition() {
+    let dir = TempDir::new("group-commit");
+    let store = Arc::new(Store::open_local(&dir.0).await.unwrap());
+    let (old, _) = put(&store, "g/guarded.txt", b"old", None).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..64u32 {
+        let store = store.clone();
+        let old_hash = old.hash.clone();
+        tasks.push(tokio::spawn(async move {
+            let (path, expect) = match i % 4 {
+                // Wrong expectations: these fail alone.
+                0 => (format!("g/guarded-{i}.txt"), Some(Expect::Hash("0".repeat(64)))),
+                1 => ("g/guarded.txt".to_string(), Some(Expect::Absent)),
+                // The right one, and free writes; two writers share a path.
+                2 if i == 2 => ("g/guarded.txt".to_string(), Some(Expect::Hash(old_hash))),
+                _ => (format!("g/free-{}.txt", i % 32), None),
+            };
+            let body = format!("body {i}").into_bytes();
+            (i, path.clone(), put(&store, &path, &body, expect).await)
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        let (i, path, result) = task.await.unwrap();
+        match (i % 4, result) {
+            (0 | 1, Err(StoreError::PreconditionFailed)) => {}
+            (0 | 1, other) => panic!("write {i} to {path} should fail its precondition: {:?}", other.map(|r| r.0.path)),
+            (_, Ok((meta, _))) => {
+                ok += 1;
+                assert_eq!(meta.path, path);
+            }
+            (_, Err(e)) => panic!("write {i} to {path} failed: {e}"),
+        }
+    }
+    assert_eq!(ok, 32);
+    let (groups, uploads) = (store.commit_groups.get(), store.committed_uploads.get());
+    eprintln!("{uploads} uploads in {groups} transactions");
+    assert_eq!(uploads, 33, "the 32 and the first write");
+    assert!(groups < uploads, "some uploads shared a transaction");
+    let (guarded, _) = store.list("g/guarded", None, 100).await.unwrap();
+    assert_eq!(guarded.len(), 1, "failed writes left nothing: {:?}", guarded.iter().map(|f| &f.path).collect::<Vec<_>>());
+    let now = store.stat("g/guarded.txt").await.unwrap().unwrap();
+    assert_eq!(store.read_whole(Reader::Public, now.version, now.size).await.unwrap(), b"body 2");
+    // Two writers of one path both succeeded; one of their bodies is there.
+    for n in [3u32, 7, 11] {
+        let f = store.stat(&format!("g/free-{n}.txt")).await.unwrap().unwrap();
+        let body = String::from_utf8(store.read_whole(Reader::Public, f.version, f.size).await.unwrap()).unwrap();
+        assert!(body == format!("body {n}") || body == format!("body {}", n + 32), "{body}");
+    }
+    let conn = store.conn().await.unwrap();
+    let staged = sql::query_all(&conn, "SELECT count(*) FROM uploads", ()).await.unwrap();
+    assert_eq!(staged[0].i64(0).unwrap(), 0, "nothing left staged");
+}

@@ -284,15 +284,14 @@ impl Upload {
 
     /// Publishes the file (and its smaller encodings), replacing any previous
     /// file at its path. Returns its metadata and whether the path was new.
+    /// Publishing goes through the group commit: uploads finishing together
+    /// share one transaction (and the sync after it).
     pub async fn finish(mut self) -> Result<(FileMeta, bool), StoreError> {
         let staged = self.stage().await?;
-        let conn = self.conn.clone();
-        let mut published = super::publish::publish(&conn, vec![staged], Default::default()).await?;
         // Reuse the connection: with a replica each new one opens another
         // write-delegation session on the primary, which holds it for a while.
-        self.store.put_back(conn);
-        self.store.written().await;
-        Ok(published.remove(0))
+        self.store.put_back(self.conn.clone());
+        self.store.commit(staged).await
     }
 
     /// Writes what is still buffered and decides which encodings to keep:
