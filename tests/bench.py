@@ -12,6 +12,7 @@ prints one table with each target marked met or not.
     python3 tests/bench.py --no-soak  # without the soak test (64 clients, 60 s)
     python3 tests/bench.py --deploy-only  # only the deploy figures
     python3 tests/bench.py --spin-only    # only the Spin figures
+    python3 tests/bench.py --writes-only  # only the concurrent-PUT figures
 
 Needs wrk and nginx (Debian: apt-get install wrk nginx-light).
 """
@@ -261,6 +262,54 @@ def sync_lag(primary_url, edge_url, writes, interval):
     return lags[len(lags) // 2], lags[min(len(lags) - 1, int(len(lags) * 0.99))]
 
 
+PUT_SCRIPT = """
+local next_id = 1
+function setup(thread)
+    thread:set("id", next_id)
+    next_id = next_id + 1
+end
+function init(args)
+    n = 0
+    body = string.rep("x", 1024)
+    headers = {["Authorization"] = "Bearer %s", ["Content-Type"] = "application/octet-stream"}
+end
+function request()
+    n = n + 1
+    return wrk.format("PUT", "/%s/" .. id .. "-" .. n .. ".bin", headers, body)
+end
+"""
+
+
+def concurrent_puts(url, conns, seconds, prefix):
+    """New 1 KiB files PUT by `conns` clients for `seconds`: files/s, p50 ms."""
+    script = os.path.join(temp_dir("bench-put-"), "put.lua")
+    with open(script, "w") as f:
+        f.write(PUT_SCRIPT % (TOKEN, prefix))
+    threads = min(conns, 2)
+    out = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", script, url],
+                         capture_output=True, text=True, check=True).stdout
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise SystemExit(f"PUTs to {url}: {errors.group(1)} error responses")
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    m = re.search(r"\s50%\s+([\d.]+)(us|ms|s)\b", out)
+    v, unit = float(m.group(1)), m.group(2)
+    return rps, v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+
+
+def group_commit_bench(binary, primary_url, edge_url, work, seconds):
+    """64 clients PUTting new 1 KiB files to a replica edge, with group
+    commit (the default) and without (`--commit-group 1`, on a second edge
+    of the same primary), and one client alone on each."""
+    _, single_url = start_turserver(binary, os.path.join(work, "edge-no-group"), "--primary-url", primary_url,
+                                    "--commit-group", "1")
+    rows = {}
+    for label, url in (("group", edge_url), ("one by one", single_url)):
+        rows[label] = (concurrent_puts(url, 64, seconds, f"gc64-{label[0]}"),
+                       concurrent_puts(url, 1, seconds, f"gc1-{label[0]}"))
+    return rows
+
+
 def batch_vs_put(url, files):
     payload = [(f"put/{i}.txt", os.urandom(1024)) for i in range(files)]
     t0 = time.time()
@@ -354,6 +403,31 @@ def deploy_bench(binary, edge_url, work, quick):
     shutil.rmtree(big_dir, ignore_errors=True)
     return {"first": first, "unchanged": unchanged, "ten": ten, "single": single, "txt": txt_time,
             "big_mb_s": big_size / big_time / 1e6, "big_rss": big_rss, "big_size": big_size}
+
+
+def print_group_commit(gc):
+    (g64, g1), (s64, s1) = gc["group"], gc["one by one"]
+    print(f"PUT 1 KiB, replica edge, 64 clients: {g64[0]:.0f} files/s with group commit, "
+          f"{s64[0]:.0f} one transaction each; 1 client: p50 {g1[1]:.2f} ms with, {s1[1]:.2f} ms without")
+
+
+def group_commit_checks(gc):
+    (g64, g1), (_, s1) = gc["group"], gc["one by one"]
+    return [
+        ("64 clients PUT 1 KiB >= 1,500 files/s (replica)", g64[0] >= 1500, f"{g64[0]:.0f} files/s"),
+        ("1 client loses <= 10% latency to group commit", g1[1] <= s1[1] * 1.1, f"p50 {g1[1]:.2f} vs {s1[1]:.2f} ms"),
+    ]
+
+
+def writes_only(binary, sqld, work, seconds):
+    primary_url = start_sqld(sqld, work)
+    _, edge_url = start_turserver(binary, os.path.join(work, "edge"), "--primary-url", primary_url)
+    gc = group_commit_bench(binary, primary_url, edge_url, work, seconds)
+    print()
+    print_group_commit(gc)
+    print()
+    for name, ok, figure in group_commit_checks(gc):
+        print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
 
 
 def start_sqld(sqld, work):
@@ -490,11 +564,12 @@ def main():
     ap.add_argument("--no-soak", action="store_true", help="skip the soak test")
     ap.add_argument("--deploy-only", action="store_true", help="only the deploy figures (needs sqld, not wrk)")
     ap.add_argument("--spin-only", action="store_true", help="only the Spin figures (needs Spin and wrk)")
+    ap.add_argument("--writes-only", action="store_true", help="only the concurrent-PUT figures (needs wrk)")
     opts = ap.parse_args()
     seconds = 2 if opts.quick else 4
     rounds = 3 if opts.quick else 5
     lag_writes = 40 if opts.quick else 200
-    for tool in () if opts.deploy_only else ("wrk",) if opts.spin_only else ("wrk", "nginx", "curl"):
+    for tool in () if opts.deploy_only else ("wrk",) if opts.spin_only or opts.writes_only else ("wrk", "nginx", "curl"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install wrk nginx-light curl")
 
@@ -517,6 +592,8 @@ def main():
         return deploy_only(binary, sqld, work, opts.quick)
     if opts.spin_only:
         return spin_only(binary, work, seconds, rounds)
+    if opts.writes_only:
+        return writes_only(binary, sqld, work, seconds)
     nginx_url = nginx(disk)
     plain, plain_url = start_turserver(binary, os.path.join(work, "plain"), "--response-cache-mib", "0")
     cached, cached_url = start_turserver(binary, os.path.join(work, "cached"))
@@ -558,6 +635,8 @@ def main():
 
     log(f"sync lag over {lag_writes} writes at the default 1s interval")
     lag50, lag99 = sync_lag(primary_url, edge_url, lag_writes, 1.0)
+    log("concurrent PUTs, group commit on and off (replica mode)")
+    gc = group_commit_bench(binary, primary_url, edge_url, work, seconds)
     log("batch vs single PUT (200 x 1 KiB, replica mode)")
     single_rate, batch_rate = batch_vs_put(edge_url, 200)
 
@@ -590,6 +669,7 @@ def main():
           f"{batch_rate:.0f} files/s in one batch ({batch_rate / single_rate:.1f}x)")
 
     print_deploy(dep)
+    print_group_commit(gc)
     if spin_rows:
         print_spin(spin_rows)
     else:
@@ -614,7 +694,7 @@ def main():
          f"{anon_growth:.1f} MiB (total RSS {rss_growth:.1f} MiB)"),
         ("edge read p99 < 1 ms at 2 conns (replica)", replica_p99 < 1.0, f"{replica_p99:.2f} ms"),
         ("sync lag p99 <= interval + 50 ms", lag99 <= 1050, f"{lag99:.0f} ms"),
-    ] + deploy_checks(dep) + (spin_checks(spin_rows) if spin_rows else [])
+    ] + deploy_checks(dep) + group_commit_checks(gc) + (spin_checks(spin_rows) if spin_rows else [])
     print()
     for name, ok, figure in checks:
         print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")

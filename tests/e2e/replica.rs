@@ -145,3 +145,52 @@ fn a_write_is_readable_on_its_edge_at_once_while_the_primary_compacts_its_log() 
     }
     assert!(missing.is_empty(), "acknowledged but not readable on the same edge: {missing:?}");
 }
+
+/// Concurrent single PUTs on a replica edge share transactions on the
+/// primary (group commit), and each keeps its own precondition.
+#[test]
+fn concurrent_puts_commit_in_groups_and_each_keeps_its_precondition() {
+    let primary = Sqld::start();
+    let edge = Server::replica(&primary, "1s");
+    assert_eq!(edge.put("/gc/guarded.txt", None, b"old".to_vec()).status(), 201);
+    let old_tag = format!("\"{}\"", sha256_hex(b"old"));
+    let results: Vec<(u32, u16)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..64u32)
+            .map(|i| {
+                let (edge, old_tag) = (&edge, old_tag.clone());
+                scope.spawn(move || {
+                    let c = client();
+                    let (path, header) = match i % 4 {
+                        0 => (format!("/gc/stale-{i}.txt"), Some(("if-match", "\"0000\"".to_string()))),
+                        1 => ("/gc/guarded.txt".to_string(), Some(("if-none-match", "*".to_string()))),
+                        2 if i == 2 => ("/gc/guarded.txt".to_string(), Some(("if-match", old_tag))),
+                        _ => (format!("/gc/free-{i}.txt"), None),
+                    };
+                    let mut req = c.put(edge.url(&path)).bearer_auth(TOKEN).body(format!("body {i}"));
+                    if let Some((name, value)) = header {
+                        req = req.header(name, value);
+                    }
+                    (i, req.send().unwrap().status().as_u16())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, status) in &results {
+        let want = match i % 4 {
+            0 | 1 => 412,
+            2 if *i == 2 => 204,
+            _ => 201,
+        };
+        assert_eq!(*status, want, "write {i}");
+    }
+    assert_eq!(edge.get("/gc/guarded.txt").text().unwrap(), "body 2");
+    for i in (0..64u32).filter(|i| i % 4 >= 2 && *i != 2) {
+        assert_eq!(edge.get(&format!("/gc/free-{i}.txt")).text().unwrap(), format!("body {i}"));
+    }
+    let stale = primary.query_column("SELECT count(*) FROM files WHERE path LIKE 'gc/stale-%'", vec![]);
+    assert_eq!(stale, vec![libsql::Value::Integer(0)], "refused writes left nothing on the primary");
+    let (groups, uploads) = (edge.metric("turserver_commit_groups_total"), edge.metric("turserver_committed_uploads_total"));
+    assert_eq!(uploads, 33.0);
+    assert!(groups < uploads, "{uploads} uploads in {groups} transactions");
+}

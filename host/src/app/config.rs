@@ -287,6 +287,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TURSERVER_MAX_INSTANCES", default_value_t = DEFAULT_MAX_INSTANCES)]
     pub max_instances: u32,
 
+    /// Most single uploads one transaction on the primary publishes (group
+    /// commit: uploads that finish while a commit is under way share the
+    /// next one); 1 publishes each in its own transaction.
+    #[arg(long, env = "TURSERVER_COMMIT_GROUP", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub commit_group: u16,
+
     /// Most concurrent h2 streams on one connection.
     #[arg(long, env = "TURSERVER_H2_MAX_STREAMS", default_value_t = DEFAULT_H2_STREAMS)]
     pub h2_max_streams: u32,

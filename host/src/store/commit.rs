@@ -14,8 +14,8 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Weak};
 use tokio::sync::{mpsc, oneshot};
 
-/// Most writes one transaction publishes.
-const MAX_GROUP: usize = 64;
+/// Most writes one transaction publishes, unless configured otherwise.
+pub const DEFAULT_MAX_GROUP: usize = 64;
 /// Writes waiting for a commit before `finish` waits for room.
 const QUEUE: usize = 1024;
 
@@ -26,6 +26,12 @@ pub(super) struct Pending {
 }
 
 impl Store {
+    /// Sets the most uploads one group commit publishes; 1 publishes each
+    /// in its own transaction.
+    pub fn set_max_commit_group(&self, n: usize) {
+        self.max_group.store(n.max(1), std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Publishes one staged upload with whatever others are finishing.
     pub(super) async fn commit(self: &Arc<Self>, staged: Staged) -> Result<(FileMeta, bool), StoreError> {
         let queue = self.committer.get_or_init(|| start(Arc::downgrade(self)));
@@ -81,7 +87,9 @@ fn start(store: Weak<Store>) -> mpsc::Sender<Pending> {
             let mut paths = HashSet::from([first.staged.path.clone()]);
             let mut group = vec![first];
             let mut later = VecDeque::new();
-            while group.len() < MAX_GROUP {
+            let Some(store) = store.upgrade() else { return };
+            let max_group = store.max_group.load(std::sync::atomic::Ordering::Relaxed);
+            while group.len() < max_group {
                 let next = match held.pop_front() {
                     Some(p) => p,
                     None => match incoming.try_recv() {
@@ -97,7 +105,6 @@ fn start(store: Weak<Store>) -> mpsc::Sender<Pending> {
             }
             later.extend(held.drain(..));
             held = later;
-            let Some(store) = store.upgrade() else { return };
             store.commit_group(group).await;
         }
     });

@@ -98,6 +98,8 @@ pub struct Store {
     idle: Mutex<Vec<Connection>>,
     /// Where finished uploads queue for a group commit (see `commit`).
     committer: std::sync::OnceLock<tokio::sync::mpsc::Sender<commit::Pending>>,
+    /// Most uploads one group commit publishes.
+    max_group: std::sync::atomic::AtomicUsize,
     /// Group commits made, and the uploads they published.
     commit_groups: prometheus_client::metrics::counter::Counter,
     committed_uploads: prometheus_client::metrics::counter::Counter,
@@ -115,6 +117,7 @@ impl Store {
             reads: reads::read_cache(),
             idle: Mutex::new(Vec::new()),
             committer: std::sync::OnceLock::new(),
+            max_group: std::sync::atomic::AtomicUsize::new(commit::DEFAULT_MAX_GROUP),
             commit_groups: Default::default(),
             committed_uploads: Default::default(),
         }
