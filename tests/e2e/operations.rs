@@ -54,13 +54,14 @@ fn status_and_metrics_after_known_traffic() {
 #[test]
 fn read_your_writes_across_edges() {
     let primary = Sqld::start();
-    // Edge B would not sync by itself for a minute.
+    // Edge B would not sync by itself for a minute (nor follow the
+    // primary's commits, which would bring a write within milliseconds).
     let a = Server::replica(&primary, "60s");
     let b_dir = TempDir::new("ryw-b");
     let b_data = b_dir.path().to_path_buf();
     let b = Server::start(
         &b_data,
-        &["--primary-url", &primary.url(), "--sync-interval", "60s", "--consistency-wait", "1s"],
+        &["--primary-url", &primary.url(), "--sync-interval", "60s", "--consistency-wait", "1s", "--no-commit-stream"],
         Some(b_dir),
     );
     let r = a.put("/ryw.txt", None, b"fresh".to_vec());

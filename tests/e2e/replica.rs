@@ -194,3 +194,172 @@ fn concurrent_puts_commit_in_groups_and_each_keeps_its_precondition() {
     assert_eq!(uploads, 33.0);
     assert!(groups < uploads, "{uploads} uploads in {groups} transactions");
 }
+
+/// The status document's `sync` section.
+fn sync_status(edge: &Server) -> serde_json::Value {
+    status(edge)["sync"].clone()
+}
+
+#[test]
+fn an_edge_syncs_as_the_primary_commits_not_on_its_interval() {
+    let primary = Sqld::start();
+    // An interval far longer than the test: only the commit stream can
+    // bring the writes in time.
+    let a = Server::replica(&primary, "60s");
+    let b = Server::replica(&primary, "60s");
+    for edge in [&a, &b] {
+        let mode = eventually(Duration::from_secs(10), || {
+            let s = sync_status(edge);
+            (s["mode"] == "stream").then_some(s)
+        });
+        assert!(mode.is_some(), "the edge does not follow the commit stream: {}", sync_status(edge));
+    }
+
+    // Writes through edge A, and a row written straight on the primary.
+    for i in 0..20 {
+        let path = format!("/stream/{i}.txt");
+        let body = format!("version {i}").into_bytes();
+        assert_eq!(a.put(&path, None, body.clone()).status(), 201);
+        let started = Instant::now();
+        let seen = eventually(Duration::from_secs(5), || {
+            let r = b.get(&path);
+            (r.status() == 200).then(|| r.bytes().unwrap().to_vec())
+        });
+        assert_eq!(seen, Some(body), "edge B did not serve {path} within {:?}", started.elapsed());
+    }
+    primary.execute(
+        "INSERT INTO files (path, content, content_type) VALUES (?1, ?2, ?3)",
+        vec!["stream/direct.txt".into(), Value::Blob(b"from the primary".to_vec()), "text/plain".into()],
+    );
+    for edge in [&a, &b] {
+        let seen = eventually(Duration::from_secs(5), || {
+            let r = edge.get("/stream/direct.txt");
+            (r.status() == 200).then(|| r.bytes().unwrap().to_vec())
+        });
+        assert_eq!(seen.as_deref(), Some(&b"from the primary"[..]));
+    }
+    assert!(b.metric("turserver_sync_stream_commits_total") >= 20.0);
+    assert_eq!(b.metric("turserver_sync_stream_up"), 1.0);
+
+    // A restarted primary (its sessions forgotten) is followed again.
+    let mut primary = primary;
+    primary.restart();
+    assert_eq!(a.put("/stream/after-restart.txt", None, b"again".to_vec()).status(), 201);
+    let seen = eventually(Duration::from_secs(20), || (b.get("/stream/after-restart.txt").status() == 200).then_some(()));
+    assert!(seen.is_some(), "edge B missed a write after the primary restarted: {}", sync_status(&b));
+    let mode = eventually(Duration::from_secs(20), || (sync_status(&b)["mode"] == "stream").then_some(()));
+    assert!(mode.is_some(), "edge B did not follow the restarted primary: {}", sync_status(&b));
+}
+
+/// A TCP proxy to `upstream` that answers 404 to every connection whose
+/// first request names `refused` and passes the others through whole.
+fn refusing_proxy(upstream: std::net::SocketAddr, refused: &'static str) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { return };
+            std::thread::spawn(move || {
+                let mut head = vec![0u8; 16 << 10];
+                let Ok(len) = client.read(&mut head) else { return };
+                let first_line = String::from_utf8_lossy(&head[..len]).lines().next().unwrap_or_default().to_string();
+                if first_line.contains(refused) {
+                    let _ = client.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                    return;
+                }
+                let Ok(mut server) = std::net::TcpStream::connect(upstream) else { return };
+                let _ = server.write_all(&head[..len]);
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c2, &mut s2);
+                    let _ = s2.shutdown(std::net::Shutdown::Write);
+                });
+                let _ = std::io::copy(&mut server, &mut client);
+                let _ = client.shutdown(std::net::Shutdown::Write);
+            });
+        }
+    });
+    format!("http://{addr}")
+}
+
+#[test]
+fn without_the_commit_stream_an_edge_syncs_on_its_interval() {
+    let primary = Sqld::start();
+    let upstream: std::net::SocketAddr = primary.url().trim_start_matches("http://").parse().unwrap();
+    let proxied = refusing_proxy(upstream, "/wal_log.ReplicationLog/LogEntries");
+    let dir = TempDir::new("edge");
+    let refused = Server::start(dir.path(), &["--primary-url", &proxied, "--sync-interval", SYNC], None);
+    let off_dir = TempDir::new("edge");
+    let off = Server::start(
+        off_dir.path(),
+        &["--primary-url", &primary.url(), "--sync-interval", SYNC, "--no-commit-stream"],
+        None,
+    );
+
+    let s = eventually(Duration::from_secs(10), || {
+        let s = sync_status(&refused);
+        s["stream_error"].as_str().is_some_and(|e| e.contains("404")).then_some(s)
+    });
+    let s = s.unwrap_or_else(|| panic!("no reason given for the missing stream: {}", sync_status(&refused)));
+    assert_eq!(s["mode"], "interval");
+    assert_eq!(refused.metric("turserver_sync_stream_up"), 0.0);
+    let s = sync_status(&off);
+    assert_eq!(s["mode"], "interval");
+    assert!(s["stream_error"].as_str().unwrap().contains("--no-commit-stream"), "{s}");
+
+    // Both still get what the primary commits, on their interval.
+    primary.execute(
+        "INSERT INTO files (path, content, content_type) VALUES (?1, ?2, ?3)",
+        vec!["fallback.txt".into(), Value::Blob(b"by interval".to_vec()), "text/plain".into()],
+    );
+    for edge in [&refused, &off] {
+        let seen = eventually(SYNC_INTERVAL * 4 + Duration::from_secs(2), || {
+            let r = edge.get("/fallback.txt");
+            (r.status() == 200).then(|| r.bytes().unwrap().to_vec())
+        });
+        assert_eq!(seen.as_deref(), Some(&b"by interval"[..]));
+        assert_eq!(edge.metric("turserver_sync_stream_commits_total"), 0.0);
+    }
+}
+
+/// An Ed25519 key for sqld's `--auth-jwt-key-file` (written into `dir`) and
+/// a token it accepts for reads and writes.
+fn jwt_key_and_token(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    use base64::Engine as _;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&ring::rand::SystemRandom::new()).unwrap();
+    let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+    let key_file = dir.join("jwt.key");
+    std::fs::write(&key_file, b64.encode(pair.public_key().as_ref())).unwrap();
+    let signed = format!("{}.{}", b64.encode(r#"{"alg":"EdDSA","typ":"JWT"}"#), b64.encode(r#"{"a":"rw"}"#));
+    let signature = b64.encode(pair.sign(signed.as_bytes()).as_ref());
+    (key_file, format!("{signed}.{signature}"))
+}
+
+#[test]
+fn an_edge_follows_the_commits_of_a_primary_that_requires_a_token() {
+    let keys = TempDir::new("jwt");
+    let (key_file, token) = jwt_key_and_token(keys.path());
+    let primary = Sqld::start_with(&["--auth-jwt-key-file", key_file.to_str().unwrap()]);
+    let edge = |label: &str| {
+        let dir = TempDir::new(label);
+        let data = dir.path().to_path_buf();
+        Server::start(&data, &["--primary-url", &primary.url(), "--primary-token", &token, "--sync-interval", "60s"], Some(dir))
+    };
+    let (a, b) = (edge("jwt-a"), edge("jwt-b"));
+    let mode = eventually(Duration::from_secs(10), || (sync_status(&b)["mode"] == "stream").then_some(()));
+    assert!(mode.is_some(), "{}", sync_status(&b));
+    assert_eq!(a.put("/private-primary.txt", None, b"signed".to_vec()).status(), 201);
+    let seen = eventually(Duration::from_secs(5), || {
+        let r = b.get("/private-primary.txt");
+        (r.status() == 200).then(|| r.bytes().unwrap().to_vec())
+    });
+    assert_eq!(seen.as_deref(), Some(&b"signed"[..]));
+    // The token stays in the host: neither the status nor the log shows it.
+    for edge in [&a, &b] {
+        assert!(!status(edge).to_string().contains(&token));
+        assert!(!edge.log().contains(&token));
+    }
+}

@@ -200,9 +200,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TURSERVER_PRIMARY_TOKEN", hide_env_values = true)]
     pub primary_token: Option<String>,
 
-    /// How often the replica pulls from the primary, e.g. `1s`, `250ms`.
+    /// How often the replica pulls from the primary, e.g. `1s`, `250ms`,
+    /// when it cannot follow the primary's commits (see --no-commit-stream).
     #[arg(long, env = "TURSERVER_SYNC_INTERVAL", default_value = DEFAULT_SYNC_INTERVAL, value_parser = parse_duration)]
     pub sync_interval: Duration,
+
+    /// Sync only every --sync-interval. By default the replica follows the
+    /// primary's replication stream and syncs as soon as the primary
+    /// commits (falling back to the interval while the stream is unavailable).
+    #[arg(long, env = "TURSERVER_NO_COMMIT_STREAM")]
+    pub no_commit_stream: bool,
 
     /// Bearer token that allows writes. Without it, every write is refused.
     #[arg(long, env = "TURSERVER_WRITE_TOKEN", hide_env_values = true)]

@@ -17,7 +17,7 @@ use crate::http::{self, Connections, Limits, TokenDigest};
 use crate::ops::Metrics;
 use crate::pipeline::{Pipeline, ResponseCache};
 use crate::sidecar::Sidecar;
-use crate::store::{redact_url, Mode, Store, Upkeep};
+use crate::store::{redact_url, Mode, Store, SyncPlan, Upkeep};
 use crate::task::AbortOnDrop;
 use crate::wasm::{Runtime, RuntimeConfig, Workers};
 use anyhow::Context;
@@ -112,7 +112,11 @@ async fn start(
         Mode::Local => tracing::info!(data_dir = %args.data_dir.display(), "serving from a local database"),
         Mode::Replica { url } => tracing::info!(primary = %redact_url(url), "serving from an embedded replica"),
     }
-    let upkeep = store.start_upkeep(args.sync_interval);
+    let upkeep = store.start_upkeep(SyncPlan {
+        interval: args.sync_interval,
+        follow_commits: !args.no_commit_stream,
+        primary_token: args.primary_token.clone(),
+    })?;
 
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
         worker_memory_bytes: args.worker_memory_mib << 20,

@@ -6,7 +6,7 @@
 //! publishes them, so a reader never sees half a file and no statement
 //! carries more than one chunk (the primary limits message sizes).
 //!
-//! The store owns its background work ([`Upkeep`]: the replica's sync loop
+//! The store owns its background work ([`Upkeep`]: the replica's syncs
 //! and garbage collection) and its replication state ([`SyncStats`]).
 //!
 //! - `reads`: metadata, bodies and listings, through a read cache.
@@ -16,7 +16,8 @@
 //! - `commit`: group commit of single uploads that finish together.
 //! - `replication`: syncs, positions, read-your-writes waits, sync stats.
 //! - `replica`: opening, checking and rebuilding the embedded replica.
-//! - `upkeep`: the background sync loop and garbage collector.
+//! - `follow`: syncing as the primary commits, from its replication stream.
+//! - `upkeep`: the background sync loops and garbage collector.
 //! - `pool`: idle connections kept for reuse.
 //! - `schema`: versioned migrations, run through the primary.
 //! - `sql`: rows copied out of statements, with typed getters.
@@ -25,6 +26,7 @@
 
 mod commit;
 mod error;
+mod follow;
 mod paths;
 mod pool;
 mod publish;
@@ -41,7 +43,7 @@ pub use error::StoreError;
 pub use paths::validate_path;
 pub use reads::Reader;
 pub use replication::{redact_url, SyncSnapshot, SyncStats};
-pub use upkeep::Upkeep;
+pub use upkeep::{SyncPlan, Upkeep};
 pub use upload::{Batch, Expect, Upload};
 
 use anyhow::Context;

@@ -30,6 +30,14 @@ pub struct SyncStats {
     pub duration: Histogram,
     pub failures: Counter,
     pub index_gauge: Gauge,
+    /// Whether the replica follows the primary's commit stream (see
+    /// `follow`); false while it syncs on the interval only.
+    streaming: std::sync::atomic::AtomicBool,
+    /// Why the commit stream is not followed, when it is not.
+    stream_error: Mutex<Option<String>>,
+    /// Commits the stream announced (each one a sync).
+    pub stream_signals: Counter,
+    stream_gauge: Gauge,
 }
 
 impl Default for SyncStats {
@@ -44,6 +52,10 @@ impl Default for SyncStats {
             duration: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
             failures: Counter::default(),
             index_gauge: Gauge::default(),
+            streaming: Default::default(),
+            stream_error: Mutex::new(Some("the commit stream has not been opened yet".into())),
+            stream_signals: Counter::default(),
+            stream_gauge: Gauge::default(),
         }
     }
 }
@@ -66,6 +78,25 @@ impl SyncStats {
     pub fn failed(&self, why: String) {
         self.failures.inc();
         *self.last_error.lock().expect("poisoned") = Some(why);
+    }
+
+    pub fn is_streaming(&self) -> bool {
+        self.streaming.load(Ordering::Acquire)
+    }
+
+    /// Records whether the commit stream is followed, and why not.
+    pub(super) fn set_streaming(&self, on: bool, why_not: Option<String>) {
+        self.streaming.store(on, Ordering::Release);
+        self.stream_gauge.set(on as i64);
+        *self.stream_error.lock().expect("poisoned") = why_not;
+    }
+
+    /// How long ago the last successful sync was (forever: never).
+    pub(super) fn since_last_success(&self) -> Duration {
+        match self.last_success_ms.load(Ordering::Relaxed) {
+            0 => Duration::MAX,
+            ms => Duration::from_millis(unix_ms(SystemTime::now()).saturating_sub(ms)),
+        }
     }
 }
 
@@ -95,6 +126,10 @@ pub fn redact_url(url: &str) -> String {
 /// What `/_turserver/status` shows of the syncs.
 #[derive(Serialize)]
 pub struct SyncSnapshot {
+    /// `stream`: syncs when the primary commits; `interval`: on the timer.
+    mode: &'static str,
+    /// Why the commit stream is not followed, in `interval` mode.
+    stream_error: Option<String>,
     replication_index: u64,
     last_success: Option<String>,
     last_duration_ms: f64,
@@ -106,6 +141,8 @@ pub struct SyncSnapshot {
 impl SyncStats {
     pub fn snapshot(&self) -> SyncSnapshot {
         SyncSnapshot {
+            mode: if self.is_streaming() { "stream" } else { "interval" },
+            stream_error: self.stream_error.lock().expect("poisoned").clone(),
             replication_index: self.replication_index.load(Ordering::Relaxed),
             last_success: rfc3339_ms(self.last_success_ms.load(Ordering::Relaxed)),
             last_duration_ms: self.last_duration_us.load(Ordering::Relaxed) as f64 / 1000.0,
@@ -119,6 +156,8 @@ impl SyncStats {
         registry.register("sync_duration_seconds", "Duration of syncs with the primary", self.duration.clone());
         registry.register("sync_failures", "Syncs with the primary that failed", self.failures.clone());
         registry.register("replication_index", "The replica's replication index (frame number)", self.index_gauge.clone());
+        registry.register("sync_stream_up", "1 while the replica follows the primary's commit stream", self.stream_gauge.clone());
+        registry.register("sync_stream_commits", "Commits the primary's stream announced", self.stream_signals.clone());
     }
 }
 
@@ -144,6 +183,11 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// The frame the replica holds, if it holds any.
+    pub(super) async fn replication_index(&self) -> Option<u64> {
+        self.db.replication_index().await.ok().flatten()
     }
 
     /// Whether this edge is ready to serve: a replica must have synced once.

@@ -1,7 +1,8 @@
-//! Background upkeep of the store: the replica's periodic sync with the
-//! primary, and garbage collection of uploads whose writer died.
+//! Background upkeep of the store: the replica's syncs with the primary
+//! (following its commits, and on an interval), and garbage collection of
+//! uploads whose writer died.
 
-use super::{redact_url, Mode, Store};
+use super::{follow, redact_url, Mode, Store};
 use crate::task::AbortOnDrop;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,33 +11,58 @@ use tracing::Instrument;
 /// Longest wait between sync attempts while the primary keeps failing: an
 /// edge catches up within this long of the primary's return.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// While the commit stream is followed, the interval loop still syncs when
+/// none has succeeded for this long: a safety net that costs an idle edge
+/// one request every so often.
+const STREAMING_INTERVAL: Duration = Duration::from_secs(30);
 /// How often unfinished uploads are looked for.
 const GC_INTERVAL: Duration = Duration::from_secs(600);
 
 /// The store's background tasks; they stop when this is dropped.
 pub struct Upkeep(#[allow(dead_code)] Vec<AbortOnDrop>);
 
+/// How a replica keeps up with its primary.
+pub struct SyncPlan {
+    /// How often it syncs when it does not follow the commit stream.
+    pub interval: Duration,
+    /// Follow the primary's commit stream (sync as each commit lands).
+    pub follow_commits: bool,
+    /// The primary's token, for the stream (the replica has its own copy).
+    pub primary_token: Option<String>,
+}
+
 impl Store {
-    /// Starts the sync loop (replicas only, every `interval`) and the
-    /// garbage collector.
-    pub fn start_upkeep(self: &Arc<Self>, interval: Duration) -> Upkeep {
+    /// Starts the replica's syncs (following the primary's commits, with
+    /// the interval loop as fallback) and the garbage collector.
+    pub fn start_upkeep(self: &Arc<Self>, plan: SyncPlan) -> anyhow::Result<Upkeep> {
         let mut tasks = Vec::new();
         if let Mode::Replica { url } = self.mode() {
             let span = tracing::info_span!("sync", primary = %redact_url(url));
-            tasks.push(AbortOnDrop::spawn(sync_loop(self.clone(), interval).instrument(span)));
+            if plan.follow_commits {
+                let follower = follow::Follower::new(self.clone(), url, plan.primary_token.as_deref())?;
+                tasks.push(AbortOnDrop::spawn(follower.run().instrument(span.clone())));
+            } else {
+                self.stats.set_streaming(false, Some("turned off (--no-commit-stream)".into()));
+            }
+            tasks.push(AbortOnDrop::spawn(sync_loop(self.clone(), plan.interval).instrument(span)));
         }
         tasks.push(AbortOnDrop::spawn(gc_loop(self.clone()).instrument(tracing::info_span!("gc"))));
-        Upkeep(tasks)
+        Ok(Upkeep(tasks))
     }
 }
 
-/// Syncs every `interval`. Failures back off exponentially up to
-/// [`MAX_BACKOFF`] and are logged once per change of state, not per attempt.
+/// Syncs every `interval` while the commit stream is not followed (and at
+/// least every [`STREAMING_INTERVAL`] while it is). Failures back off
+/// exponentially up to [`MAX_BACKOFF`] and are logged once per change of
+/// state, not per attempt.
 async fn sync_loop(store: Arc<Store>, interval: Duration) {
     let mut failures: u32 = 0;
     loop {
         let delay = if failures == 0 { interval } else { backoff(interval, failures) };
         tokio::time::sleep(delay).await;
+        if failures == 0 && store.stats.is_streaming() && store.stats.since_last_success() < STREAMING_INTERVAL {
+            continue;
+        }
         match store.sync().await {
             Ok(_) => {
                 if failures > 0 {
