@@ -10,7 +10,7 @@ prints one table with each target marked met or not.
     python3 tests/bench.py            # full run, about 12 minutes after the build
     python3 tests/bench.py --quick    # shorter runs, for a rough look
     python3 tests/bench.py --no-soak  # without the soak test (64 clients, 60 s)
-    python3 tests/bench.py --deploy-only  # only the deploy figures
+    python3 tests/bench.py --deploy-only  # only the deploy and large-PUT figures
     python3 tests/bench.py --spin-only    # only the Spin figures
     python3 tests/bench.py --writes-only  # only the concurrent-PUT figures
     python3 tests/bench.py --sync-only    # only the sync lag figures
@@ -179,6 +179,12 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         root {root};
+        # Uploads written to disk, for the large-PUT figure beside ours.
+        location /upload/ {{
+            dav_methods PUT;
+            create_full_put_path on;
+            client_max_body_size 0;
+        }}
     }}
 }}
 """)
@@ -445,6 +451,58 @@ def deploy_bench(binary, edge_url, work, quick):
             "big_mb_s": big_size / big_time / 1e6, "big_rss": big_rss, "big_size": big_size}
 
 
+def upload_bench(edge, edge_url, nginx_url, work, size):
+    """One PUT of `size` random bytes with curl through the replica edge
+    (MB/s, and the host's peak anonymous RSS growth meanwhile, sampled), and
+    the same file PUT to nginx, which writes it to disk (MB/s)."""
+    path = os.path.join(work, "upload.bin")
+    with open(path, "wb") as f:
+        for _ in range(size >> 20):
+            f.write(os.urandom(1 << 20))
+
+    def curl_put(url, headers):
+        args = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "-T", path, url]
+        for h in headers:
+            args += ["-H", h]
+        t0 = time.time()
+        code = subprocess.run(args, capture_output=True, text=True, check=True).stdout
+        took = time.time() - t0
+        if not code.startswith("2"):
+            raise SystemExit(f"PUT {url}: {code}")
+        return size / took / 1e6
+
+    pid = edge.p.pid
+    before = rss_kib(pid, "RssAnon")
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.wait(0.05):
+            peak[0] = max(peak[0], rss_kib(pid, "RssAnon"))
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    ours = curl_put(f"{edge_url}/upload/blob.bin",
+                    [f"Authorization: Bearer {TOKEN}", "Content-Type: application/octet-stream"])
+    done.set()
+    sampler.join()
+    theirs = curl_put(f"{nginx_url}/upload/blob.bin", []) if nginx_url else None
+    os.remove(path)
+    return {"size": size, "mb_s": ours, "rss": (peak[0] - before) / 1024, "nginx_mb_s": theirs}
+
+
+def print_upload(up):
+    nginx = f"nginx writing it to disk: {up['nginx_mb_s']:.0f} MB/s" if up["nginx_mb_s"] else "nginx not run"
+    print(f"PUT of one {up['size'] >> 20} MiB file via a replica edge: {up['mb_s']:.0f} MB/s, host anonymous RSS "
+          f"growth {up['rss']:.1f} MiB ({nginx})")
+
+
+def upload_checks(up):
+    return [
+        (f"{up['size'] >> 20} MiB PUT via a replica edge >= 100 MB/s", up["mb_s"] >= 100, f"{up['mb_s']:.0f} MB/s"),
+        ("host RSS growth < 64 MiB during it", up["rss"] < 64, f"{up['rss']:.1f} MiB"),
+    ]
+
+
 def print_group_commit(gc):
     (g64, g1), (s64, s1) = gc["group"], gc["one by one"]
     print(f"PUT 1 KiB, replica edge, 64 clients: {g64[0]:.0f} files/s with group commit, "
@@ -586,15 +644,18 @@ def spin_only(binary, work, seconds, rounds):
         print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
 
 
-def deploy_only(binary, sqld, work, quick):
+def deploy_only(binary, sqld, work, quick, www):
     primary_url = start_sqld(sqld, work)
-    _, edge_url = start_turserver(binary, os.path.join(work, "edge"), "--primary-url", primary_url,
-                                  "--max-upload-size", str(2 << 30))
+    edge, edge_url = start_turserver(binary, os.path.join(work, "edge"), "--primary-url", primary_url,
+                                     "--max-upload-size", str(2 << 30))
     dep = deploy_bench(binary, edge_url, work, quick)
+    nginx_url = nginx(www) if shutil.which("nginx") else None
+    up = upload_bench(edge, edge_url, nginx_url, work, (256 if quick else 1024) << 20)
     print()
     print_deploy(dep)
+    print_upload(up)
     print()
-    for name, ok, figure in deploy_checks(dep):
+    for name, ok, figure in deploy_checks(dep) + upload_checks(up):
         print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
 
 
@@ -602,7 +663,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="shorter runs")
     ap.add_argument("--no-soak", action="store_true", help="skip the soak test")
-    ap.add_argument("--deploy-only", action="store_true", help="only the deploy figures (needs sqld, not wrk)")
+    ap.add_argument("--deploy-only", action="store_true", help="only the deploy and large-PUT figures (needs sqld, not wrk)")
     ap.add_argument("--spin-only", action="store_true", help="only the Spin figures (needs Spin and wrk)")
     ap.add_argument("--writes-only", action="store_true", help="only the concurrent-PUT figures (needs wrk)")
     ap.add_argument("--sync-only", action="store_true", help="only the sync lag figures (needs sqld, not wrk)")
@@ -630,7 +691,7 @@ def main():
             f.write(data)
 
     if opts.deploy_only:
-        return deploy_only(binary, sqld, work, opts.quick)
+        return deploy_only(binary, sqld, work, opts.quick, disk)
     if opts.spin_only:
         return spin_only(binary, work, seconds, rounds)
     if opts.writes_only:
@@ -685,6 +746,8 @@ def main():
 
     log("deploys through the replica edge (1,000 x 10 KiB; 1 GiB)")
     dep = deploy_bench(binary, edge_url, work, opts.quick)
+    log("one large PUT through the replica edge, and to nginx")
+    up = upload_bench(edge, edge_url, nginx_url, work, (256 if opts.quick else 1024) << 20)
 
     spin_rows = spin_bench(binary, work, seconds, rounds)
 
@@ -712,6 +775,7 @@ def main():
           f"{batch_rate:.0f} files/s in one batch ({batch_rate / single_rate:.1f}x)")
 
     print_deploy(dep)
+    print_upload(up)
     print_group_commit(gc)
     if spin_rows:
         print_spin(spin_rows)
@@ -736,7 +800,7 @@ def main():
         ("memory growth <= 64 MiB with 16 downloads (anonymous RSS)", anon_growth <= 64,
          f"{anon_growth:.1f} MiB (total RSS {rss_growth:.1f} MiB)"),
         ("edge read p99 < 1 ms at 2 conns (replica)", replica_p99 < 1.0, f"{replica_p99:.2f} ms"),
-    ] + sync_lag_checks(lag) + deploy_checks(dep) + group_commit_checks(gc) + (spin_checks(spin_rows) if spin_rows else [])
+    ] + sync_lag_checks(lag) + deploy_checks(dep) + upload_checks(up) + group_commit_checks(gc) + (spin_checks(spin_rows) if spin_rows else [])
     print()
     for name, ok, figure in checks:
         print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")

@@ -363,3 +363,65 @@ fn an_edge_follows_the_commits_of_a_primary_that_requires_a_token() {
         assert!(!edge.log().contains(&token));
     }
 }
+
+#[test]
+fn a_host_killed_mid_group_loses_only_writes_it_had_not_answered() {
+    let primary = Sqld::start();
+    let edge = Server::replica(&primary, "1s");
+    let base = edge.url("/crash/");
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (answered, grouped) = std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..32)
+            .map(|t| {
+                let (base, stop) = (base.clone(), &stop);
+                scope.spawn(move || {
+                    let c = reqwest::blocking::Client::builder().timeout(Duration::from_secs(15)).build().unwrap();
+                    let mut answered = Vec::new();
+                    for n in 0.. {
+                        if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                            break;
+                        }
+                        let name = format!("{t}-{n}.txt");
+                        match c.put(format!("{base}{name}")).bearer_auth(TOKEN).body(name.clone()).send() {
+                            Ok(r) if r.status() == 201 => answered.push(name),
+                            Ok(r) => panic!("{name}: {}", r.status()),
+                            // The host was killed under this request.
+                            Err(_) => break,
+                        }
+                    }
+                    answered
+                })
+            })
+            .collect();
+        let grouped = eventually(Duration::from_secs(20), || {
+            let (groups, uploads) = (edge.metric("turserver_commit_groups_total"), edge.metric("turserver_committed_uploads_total"));
+            (uploads >= 200.0 && groups < uploads).then_some((groups, uploads))
+        });
+        edge.kill();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let answered: Vec<String> = writers.into_iter().flat_map(|w| w.join().unwrap()).collect();
+        (answered, grouped)
+    });
+    assert!(grouped.is_some(), "no group commits happened before the kill");
+    assert!(answered.len() >= 200, "only {} writes answered", answered.len());
+
+    // Every answered write is on the primary, whole.
+    let rows = primary.query_column("SELECT path || ' ' || hash FROM files WHERE path LIKE 'crash/%'", vec![]);
+    let stored: std::collections::HashMap<String, String> = rows
+        .into_iter()
+        .map(|v| match v {
+            libsql::Value::Text(t) => {
+                let (path, hash) = t.split_once(' ').unwrap();
+                (path.trim_start_matches("crash/").to_string(), hash.to_string())
+            }
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    for name in &answered {
+        assert_eq!(stored.get(name), Some(&sha256_hex(name.as_bytes())), "answered write {name} was lost");
+    }
+    // Unanswered ones are there whole or not at all.
+    for (name, hash) in &stored {
+        assert_eq!(hash, &sha256_hex(name.as_bytes()), "{name} is stored damaged");
+    }
+}
