@@ -42,7 +42,7 @@ impl Store {
         answered.await.unwrap_or_else(|_| Err(StoreError::Internal("the commit was abandoned".into())))
     }
 
-    async fn commit_group(&self, group: Vec<Pending>) {
+    async fn commit_group(self: &Arc<Self>, group: Vec<Pending>) {
         // A write whose caller stopped waiting (its request timed out or
         // went away) is not published: it was not answered as done.
         let (group, abandoned): (Vec<Pending>, Vec<Pending>) = group.into_iter().partition(|p| !p.answer.is_closed());
@@ -62,11 +62,20 @@ impl Store {
         if published > 0 {
             self.commit_groups.inc();
             self.committed_uploads.inc_by(published as u64);
-            self.written().await;
         }
-        for (answer, result) in answers.into_iter().zip(results) {
-            let _ = answer.send(result);
-        }
+        // The group is answered once this edge holds it, but the next group
+        // need not wait for that: a sync that takes seconds (the primary
+        // compacting its log, or just restarted) would hold every queued
+        // write behind it past its deadline.
+        let store = self.clone();
+        tokio::spawn(async move {
+            if published > 0 {
+                store.written().await;
+            }
+            for (answer, result) in answers.into_iter().zip(results) {
+                let _ = answer.send(result);
+            }
+        });
     }
 }
 
