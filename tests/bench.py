@@ -19,6 +19,7 @@ Needs wrk and nginx (Debian: apt-get install wrk nginx-light).
 """
 
 import argparse
+import collections
 import io
 import json
 import os
@@ -115,7 +116,9 @@ def start_turserver(binary, data_dir, *extra):
             break
     if not addr:
         raise SystemExit("turserver printed no address")
-    threading.Thread(target=lambda: [None for _ in p.p.stderr], daemon=True).start()
+    # Keep the end of its log: when it dies mid-run, that says why.
+    p.log_tail = collections.deque(maxlen=50)
+    threading.Thread(target=lambda: [p.log_tail.append(line) for line in p.p.stderr], daemon=True).start()
     url = f"http://{addr}"
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -477,14 +480,22 @@ def upload_bench(edge, edge_url, nginx_url, work, size):
     done = threading.Event()
 
     def sample():
-        while not done.wait(0.05):
-            peak[0] = max(peak[0], rss_kib(pid, "RssAnon"))
+        while not done.wait(0.05) and edge.p.poll() is None:
+            try:
+                peak[0] = max(peak[0], rss_kib(pid, "RssAnon"))
+            except FileNotFoundError:
+                return
     sampler = threading.Thread(target=sample)
     sampler.start()
-    ours = curl_put(f"{edge_url}/upload/blob.bin",
-                    [f"Authorization: Bearer {TOKEN}", "Content-Type: application/octet-stream"])
-    done.set()
-    sampler.join()
+    try:
+        ours = curl_put(f"{edge_url}/upload/blob.bin",
+                        [f"Authorization: Bearer {TOKEN}", "Content-Type: application/octet-stream"])
+    finally:
+        done.set()
+        sampler.join()
+        if edge.p.poll() is not None:
+            print(f"the edge exited ({edge.p.returncode}) during the PUT; its log ended:\n" + "".join(edge.log_tail),
+                  file=sys.stderr)
     theirs = curl_put(f"{nginx_url}/upload/blob.bin", []) if nginx_url else None
     os.remove(path)
     return {"size": size, "mb_s": ours, "rss": (peak[0] - before) / 1024, "nginx_mb_s": theirs}
