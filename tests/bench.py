@@ -655,6 +655,35 @@ def spin_only(binary, work, seconds, rounds):
         print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
 
 
+def downloads(plain, plain_url, nginx_url, big):
+    """The 100 MiB rows: one client against nginx, then 16 clients with the
+    host's memory growth."""
+    log("100 MiB downloads")
+    # Single downloads alternate between turserver and nginx, seven each, so
+    # both see the same drift; each figure is the median (the first of each
+    # warms up).
+    ours, theirs = [], []
+    for _ in range(7):
+        ours.append(download_test(plain_url, plain.p.pid, "big.bin", len(big), 1)[0])
+        theirs.append(download_test(nginx_url, Proc.live[0].p.pid, "big.bin", len(big), 1)[0])
+    one_gibs, nginx_gibs = statistics.median(ours), statistics.median(theirs)
+    many_gibs, rss_growth, anon_growth = download_test(plain_url, plain.p.pid, "big.bin", len(big), 16)
+    return one_gibs, nginx_gibs, many_gibs, rss_growth, anon_growth
+
+
+def print_downloads(one_gibs, nginx_gibs, many_gibs, rss_growth, anon_growth):
+    print(f"100 MiB download, 1 client: {one_gibs:.2f} GiB/s (nginx {nginx_gibs:.2f} GiB/s, "
+          f"{one_gibs / nginx_gibs:.2f}x)")
+    print(f"100 MiB download, 16 clients: {many_gibs:.2f} GiB/s aggregate, host peak RSS growth "
+          f"{rss_growth:.1f} MiB (anonymous {anon_growth:.1f} MiB; the rest is the mapped database file)")
+
+
+def downloads_only(binary, work, nginx_url, big):
+    plain, plain_url = start_turserver(binary, os.path.join(work, "plain"), "--response-cache-mib", "0")
+    put(plain_url, "big.bin", big)
+    print_downloads(*downloads(plain, plain_url, nginx_url, big))
+
+
 def deploy_only(binary, sqld, work, quick, www):
     primary_url = start_sqld(sqld, work)
     edge, edge_url = start_turserver(binary, os.path.join(work, "edge"), "--primary-url", primary_url,
@@ -678,6 +707,7 @@ def main():
     ap.add_argument("--spin-only", action="store_true", help="only the Spin figures (needs Spin and wrk)")
     ap.add_argument("--writes-only", action="store_true", help="only the concurrent-PUT figures (needs wrk)")
     ap.add_argument("--sync-only", action="store_true", help="only the sync lag figures (needs sqld, not wrk)")
+    ap.add_argument("--downloads-only", action="store_true", help="only the 100 MiB download figures (needs nginx)")
     opts = ap.parse_args()
     seconds = 2 if opts.quick else 4
     rounds = 3 if opts.quick else 5
@@ -710,6 +740,8 @@ def main():
     if opts.sync_only:
         return sync_only(binary, sqld, work, lag_writes)
     nginx_url = nginx(disk)
+    if opts.downloads_only:
+        return downloads_only(binary, work, nginx_url, big)
     plain, plain_url = start_turserver(binary, os.path.join(work, "plain"), "--response-cache-mib", "0")
     cached, cached_url = start_turserver(binary, os.path.join(work, "cached"))
     for url in (plain_url, cached_url):
@@ -762,25 +794,14 @@ def main():
 
     spin_rows = spin_bench(binary, work, seconds, rounds)
 
-    log("100 MiB downloads")
-    # Single downloads alternate between turserver and nginx, seven each, so
-    # both see the same drift; each figure is the median (the first of each
-    # warms up).
-    ours, theirs = [], []
-    for _ in range(7):
-        ours.append(download_test(plain_url, plain.p.pid, "big.bin", len(big), 1)[0])
-        theirs.append(download_test(nginx_url, Proc.live[0].p.pid, "big.bin", len(big), 1)[0])
-    one_gibs, nginx_gibs = statistics.median(ours), statistics.median(theirs)
-    many_gibs, rss_growth, anon_growth = download_test(plain_url, plain.p.pid, "big.bin", len(big), 16)
+    one_gibs, nginx_gibs, many_gibs, rss_growth, anon_growth = downloads(plain, plain_url, nginx_url, big)
 
     print()
     print(f"{'test':<16} {'target':<13} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'/nginx':>7} {'/native':>8}")
     for test, label, rps, p50, p99, vs_nginx, vs_native in rows:
         print(f"{test:<16} {label:<13} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f} {vs_nginx:>7.2f} {vs_native:>8.2f}")
     print()
-    print(f"100 MiB download, 1 client: {one_gibs:.2f} GiB/s (nginx {nginx_gibs:.2f} GiB/s)")
-    print(f"100 MiB download, 16 clients: {many_gibs:.2f} GiB/s aggregate, host peak RSS growth "
-          f"{rss_growth:.1f} MiB (anonymous {anon_growth:.1f} MiB; the rest is the mapped database file)")
+    print_downloads(one_gibs, nginx_gibs, many_gibs, rss_growth, anon_growth)
     print_sync_lag(lag, lag_writes)
     print(f"writes, 200 x 1 KiB in replica mode: {single_rate:.0f} files/s one PUT each, "
           f"{batch_rate:.0f} files/s in one batch ({batch_rate / single_rate:.1f}x)")

@@ -289,3 +289,156 @@ fn files_replaced_or_deleted_while_being_read_never_give_500() {
     }
     assert!(served > 100, "the readers barely ran: {served}");
 }
+
+/// One h2 connection whose flow-control window is shut, so no body byte of
+/// its responses is sent until [`StalledH2::open_window`].
+struct StalledH2 {
+    /// The status of each stream's response head.
+    statuses: Vec<u16>,
+    /// How each body ended: its error, or "ended" if it looked complete.
+    ended: tokio::sync::mpsc::UnboundedReceiver<String>,
+    open: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl StalledH2 {
+    /// Opens `streams` GETs of `path` and waits for their heads.
+    async fn start(addr: std::net::SocketAddr, path: &str, streams: usize) -> StalledH2 {
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (client, mut conn) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tcp)
+            .await
+            .unwrap();
+        let (open, opened) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = &mut conn => return,
+                _ = opened => {}
+            }
+            conn.set_initial_window_size(1 << 20).unwrap();
+            let _ = conn.await;
+        });
+        let (ended_tx, ended) = tokio::sync::mpsc::unbounded_channel();
+        let mut heads = Vec::new();
+        for _ in 0..streams {
+            let mut client = client.clone().ready().await.unwrap();
+            let req = http::Request::get(format!("http://{addr}{path}")).body(()).unwrap();
+            heads.push(client.send_request(req, true).unwrap().0);
+        }
+        let mut statuses = Vec::new();
+        for head in heads {
+            let Ok(resp) = head.await else {
+                statuses.push(0);
+                continue;
+            };
+            statuses.push(resp.status().as_u16());
+            let mut body = resp.into_body();
+            let ended_tx = ended_tx.clone();
+            tokio::spawn(async move {
+                let outcome = loop {
+                    match body.data().await {
+                        Some(Ok(bytes)) => {
+                            let _ = body.flow_control().release_capacity(bytes.len());
+                        }
+                        Some(Err(e)) => break e.to_string(),
+                        None => break "ended".to_string(),
+                    }
+                };
+                let _ = ended_tx.send(outcome);
+            });
+        }
+        // The connection lives as long as a sender does.
+        std::mem::forget(client);
+        StalledH2 { statuses, ended, open: Some(open) }
+    }
+
+    fn open_window(&mut self) {
+        let _ = self.open.take().unwrap().send(());
+    }
+}
+
+#[test]
+fn h2_streams_that_never_take_their_body_do_not_hold_the_workers() {
+    let dir = TempDir::new("h2-stall");
+    let s = Server::start(
+        &dir.path().join("data"),
+        &["--max-instances", "16", "--send-timeout", "2s", "--response-cache-mib", "0"],
+        Some(dir),
+    );
+    // One file larger than what a response buffers (its instance streams
+    // it), one that fits (its instance finishes at once).
+    assert_eq!(s.put("/big.bin", None, pseudo_random(16 << 20, 7)).status(), 201);
+    assert_eq!(s.put("/medium.bin", None, pseudo_random(1 << 20, 8)).status(), 201);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    // Stalled streams of the smaller file, then two connections with as
+    // many stalled streams of the large one as there are instances.
+    let mut stalls = vec![rt.block_on(StalledH2::start(s.addr, "/medium.bin", 8))];
+    stalls.extend((0..2).map(|_| rt.block_on(StalledH2::start(s.addr, "/big.bin", 8))));
+    let heads: Vec<&Vec<u16>> = stalls.iter().map(|c| &c.statuses).collect();
+    assert!(heads.iter().all(|h| h.iter().all(|s| *s == 200)), "{heads:?}");
+    assert_eq!(s.metric("turserver_worker_instances_busy"), 16.0, "each stalled response of the large file holds an instance");
+    // While they hold them, the pool is full.
+    assert_eq!(s.get("/medium.bin").status(), 503);
+
+    // Once the send timeout has passed, the instances are freed, with the
+    // connections still open and their windows still shut.
+    let freed = eventually(std::time::Duration::from_secs(15), || (s.metric("turserver_worker_instances_busy") == 0.0).then_some(()));
+    assert!(freed.is_some(), "stalled responses still hold {} instances", s.metric("turserver_worker_instances_busy"));
+    assert!(s.log().contains("took none of the response for the send timeout"), "{}", s.log());
+    // A burst the size of the pool is served in full.
+    let c = client();
+    let burst: Vec<_> = (0..16)
+        .map(|_| {
+            let c = c.clone();
+            let url = s.url("/big.bin");
+            std::thread::spawn(move || {
+                let r = c.get(url).send().unwrap();
+                (r.status().as_u16(), r.bytes().unwrap().len())
+            })
+        })
+        .collect();
+    for t in burst {
+        assert_eq!(t.join().unwrap(), (200, 16 << 20));
+    }
+    // A stalled client that opens its window at last sees each response cut
+    // off (what was buffered for it is gone), never a short body that
+    // looks complete.
+    for c in &mut stalls {
+        c.open_window();
+        for _ in 0..8 {
+            let outcome = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(10), c.ended.recv()).await });
+            let outcome = outcome.expect("the stream ends once the window opens").unwrap();
+            assert_ne!(outcome, "ended", "a cut response looked complete");
+        }
+    }
+}
+
+#[test]
+fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
+    use std::io::{Read, Write};
+    let dir = TempDir::new("slow-reader");
+    let s = Server::start(&dir.path().join("data"), &["--send-timeout", "1s", "--response-cache-mib", "0"], Some(dir));
+    let body = pseudo_random(2 << 20, 9);
+    assert_eq!(s.put("/big.bin", None, body.clone()).status(), 201);
+    let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
+    // A small receive buffer, so the server's writes wait on this reader.
+    let sock = socket2::SockRef::from(&conn);
+    sock.set_recv_buffer_size(16 << 10).unwrap();
+    conn.write_all(b"GET /big.bin HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    // About 300 KiB/s: each 1 MiB chunk of the file takes over 3 send
+    // timeouts to drain.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16 << 10];
+    loop {
+        let n = conn.read(&mut buf).unwrap();
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let text_end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got[..text_end]));
+    assert_eq!(got.len() - text_end, body.len(), "the whole body arrived");
+    assert!(got[text_end..] == body[..]);
+}

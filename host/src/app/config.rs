@@ -262,8 +262,9 @@ pub struct ServeArgs {
     #[arg(long, env = "TURSERVER_WORKER_DEADLINE", default_value = DEFAULT_WORKER_DEADLINE, value_parser = parse_duration)]
     pub worker_deadline: Duration,
 
-    /// How long a response write may wait for a client that has stopped
-    /// reading before the connection is closed (nginx's `send_timeout`).
+    /// How long a response may go without the client taking any of it (a
+    /// write waiting on HTTP/1.1, a shut h2 flow-control window) before it
+    /// is cut off and its worker instance freed (nginx's `send_timeout`).
     #[arg(long, env = "TURSERVER_SEND_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub send_timeout: Duration,
 

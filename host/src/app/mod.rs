@@ -123,6 +123,7 @@ async fn start(
         deadline: args.worker_deadline,
         cache_dir: Some(args.data_dir.join("worker-cache")),
         max_instances: args.max_instances,
+        send_timeout: args.send_timeout,
     })?);
     let workers = Arc::new(Workers::start(runtime.clone(), store.clone(), args.worker.as_ref()).await?);
     if args.write_token.is_none() {

@@ -4,7 +4,9 @@
 //!   hyper then drops the connection, and the worker instance streaming into
 //!   it sees its stream close and ends. As with nginx's `send_timeout`, this
 //!   clock runs only while a write is waiting for the client, so slow
-//!   clients that keep reading are never cut off;
+//!   clients that keep reading are never cut off. It sees a connection, not
+//!   an h2 stream: each worker response is bounded the same way on its own
+//!   (`wasm::instance`), so a stream whose window stays shut is cut too;
 //! - the idle timeout: a connection on which no byte has moved either way
 //!   for it is closed (HTTP/1.1 keep-alive and h2 alike). It is checked only
 //!   when a read has to wait, so busy connections pay nothing for it.

@@ -13,6 +13,7 @@ use super::bindings::files;
 use super::files::FilesView;
 use super::instance::{declares_stateless, RequestState, Worker};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -67,6 +68,9 @@ pub struct RuntimeConfig {
     /// Instances that may exist at once: the requests the worker can serve
     /// concurrently. Past it a request gets 503.
     pub max_instances: u32,
+    /// How long a response an instance is still streaming may go without
+    /// the client taking any of it before the instance is ended.
+    pub send_timeout: Duration,
 }
 
 pub struct Runtime {
@@ -78,12 +82,15 @@ pub struct Runtime {
     pub(super) next_request_id: AtomicU64,
     /// Instances created (a stateless worker's instances serve many requests).
     pub(super) instantiations: Counter,
+    /// Requests an instance is working on right now (streaming included).
+    pub(super) busy: Gauge,
+    pub(super) send_timeout: Duration,
     _epoch: EpochThread,
 }
 
 impl Runtime {
     pub fn new(config: RuntimeConfig) -> anyhow::Result<Runtime> {
-        let RuntimeConfig { worker_memory_bytes, deadline, cache_dir, max_instances } = config;
+        let RuntimeConfig { worker_memory_bytes, deadline, cache_dir, max_instances, send_timeout } = config;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(max_instances)
             .total_core_instances(max_instances * 4)
@@ -132,6 +139,8 @@ impl Runtime {
             deadline,
             next_request_id: AtomicU64::new(1),
             instantiations: Counter::default(),
+            busy: Gauge::default(),
+            send_timeout,
             _epoch: epoch,
         })
     }
@@ -142,6 +151,11 @@ impl Runtime {
             "worker_instantiations",
             "Worker instances created (a stateless worker's instances serve many requests)",
             self.instantiations.clone(),
+        );
+        registry.register(
+            "worker_instances_busy",
+            "Requests a worker instance is running right now, including responses it is still streaming",
+            self.busy.clone(),
         );
     }
 

@@ -5,12 +5,17 @@
 //! its store calls' progress); one that trapped or was interrupted is never
 //! reused.
 //!
+//! An instance still streaming its response, or a large response still
+//! buffered, is watched until the client has taken it: one that takes none
+//! of it for the send timeout loses it, and the instance and the buffered
+//! bytes are freed (an h2 stream with a shut window holds neither).
+//!
 //! [`Runtime::invoke`] runs one request and says, as an [`InvokeError`], why
 //! a worker produced no response; the request pipeline picks the status.
 
 use super::engine::Runtime;
 use super::files::FilesCtx;
-use crate::http::Response;
+use crate::http::{Response, ResponseBody};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::future::Future;
@@ -82,6 +87,198 @@ impl<B: Body + Unpin> Body for ProgressBody<B> {
         self.inner.size_hint()
     }
 }
+
+/// A response body the instance may still be streaming, shared by the body
+/// handed to hyper and the task running the instance. When the instance is
+/// ended before it finished the body (it trapped, ran past its deadline, or
+/// its client took nothing for the send timeout), the body ends with an
+/// error, so the client sees a cut response rather than a short one that
+/// looks complete, and what it had buffered is freed at once, even if hyper
+/// never polls it again (an h2 stream whose window stays shut).
+#[derive(Default)]
+struct Streaming {
+    body: std::sync::Mutex<Option<ResponseBody>>,
+    failed: std::sync::atomic::AtomicBool,
+    /// Notified when hyper has taken the whole body or dropped it.
+    done: tokio::sync::Notify,
+}
+
+impl Streaming {
+    /// The instance ended without finishing its response.
+    fn fail(&self) {
+        self.failed.store(true, Ordering::Release);
+        drop(self.body.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
+    /// Waits until hyper has taken the whole body (or dropped it), or until
+    /// it has gone `limit` without taking any of it.
+    async fn taken(&self, progress: &Progress, limit: Duration) -> Result<(), ResponseStalled> {
+        loop {
+            let done = self.done.notified();
+            if self.body.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+                return Ok(());
+            }
+            let idle = progress.idle();
+            if idle >= limit {
+                return Err(ResponseStalled);
+            }
+            tokio::select! {
+                () = done => return Ok(()),
+                () = tokio::time::sleep(limit - idle) => {}
+            }
+        }
+    }
+}
+
+/// Responses at least this large are watched by the host until the client
+/// has taken them, even when the instance finished at once: their buffered
+/// bytes are freed once the client has taken none of them for the send
+/// timeout. Smaller ones cost no more than their own size to hold.
+const WATCHED_BODY: u64 = 256 << 10;
+
+/// The body of a response from a worker, as hyper takes it: in pieces of
+/// at most [`PIECE`], so a client that reads slowly but steadily makes
+/// progress often enough never to be taken for a stalled one.
+struct WorkerBody {
+    streaming: Arc<Streaming>,
+    progress: Arc<Progress>,
+    /// What is left of the last chunk the instance wrote.
+    rest: bytes::Bytes,
+}
+
+/// The largest piece of a body handed to hyper at once. A client must take
+/// at least this much per send timeout (about 1 KiB/s with the default).
+const PIECE: usize = 64 << 10;
+
+impl Body for WorkerBody {
+    type Data = bytes::Bytes;
+    type Error = wasmtime_wasi_http::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
+        if !self.rest.is_empty() {
+            self.progress.touch();
+            let n = self.rest.len().min(PIECE);
+            let piece = self.rest.split_to(n);
+            return Poll::Ready(Some(Ok(Frame::data(piece))));
+        }
+        let mut body = self.streaming.body.lock().unwrap_or_else(|e| e.into_inner());
+        let polled = match body.as_mut() {
+            Some(b) => Pin::new(b).poll_frame(cx),
+            None => Poll::Ready(None),
+        };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                drop(body);
+                self.progress.touch();
+                match frame.into_data() {
+                    Ok(mut data) if data.len() > PIECE => {
+                        self.rest = data.split_off(PIECE);
+                        Poll::Ready(Some(Ok(Frame::data(data))))
+                    }
+                    Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                }
+            }
+            Poll::Ready(None) => {
+                drop(body.take());
+                drop(body);
+                self.streaming.done.notify_one();
+                if self.streaming.failed.load(Ordering::Acquire) {
+                    return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpProtocolError)));
+                }
+                Poll::Ready(None)
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        if !self.rest.is_empty() {
+            return false;
+        }
+        let body = self.streaming.body.lock().unwrap_or_else(|e| e.into_inner());
+        body.as_ref().is_some_and(|b| b.is_end_stream())
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let body = self.streaming.body.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = body.as_ref().map(|b| b.size_hint()).unwrap_or_default();
+        let rest = self.rest.len() as u64;
+        let mut hint = SizeHint::new();
+        hint.set_lower(inner.lower() + rest);
+        if let Some(upper) = inner.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
+    }
+}
+
+impl Drop for WorkerBody {
+    fn drop(&mut self) {
+        drop(self.streaming.body.lock().unwrap_or_else(|e| e.into_inner()).take());
+        self.streaming.done.notify_one();
+    }
+}
+
+/// A response's `Content-Length`, 0 if it has none.
+fn content_length(resp: &Response) -> u64 {
+    resp.headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Counts a request as running in an instance for as long as it lives.
+struct Busy(prometheus_client::metrics::gauge::Gauge);
+
+impl Busy {
+    fn start(gauge: &prometheus_client::metrics::gauge::Gauge) -> Busy {
+        gauge.inc();
+        Busy(gauge.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Runs an instance that is still streaming its response until it ends, or
+/// until its response has gone `limit` without progress: a client that
+/// takes none of the body (an HTTP/1.1 reader that stopped, or an h2 stream
+/// whose flow-control window stays shut) then loses its response, and the
+/// instance is freed for others.
+async fn until_stalled(
+    run: impl Future<Output = wasmtime::Result<()>>,
+    progress: &Progress,
+    limit: Duration,
+) -> Result<(), ResponseStalled> {
+    tokio::pin!(run);
+    loop {
+        let idle = progress.idle();
+        if idle >= limit {
+            return Err(ResponseStalled);
+        }
+        tokio::select! {
+            // A failed run has already failed its response.
+            _ = &mut run => return Ok(()),
+            () = tokio::time::sleep(limit - idle) => {}
+        }
+    }
+}
+
+/// Why a streaming instance was ended by the host.
+#[derive(Debug)]
+struct ResponseStalled;
+
+impl std::fmt::Display for ResponseStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the client took none of the response for the send timeout")
+    }
+}
+
+impl std::error::Error for ResponseStalled {}
 
 /// What an instance is interrupted with when its deadline passes.
 #[derive(Debug)]
@@ -312,7 +509,11 @@ impl Runtime {
             }
         };
         let instantiations = self.instantiations.clone();
+        let busy = Busy::start(&self.busy);
+        let streaming = Arc::new(Streaming::default());
+        let ending = streaming.clone();
         let run = async move {
+            let _busy = busy;
             let result = async {
                 let proxy = match proxy {
                     Some(p) => p,
@@ -332,6 +533,7 @@ impl Runtime {
                 }
                 Err(e) => {
                     tracing::error!(request_id, worker = %&worker.hash[..12], cause = %format!("{e:#}"), "worker failed");
+                    ending.fail();
                     // A failed instance (and its pooled slot) is dropped
                     // here, never reused.
                     Err(e)
@@ -348,28 +550,55 @@ impl Runtime {
             done = &mut run => (receiver.await, Some(done)),
             head = &mut receiver => (head, None),
         };
-        let streaming = finished.is_none().then(|| tokio::spawn(run));
-        let result = match head {
-            Ok(Ok(resp)) => Ok(resp.map(|b| ProgressBody { inner: b, progress }.boxed_unsync())),
+        let still_running = finished.is_none().then_some(run);
+        let (result, still_running) = match head {
+            Ok(Ok(resp)) => {
+                let resp = resp.map(|b| {
+                    *streaming.body.lock().unwrap_or_else(|e| e.into_inner()) = Some(b);
+                    WorkerBody { streaming: streaming.clone(), progress: progress.clone(), rest: bytes::Bytes::new() }.boxed_unsync()
+                });
+                (Ok(resp), still_running)
+            }
             Ok(Err(code)) => {
                 tracing::warn!(request_id, ?code, "worker answered with an error code");
-                Err(InvokeError::ErrorCode(code))
+                (Err(InvokeError::ErrorCode(code)), still_running)
             }
             Err(_) => {
                 // The worker never set a response: it trapped, ran out of
                 // time or memory, or returned without answering. The cause
                 // is logged.
-                let done = match (finished, streaming) {
+                let done = match (finished, still_running) {
                     (Some(done), _) => Some(done),
-                    (None, Some(task)) => task.await.ok(),
+                    (None, Some(run)) => Some(run.await),
                     (None, None) => None,
                 };
-                Err(match done {
+                let failed = match done {
                     Some(Err(e)) => InvokeError::of(&e),
                     _ => InvokeError::Failed,
-                })
+                };
+                (Err(failed), None)
             }
         };
+        // An instance still streaming, or a large body still buffered, is
+        // watched until the client has taken it all.
+        let large = result.as_ref().is_ok_and(|r| content_length(r) >= WATCHED_BODY);
+        if still_running.is_some() || large {
+            let limit = self.send_timeout;
+            tokio::spawn(async move {
+                let ended = match still_running {
+                    Some(run) => until_stalled(run, &progress, limit).await,
+                    None => Ok(()),
+                };
+                let ended = match ended {
+                    Ok(()) => streaming.taken(&progress, limit).await,
+                    stalled => stalled,
+                };
+                if ended.is_err() {
+                    tracing::warn!(request_id, ?limit, "the client took none of the response for the send timeout; ending it");
+                    streaming.fail();
+                }
+            });
+        }
         Invoked { request_id, result }
     }
 }

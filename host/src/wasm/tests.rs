@@ -10,6 +10,7 @@ pub(crate) fn test_config(worker_memory_bytes: u64) -> RuntimeConfig {
         deadline: Duration::from_secs(5),
         cache_dir: None,
         max_instances: 16,
+        send_timeout: Duration::from_secs(60),
     }
 }
 
