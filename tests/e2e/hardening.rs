@@ -442,3 +442,35 @@ fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
     assert_eq!(got.len() - text_end, body.len(), "the whole body arrived");
     assert!(got[text_end..] == body[..]);
 }
+
+#[test]
+fn a_slow_h2_reader_that_keeps_reading_is_not_cut_off() {
+    let dir = TempDir::new("slow-h2-reader");
+    let s = Server::start(&dir.path().join("data"), &["--send-timeout", "1s", "--response-cache-mib", "0"], Some(dir));
+    let body = pseudo_random(2 << 20, 10);
+    assert_eq!(s.put("/big.bin", None, body.clone()).status(), 201);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let got = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::get(format!("http://{}/big.bin", s.addr)).body(()).unwrap();
+        let resp = client.send_request(req, true).unwrap().0.await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        // About 300 KiB/s (3 µs a byte), opening the window only as it
+        // reads: a 1 MiB chunk of the file takes over 3 send timeouts to
+        // drain.
+        while let Some(data) = body.data().await {
+            let data = data.expect("the body arrives whole");
+            got.extend_from_slice(&data);
+            tokio::time::sleep(std::time::Duration::from_micros(data.len() as u64 * 3)).await;
+            let _ = body.flow_control().release_capacity(data.len());
+        }
+        got
+    });
+    assert_eq!(got.len(), body.len());
+    assert!(got == body);
+}

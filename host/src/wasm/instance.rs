@@ -5,10 +5,11 @@
 //! its store calls' progress); one that trapped or was interrupted is never
 //! reused.
 //!
-//! An instance still streaming its response, or a large response still
-//! buffered, is watched until the client has taken it: one that takes none
-//! of it for the send timeout loses it, and the instance and the buffered
-//! bytes are freed (an h2 stream with a shut window holds neither).
+//! On h2, an instance still streaming its response, or a large response
+//! still buffered, is watched until the client has taken it: one that takes
+//! none of it for the send timeout loses it, and the instance and the
+//! buffered bytes are freed (a stream with a shut window holds neither).
+//! On HTTP/1.1 the connection's own send timeout does this.
 //!
 //! [`Runtime::invoke`] runs one request and says, as an [`InvokeError`], why
 //! a worker produced no response; the request pipeline picks the status.
@@ -136,19 +137,23 @@ impl Streaming {
 /// timeout. Smaller ones cost no more than their own size to hold.
 const WATCHED_BODY: u64 = 256 << 10;
 
-/// The body of a response from a worker, as hyper takes it: in pieces of
-/// at most [`PIECE`], so a client that reads slowly but steadily makes
-/// progress often enough never to be taken for a stalled one.
+/// The body of a response from a worker, as hyper takes it. On h2 it comes
+/// in pieces of at most [`H2_PIECE`], so a client that reads slowly but
+/// steadily makes progress often enough never to be taken for a stalled
+/// one; on HTTP/1.1 the connection's own send timeout watches the client,
+/// and chunks pass whole.
 struct WorkerBody {
     streaming: Arc<Streaming>,
     progress: Arc<Progress>,
     /// What is left of the last chunk the instance wrote.
     rest: bytes::Bytes,
+    piece: usize,
 }
 
-/// The largest piece of a body handed to hyper at once. A client must take
-/// at least this much per send timeout (about 1 KiB/s with the default).
-const PIECE: usize = 64 << 10;
+/// The largest piece of a body handed to hyper at once on h2. A client
+/// must take at least this much per send timeout (about 1 KiB/s with the
+/// default).
+const H2_PIECE: usize = 64 << 10;
 
 impl Body for WorkerBody {
     type Data = bytes::Bytes;
@@ -157,7 +162,7 @@ impl Body for WorkerBody {
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<bytes::Bytes>, Self::Error>>> {
         if !self.rest.is_empty() {
             self.progress.touch();
-            let n = self.rest.len().min(PIECE);
+            let n = self.rest.len().min(self.piece);
             let piece = self.rest.split_to(n);
             return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
@@ -171,8 +176,9 @@ impl Body for WorkerBody {
                 drop(body);
                 self.progress.touch();
                 match frame.into_data() {
-                    Ok(mut data) if data.len() > PIECE => {
-                        self.rest = data.split_off(PIECE);
+                    Ok(mut data) if data.len() > self.piece => {
+                        let piece = self.piece;
+                        self.rest = data.split_off(piece);
                         Poll::Ready(Some(Ok(Frame::data(data))))
                     }
                     Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
@@ -480,6 +486,7 @@ impl Runtime {
         B::Error: Into<wasmtime_wasi_http::Error>,
     {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
+        let h2 = req.version() == http::Version::HTTP_2;
         let progress = Progress::new();
         files.progress = Some(progress.clone());
         let req = req.map(|b| ProgressBody { inner: b, progress: progress.clone() });
@@ -555,7 +562,9 @@ impl Runtime {
             Ok(Ok(resp)) => {
                 let resp = resp.map(|b| {
                     *streaming.body.lock().unwrap_or_else(|e| e.into_inner()) = Some(b);
-                    WorkerBody { streaming: streaming.clone(), progress: progress.clone(), rest: bytes::Bytes::new() }.boxed_unsync()
+                    let piece = if h2 { H2_PIECE } else { usize::MAX };
+                    WorkerBody { streaming: streaming.clone(), progress: progress.clone(), rest: bytes::Bytes::new(), piece }
+                        .boxed_unsync()
                 });
                 (Ok(resp), still_running)
             }
@@ -579,25 +588,34 @@ impl Runtime {
                 (Err(failed), None)
             }
         };
-        // An instance still streaming, or a large body still buffered, is
-        // watched until the client has taken it all.
+        // An instance still streaming goes on in its own task, feeding
+        // hyper. On h2 it, or a large body still buffered, is watched until
+        // the client has taken it all; on HTTP/1.1 the connection's send
+        // timeout closes a connection whose client stopped reading, which
+        // ends the instance.
         let large = result.as_ref().is_ok_and(|r| content_length(r) >= WATCHED_BODY);
-        if still_running.is_some() || large {
-            let limit = self.send_timeout;
-            tokio::spawn(async move {
-                let ended = match still_running {
-                    Some(run) => until_stalled(run, &progress, limit).await,
-                    None => Ok(()),
-                };
-                let ended = match ended {
-                    Ok(()) => streaming.taken(&progress, limit).await,
-                    stalled => stalled,
-                };
-                if ended.is_err() {
-                    tracing::warn!(request_id, ?limit, "the client took none of the response for the send timeout; ending it");
-                    streaming.fail();
-                }
-            });
+        let limit = h2.then_some(self.send_timeout);
+        match (still_running, limit) {
+            (Some(run), None) => {
+                tokio::spawn(run);
+            }
+            (still_running, Some(limit)) if still_running.is_some() || large => {
+                tokio::spawn(async move {
+                    let ended = match still_running {
+                        Some(run) => until_stalled(run, &progress, limit).await,
+                        None => Ok(()),
+                    };
+                    let ended = match ended {
+                        Ok(()) => streaming.taken(&progress, limit).await,
+                        stalled => stalled,
+                    };
+                    if ended.is_err() {
+                        tracing::warn!(request_id, ?limit, "the client took none of the response for the send timeout; ending it");
+                        streaming.fail();
+                    }
+                });
+            }
+            _ => {}
         }
         Invoked { request_id, result }
     }
