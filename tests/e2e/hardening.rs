@@ -413,13 +413,19 @@ fn h2_streams_that_never_take_their_body_do_not_hold_the_workers() {
     }
 }
 
+/// A server with a 1 s send timeout holding `/big.bin` (2 MiB), and its bytes.
+fn for_a_slow_reader(label: &str, seed: u64) -> (Server, Vec<u8>) {
+    let dir = TempDir::new(label);
+    let s = Server::start(&dir.path().join("data"), &["--send-timeout", "1s", "--response-cache-mib", "0"], Some(dir));
+    let body = pseudo_random(2 << 20, seed);
+    assert_eq!(s.put("/big.bin", None, body.clone()).status(), 201);
+    (s, body)
+}
+
 #[test]
 fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
     use std::io::{Read, Write};
-    let dir = TempDir::new("slow-reader");
-    let s = Server::start(&dir.path().join("data"), &["--send-timeout", "1s", "--response-cache-mib", "0"], Some(dir));
-    let body = pseudo_random(2 << 20, 9);
-    assert_eq!(s.put("/big.bin", None, body.clone()).status(), 201);
+    let (s, body) = for_a_slow_reader("slow-reader", 9);
     let mut conn = std::net::TcpStream::connect(s.addr).unwrap();
     // A small receive buffer, so the server's writes wait on this reader.
     let sock = socket2::SockRef::from(&conn);
@@ -445,10 +451,7 @@ fn a_slow_reader_that_keeps_reading_is_not_cut_off() {
 
 #[test]
 fn a_slow_h2_reader_that_keeps_reading_is_not_cut_off() {
-    let dir = TempDir::new("slow-h2-reader");
-    let s = Server::start(&dir.path().join("data"), &["--send-timeout", "1s", "--response-cache-mib", "0"], Some(dir));
-    let body = pseudo_random(2 << 20, 10);
-    assert_eq!(s.put("/big.bin", None, body.clone()).status(), 201);
+    let (s, body) = for_a_slow_reader("slow-h2-reader", 10);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let got = rt.block_on(async {
         let tcp = tokio::net::TcpStream::connect(s.addr).await.unwrap();

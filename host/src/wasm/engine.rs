@@ -68,8 +68,8 @@ pub struct RuntimeConfig {
     /// Instances that may exist at once: the requests the worker can serve
     /// concurrently. Past it a request gets 503.
     pub max_instances: u32,
-    /// How long a response an instance is still streaming may go without
-    /// the client taking any of it before the instance is ended.
+    /// How long an h2 response may go without the client taking any of it
+    /// before it is cut off and the instance streaming it ended.
     pub send_timeout: Duration,
 }
 

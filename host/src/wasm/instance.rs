@@ -105,28 +105,30 @@ struct Streaming {
 }
 
 impl Streaming {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<ResponseBody>> {
+        self.body.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The instance ended without finishing its response.
     fn fail(&self) {
         self.failed.store(true, Ordering::Release);
-        drop(self.body.lock().unwrap_or_else(|e| e.into_inner()).take());
+        drop(self.slot().take());
     }
 
-    /// Waits until hyper has taken the whole body (or dropped it), or until
-    /// it has gone `limit` without taking any of it.
-    async fn taken(&self, progress: &Progress, limit: Duration) -> Result<(), ResponseStalled> {
+    /// Hyper has taken the whole body, or dropped it.
+    fn end(&self) {
+        drop(self.slot().take());
+        self.done.notify_one();
+    }
+
+    /// Waits until hyper has taken the whole body (or dropped it).
+    async fn taken(&self) {
         loop {
             let done = self.done.notified();
-            if self.body.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
-                return Ok(());
+            if self.slot().is_none() {
+                return;
             }
-            let idle = progress.idle();
-            if idle >= limit {
-                return Err(ResponseStalled);
-            }
-            tokio::select! {
-                () = done => return Ok(()),
-                () = tokio::time::sleep(limit - idle) => {}
-            }
+            done.await;
         }
     }
 }
@@ -166,7 +168,7 @@ impl Body for WorkerBody {
             let piece = self.rest.split_to(n);
             return Poll::Ready(Some(Ok(Frame::data(piece))));
         }
-        let mut body = self.streaming.body.lock().unwrap_or_else(|e| e.into_inner());
+        let mut body = self.streaming.slot();
         let polled = match body.as_mut() {
             Some(b) => Pin::new(b).poll_frame(cx),
             None => Poll::Ready(None),
@@ -186,9 +188,8 @@ impl Body for WorkerBody {
                 }
             }
             Poll::Ready(None) => {
-                drop(body.take());
                 drop(body);
-                self.streaming.done.notify_one();
+                self.streaming.end();
                 if self.streaming.failed.load(Ordering::Acquire) {
                     return Poll::Ready(Some(Err(wasmtime_wasi_http::Error::HttpProtocolError)));
                 }
@@ -202,13 +203,11 @@ impl Body for WorkerBody {
         if !self.rest.is_empty() {
             return false;
         }
-        let body = self.streaming.body.lock().unwrap_or_else(|e| e.into_inner());
-        body.as_ref().is_some_and(|b| b.is_end_stream())
+        self.streaming.slot().as_ref().is_some_and(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        let body = self.streaming.body.lock().unwrap_or_else(|e| e.into_inner());
-        let inner = body.as_ref().map(|b| b.size_hint()).unwrap_or_default();
+        let inner = self.streaming.slot().as_ref().map(|b| b.size_hint()).unwrap_or_default();
         let rest = self.rest.len() as u64;
         let mut hint = SizeHint::new();
         hint.set_lower(inner.lower() + rest);
@@ -221,8 +220,7 @@ impl Body for WorkerBody {
 
 impl Drop for WorkerBody {
     fn drop(&mut self) {
-        drop(self.streaming.body.lock().unwrap_or_else(|e| e.into_inner()).take());
-        self.streaming.done.notify_one();
+        self.streaming.end();
     }
 }
 
@@ -250,41 +248,27 @@ impl Drop for Busy {
     }
 }
 
-/// Runs an instance that is still streaming its response until it ends, or
-/// until its response has gone `limit` without progress: a client that
-/// takes none of the body (an HTTP/1.1 reader that stopped, or an h2 stream
-/// whose flow-control window stays shut) then loses its response, and the
-/// instance is freed for others.
-async fn until_stalled(
-    run: impl Future<Output = wasmtime::Result<()>>,
-    progress: &Progress,
-    limit: Duration,
-) -> Result<(), ResponseStalled> {
-    tokio::pin!(run);
+/// Runs `work` (an instance still streaming its response, then the wait
+/// for the client to take what is buffered) until it ends, or until the
+/// response has gone `limit` without progress: a client that takes none of
+/// the body (an h2 stream whose flow-control window stays shut) then loses
+/// its response, and the instance is freed for others.
+async fn unless_stalled(work: impl Future<Output = ()>, progress: &Progress, limit: Duration) -> Result<(), ResponseStalled> {
+    tokio::pin!(work);
     loop {
         let idle = progress.idle();
         if idle >= limit {
             return Err(ResponseStalled);
         }
         tokio::select! {
-            // A failed run has already failed its response.
-            _ = &mut run => return Ok(()),
+            () = &mut work => return Ok(()),
             () = tokio::time::sleep(limit - idle) => {}
         }
     }
 }
 
-/// Why a streaming instance was ended by the host.
-#[derive(Debug)]
+/// A response whose client took none of it for the send timeout.
 struct ResponseStalled;
-
-impl std::fmt::Display for ResponseStalled {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("the client took none of the response for the send timeout")
-    }
-}
-
-impl std::error::Error for ResponseStalled {}
 
 /// What an instance is interrupted with when its deadline passes.
 #[derive(Debug)]
@@ -561,7 +545,7 @@ impl Runtime {
         let (result, still_running) = match head {
             Ok(Ok(resp)) => {
                 let resp = resp.map(|b| {
-                    *streaming.body.lock().unwrap_or_else(|e| e.into_inner()) = Some(b);
+                    *streaming.slot() = Some(b);
                     let piece = if h2 { H2_PIECE } else { usize::MAX };
                     WorkerBody { streaming: streaming.clone(), progress: progress.clone(), rest: bytes::Bytes::new(), piece }
                         .boxed_unsync()
@@ -601,15 +585,14 @@ impl Runtime {
             }
             (still_running, Some(limit)) if still_running.is_some() || large => {
                 tokio::spawn(async move {
-                    let ended = match still_running {
-                        Some(run) => until_stalled(run, &progress, limit).await,
-                        None => Ok(()),
+                    let watched = async {
+                        if let Some(run) = still_running {
+                            // A failed run has already failed its response.
+                            let _ = run.await;
+                        }
+                        streaming.taken().await;
                     };
-                    let ended = match ended {
-                        Ok(()) => streaming.taken(&progress, limit).await,
-                        stalled => stalled,
-                    };
-                    if ended.is_err() {
+                    if unless_stalled(watched, &progress, limit).await.is_err() {
                         tracing::warn!(request_id, ?limit, "the client took none of the response for the send timeout; ending it");
                         streaming.fail();
                     }
