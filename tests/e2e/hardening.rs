@@ -413,6 +413,36 @@ fn h2_streams_that_never_take_their_body_do_not_hold_the_workers() {
     }
 }
 
+#[test]
+fn one_h2_connection_holds_no_more_than_its_share_of_the_workers() {
+    let dir = TempDir::new("h2-share");
+    let s = Server::start(
+        &dir.path().join("data"),
+        &["--max-instances", "16", "--instances-per-connection", "4", "--send-timeout", "2s", "--response-cache-mib", "0"],
+        Some(dir),
+    );
+    let body = pseudo_random(16 << 20, 9);
+    assert_eq!(s.put("/big.bin", None, body.clone()).status(), 201);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    // Twelve streams on one connection, none of which ever takes its body.
+    let stalled = rt.spawn(StalledH2::start(s.addr, "/big.bin", 12));
+    let waiting = eventually(std::time::Duration::from_secs(10), || {
+        (s.metric("turserver_worker_connection_quota_waits_total") >= 8.0).then_some(())
+    });
+    assert!(waiting.is_some(), "streams that waited: {}", s.metric("turserver_worker_connection_quota_waits_total"));
+    assert_eq!(s.metric("turserver_worker_instances_busy"), 4.0);
+    // Other clients are served meanwhile, in full.
+    let c = client();
+    let r = c.get(s.url("/big.bin")).send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().unwrap()[..] == body[..], "another client got a different body");
+    assert!(s.metric("turserver_worker_instances_busy") <= 4.0, "the stalled connection holds more than its share");
+    // The streams past the share waited for their turn: none was refused.
+    let stalled = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(30), stalled).await });
+    let stalled = stalled.expect("every stream got its head within three send timeouts").unwrap();
+    assert_eq!(stalled.statuses, vec![200; 12]);
+}
+
 /// A server with a 1 s send timeout holding `/big.bin` (2 MiB), and its bytes.
 fn for_a_slow_reader(label: &str, seed: u64) -> (Server, Vec<u8>) {
     let dir = TempDir::new(label);

@@ -30,6 +30,8 @@ pub const DEFAULT_BODY_TIMEOUT: &str = "30s";
 pub const DEFAULT_H2_STREAMS: u32 = 128;
 /// Worker instances that may exist at once.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
+/// Instances one connection may hold at once.
+pub const DEFAULT_INSTANCES_PER_CONNECTION: u32 = 32;
 
 #[derive(Debug, Parser)]
 #[command(name = "turserver", version, about = "Edge file server: a wasm worker over a libSQL embedded replica")]
@@ -304,6 +306,12 @@ pub struct ServeArgs {
     /// Most concurrent h2 streams on one connection.
     #[arg(long, env = "TURSERVER_H2_MAX_STREAMS", default_value_t = DEFAULT_H2_STREAMS)]
     pub h2_max_streams: u32,
+
+    /// Worker instances one connection's requests may hold at once; an h2
+    /// connection's further streams wait for one of them to finish, so no
+    /// single client takes every instance.
+    #[arg(long, env = "TURSERVER_INSTANCES_PER_CONNECTION", default_value_t = DEFAULT_INSTANCES_PER_CONNECTION)]
+    pub instances_per_connection: u32,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -351,6 +359,9 @@ impl ServeArgs {
         }
         if self.h2_max_streams == 0 {
             bail!("--h2-max-streams must be at least 1");
+        }
+        if self.instances_per_connection == 0 {
+            bail!("--instances-per-connection must be at least 1");
         }
         if self.worker_memory_mib == 0 || self.worker_memory_mib > 4096 {
             bail!("--worker-memory-mib must be between 1 and 4096");

@@ -191,6 +191,7 @@ impl ServeArgs {
             send: self.send_timeout,
             body: self.body_timeout,
             h2_streams: self.h2_max_streams,
+            instances: self.instances_per_connection,
         }
     }
 }

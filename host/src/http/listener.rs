@@ -1,8 +1,8 @@
 //! The accept and serve loop both ports use (the public port and the
 //! sidecar): HTTP/1.1 and h2, Nagle off, the connection limit, every
-//! connection's clocks (header read, idle, send, request body), malformed
-//! requests refused before anything else sees them, request bodies that
-//! linger, and a graceful drain on shutdown.
+//! connection's clocks (header read, idle, send, request body) and quota,
+//! malformed requests refused before anything else sees them, request
+//! bodies that linger, and a graceful drain on shutdown.
 
 use super::linger::RequestBody;
 use super::response::Response;
@@ -42,6 +42,30 @@ pub struct Limits {
     pub body: Duration,
     /// Concurrent h2 streams on one connection.
     pub h2_streams: u32,
+    /// Worker instances one connection's requests may hold at once.
+    pub instances: u32,
+}
+
+/// What one connection's requests may hold at once of a shared resource
+/// (the worker instances): h2 multiplexes up to `h2_streams` requests on
+/// one connection, and one client must not take them all. Every request
+/// carries its connection's quota in its extensions; past it, a request
+/// waits for one of its connection's earlier ones to finish.
+#[derive(Clone)]
+pub struct ConnectionQuota(Arc<Semaphore>);
+
+impl ConnectionQuota {
+    fn new(n: u32) -> ConnectionQuota {
+        ConnectionQuota(Arc::new(Semaphore::new(n as usize)))
+    }
+
+    /// A share of the quota, and whether the request had to wait for it.
+    pub async fn take(&self) -> (tokio::sync::OwnedSemaphorePermit, bool) {
+        match self.0.clone().try_acquire_owned() {
+            Ok(permit) => (permit, false),
+            Err(_) => (self.0.clone().acquire_owned().await.expect("the semaphore is never closed"), true),
+        }
+    }
 }
 
 /// The connections both ports share: at most `max` open at once. Past it,
@@ -137,9 +161,11 @@ pub async fn serve<H: Handler>(
                 let stream = TimedIo::new(stream, limits.send, limits.idle);
                 let handler = handler.clone();
                 let own = own.clone();
+                let quota = ConnectionQuota::new(limits.instances);
                 let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let handler = handler.clone();
                     let mut req = req.map(|body| super::request_body(body, limits.body));
+                    req.extensions_mut().insert(quota.clone());
                     let checked = super::request::check(&mut req, &own);
                     async move {
                         Ok::<_, Infallible>(match checked {

@@ -17,7 +17,7 @@ mod timed_io;
 
 pub use auth::{TokenDigest, WriteAccess};
 pub use linger::RequestBody;
-pub use listener::{raise_fd_limit, serve, shutdown_signal, Connections, Handler, Limits};
+pub use listener::{raise_fd_limit, serve, shutdown_signal, ConnectionQuota, Connections, Handler, Limits};
 pub use response::{
     full_body, json_response, json_value, no_content, response, retry_later, text_response, Response, ResponseBody,
 };

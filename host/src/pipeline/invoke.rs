@@ -38,6 +38,8 @@ pub struct Replay {
     uri: http::Uri,
     version: http::Version,
     headers: http::HeaderMap,
+    /// What the host attached (the connection's quota).
+    extensions: http::Extensions,
 }
 
 impl Replay {
@@ -47,6 +49,7 @@ impl Replay {
             uri: req.uri().clone(),
             version: req.version(),
             headers: req.headers().clone(),
+            extensions: req.extensions().clone(),
         }
     }
 
@@ -56,6 +59,7 @@ impl Replay {
         *req.uri_mut() = self.uri.clone();
         *req.version_mut() = self.version;
         *req.headers_mut() = self.headers.clone();
+        *req.extensions_mut() = self.extensions.clone();
         req
     }
 }

@@ -84,6 +84,9 @@ pub struct Runtime {
     pub(super) instantiations: Counter,
     /// Requests an instance is working on right now (streaming included).
     pub(super) busy: Gauge,
+    /// Requests that waited because their connection held its quota of
+    /// instances.
+    pub(super) quota_waits: Counter,
     pub(super) send_timeout: Duration,
     _epoch: EpochThread,
 }
@@ -140,6 +143,7 @@ impl Runtime {
             next_request_id: AtomicU64::new(1),
             instantiations: Counter::default(),
             busy: Gauge::default(),
+            quota_waits: Counter::default(),
             send_timeout,
             _epoch: epoch,
         })
@@ -156,6 +160,11 @@ impl Runtime {
             "worker_instances_busy",
             "Requests a worker instance is running right now, including responses it is still streaming",
             self.busy.clone(),
+        );
+        registry.register(
+            "worker_connection_quota_waits",
+            "Requests that waited for an instance because their connection already held --instances-per-connection of them",
+            self.quota_waits.clone(),
         );
     }
 

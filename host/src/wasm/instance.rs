@@ -9,14 +9,15 @@
 //! still buffered, is watched until the client has taken it: one that takes
 //! none of it for the send timeout loses it, and the instance and the
 //! buffered bytes are freed (a stream with a shut window holds neither).
-//! On HTTP/1.1 the connection's own send timeout does this.
+//! On HTTP/1.1 the connection's own send timeout does this. One connection
+//! holds at most its quota of instances at once; its further requests wait.
 //!
 //! [`Runtime::invoke`] runs one request and says, as an [`InvokeError`], why
 //! a worker produced no response; the request pipeline picks the status.
 
 use super::engine::Runtime;
 use super::files::FilesCtx;
-use crate::http::{Response, ResponseBody};
+use crate::http::{ConnectionQuota, Response, ResponseBody};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use std::future::Future;
@@ -471,6 +472,19 @@ impl Runtime {
     {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let h2 = req.version() == http::Version::HTTP_2;
+        // Its connection's share of the instances, held as long as the
+        // instance is (an h2 client cannot take them all with one
+        // connection's streams).
+        let share = match req.extensions().get::<ConnectionQuota>() {
+            Some(quota) => {
+                let (permit, waited) = quota.take().await;
+                if waited {
+                    self.quota_waits.inc();
+                }
+                Some(permit)
+            }
+            None => None,
+        };
         let progress = Progress::new();
         files.progress = Some(progress.clone());
         let req = req.map(|b| ProgressBody { inner: b, progress: progress.clone() });
@@ -504,7 +518,7 @@ impl Runtime {
         let streaming = Arc::new(Streaming::default());
         let ending = streaming.clone();
         let run = async move {
-            let _busy = busy;
+            let _held = (busy, share);
             let result = async {
                 let proxy = match proxy {
                     Some(p) => p,
