@@ -56,8 +56,8 @@ impl StoreError {
         StoreError::Database { op, source }
     }
 
-    /// A failed write: failures to reach the primary (or a busy local
-    /// database) are worth retrying, everything else is not.
+    /// A failed write: failures to reach the primary (or a busy database)
+    /// are worth retrying, everything else is not.
     pub fn write(op: &'static str, source: libsql::Error) -> Self {
         let retryable = match &source {
             libsql::Error::WriteDelegation(_)
@@ -65,16 +65,31 @@ impl StoreError {
             | libsql::Error::Hrana(_)
             | libsql::Error::ConnectionFailed(_)
             | libsql::Error::Sync(_) => true,
-            // SQLITE_BUSY (5) and SQLITE_LOCKED (6), primary code in the low byte.
-            libsql::Error::SqliteFailure(code, _) | libsql::Error::RemoteSqliteFailure(code, _, _) => {
-                matches!(code & 0xff, 5 | 6)
-            }
-            _ => false,
+            e => is_locked(e),
         };
         if retryable {
             StoreError::Unavailable { op, source }
         } else {
             StoreError::Database { op, source }
         }
+    }
+
+    /// Whether the write failed because another writer held the database's
+    /// lock past its busy timeout: nothing was written, and the same write
+    /// may well succeed a moment later.
+    pub fn is_locked(&self) -> bool {
+        matches!(self, StoreError::Unavailable { source, .. } if is_locked(source))
+    }
+}
+
+/// SQLITE_BUSY (5) or SQLITE_LOCKED (6), primary code in the low byte. A
+/// primary reports it as the extended code of a remote failure.
+fn is_locked(e: &libsql::Error) -> bool {
+    match e {
+        libsql::Error::SqliteFailure(code, _) => matches!(code & 0xff, 5 | 6),
+        libsql::Error::RemoteSqliteFailure(code, extended, _) => {
+            matches!(code & 0xff, 5 | 6) || matches!(extended & 0xff, 5 | 6)
+        }
+        _ => false,
     }
 }

@@ -29,7 +29,7 @@ pub(super) async fn publish(
     removed: BTreeSet<String>,
 ) -> Result<Vec<(FileMeta, bool)>, StoreError> {
     let now = unix_now();
-    let result = publish_in_transaction(conn, &staged, &removed, now, false).await;
+    let result = publish_while_locked(conn, &staged, &removed, now, false).await;
     if result.is_err() {
         discard_all(conn, &staged).await;
     }
@@ -43,7 +43,7 @@ pub(super) async fn publish(
 /// others are published. Every write gets its own answer.
 pub(super) async fn publish_each(conn: &Connection, staged: Vec<Staged>) -> Vec<Result<(FileMeta, bool), StoreError>> {
     let now = unix_now();
-    match publish_in_transaction(conn, &staged, &BTreeSet::new(), now, true).await {
+    match publish_while_locked(conn, &staged, &BTreeSet::new(), now, true).await {
         Err(e) => {
             discard_all(conn, &staged).await;
             staged.iter().map(|_| Err(e.duplicate())).collect()
@@ -87,6 +87,36 @@ fn published(s: Staged, (version, created_at, created): (u64, i64, bool), now: i
         encodings,
     };
     (meta, created)
+}
+
+/// Tries after a failed one before publishing gives up on a locked database.
+const LOCKED_RETRIES: u32 = 5;
+
+/// [`publish_in_transaction`], run again (after a pause that doubles each
+/// time) while the primary says another writer held its lock: such a
+/// transaction published nothing. Many edges writing at once, or a batch
+/// beside a group commit, meet this under load.
+async fn publish_while_locked(
+    conn: &Connection,
+    staged: &[Staged],
+    removed: &BTreeSet<String>,
+    now: i64,
+    each_alone: bool,
+) -> Result<Vec<Result<(u64, i64, bool), StoreError>>, StoreError> {
+    let mut pause = std::time::Duration::from_millis(25);
+    let mut retries = 0;
+    loop {
+        match publish_in_transaction(conn, staged, removed, now, each_alone).await {
+            // A connection left inside a transaction is not tried again.
+            Err(e) if e.is_locked() && retries < LOCKED_RETRIES && conn.is_autocommit() => {
+                tracing::info!(retry = retries + 1, "the database was locked by another writer; publishing again");
+                tokio::time::sleep(pause).await;
+                pause *= 2;
+                retries += 1;
+            }
+            result => return result,
+        }
+    }
 }
 
 /// Each staged file's (version, created_at, whether the path was new), or

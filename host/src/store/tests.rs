@@ -313,3 +313,36 @@ async fn concurrent_uploads_commit_together_and_each_keeps_its_precondition() {
     let staged = sql::query_all(&conn, "SELECT count(*) FROM uploads", ()).await.unwrap();
     assert_eq!(staged[0].i64(0).unwrap(), 0, "nothing left staged");
 }
+
+#[test]
+fn a_primary_that_reports_its_lock_held_is_worth_another_try() {
+    // How a primary reports SQLITE_BUSY: its own code, then the extended one.
+    let busy = libsql::Error::RemoteSqliteFailure(3, 5, "database is locked".into());
+    assert!(StoreError::write("publishing", busy).is_locked());
+    assert!(StoreError::write("publishing", libsql::Error::SqliteFailure(5, "busy".into())).is_locked());
+    let constraint = libsql::Error::RemoteSqliteFailure(3, 19, "UNIQUE constraint failed".into());
+    assert!(!StoreError::write("publishing", constraint).is_locked());
+    assert!(!StoreError::write("publishing", libsql::Error::ConnectionFailed("gone".into())).is_locked());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_published_once_another_writer_lets_go_of_the_lock() {
+    let dir = TempDir::new("batch-locked");
+    let store = Arc::new(Store::open_local(&dir.0).await.unwrap());
+    let mut batch = store.begin_batch(1 << 30).await.unwrap();
+    batch.add("locked/a.txt", "text/plain").await.unwrap();
+    batch.write(b"after the lock").await.unwrap();
+    // Another writer holds the lock past the store's busy timeout (5 s).
+    let other = store.db.connect().unwrap();
+    other.execute("BEGIN IMMEDIATE", ()).await.unwrap();
+    let holder = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(5500)).await;
+        other.execute("COMMIT", ()).await.unwrap();
+    });
+    let written = batch.commit().await.expect("published once the lock was free");
+    holder.await.unwrap();
+    assert_eq!(written.len(), 1);
+    let (meta, created) = &written[0];
+    assert!(created);
+    assert_eq!(store.read_whole(Reader::Public, meta.version, meta.size).await.unwrap(), b"after the lock");
+}
