@@ -27,6 +27,9 @@ pub const DEFAULT_WORKER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/work
 
 /// Pooled slots left warm (their resident pages kept) while unused.
 const MAX_UNUSED_WARM_SLOTS: u32 = 16;
+/// The top of each request's stack kept resident (zeroed in place) when the
+/// request ends; the rest is returned to the system. A GET stays within it.
+const STACK_KEEP_RESIDENT: usize = 64 << 10;
 /// Epoch period: how often a running instance yields and checks its deadline.
 pub const TICK: Duration = Duration::from_millis(10);
 
@@ -109,7 +112,10 @@ impl Runtime {
             // Slots no instance uses keep their resident pages only this
             // many at a time, so the memory of a burst comes back.
             .max_unused_warm_slots(MAX_UNUSED_WARM_SLOTS)
-            .pagemap_scan(Enabled::Auto);
+            .pagemap_scan(Enabled::Auto)
+            // A stack's deepest pages go back to the system when its
+            // request ends (see `async_stack_zeroing` below).
+            .async_stack_keep_resident(STACK_KEEP_RESIDENT);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -119,7 +125,13 @@ impl Runtime {
             .memory_reservation(worker_memory_bytes)
             .memory_guard_size(64 << 10)
             .memory_reservation_for_growth(0)
-            .epoch_interruption(true);
+            .epoch_interruption(true)
+            // Each request runs on a pooled 2 MiB stack, and the host calls
+            // it makes (the store's reads and writes) run there too. Without
+            // a reset, every stack a burst of requests touched would keep
+            // resident for good as much as its deepest request used: up to
+            // `max_instances` stacks.
+            .async_stack_zeroing(true);
         if std::env::var_os("TURSERVER_PERF_MAP").is_some() {
             // Names the compiled worker's functions for `perf` (/tmp/perf-PID.map).
             config.profiler(wasmtime::ProfilingStrategy::PerfMap);
