@@ -423,6 +423,7 @@ fn one_h2_connection_holds_no_more_than_its_share_of_the_workers() {
     );
     let body = pseudo_random(16 << 20, 9);
     assert_eq!(s.put("/big.bin", None, body.clone()).status(), 201);
+    assert_eq!(s.put("/medium.bin", None, pseudo_random(1 << 20, 10)).status(), 201);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     // Twelve streams on one connection, none of which ever takes its body.
     let stalled = rt.spawn(StalledH2::start(s.addr, "/big.bin", 12));
@@ -441,6 +442,17 @@ fn one_h2_connection_holds_no_more_than_its_share_of_the_workers() {
     let stalled = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(30), stalled).await });
     let stalled = stalled.expect("every stream got its head within three send timeouts").unwrap();
     assert_eq!(stalled.statuses, vec![200; 12]);
+
+    // A response the instance finished at once still counts until the
+    // client has taken it: what one connection keeps buffered is bounded.
+    let waits = s.metric("turserver_worker_connection_quota_waits_total");
+    let stalled = rt.spawn(StalledH2::start(s.addr, "/medium.bin", 12));
+    let waiting = eventually(std::time::Duration::from_secs(10), || {
+        (s.metric("turserver_worker_connection_quota_waits_total") >= waits + 8.0).then_some(())
+    });
+    assert!(waiting.is_some(), "streams that waited: {}", s.metric("turserver_worker_connection_quota_waits_total") - waits);
+    let stalled = rt.block_on(async { tokio::time::timeout(std::time::Duration::from_secs(30), stalled).await });
+    assert_eq!(stalled.expect("every stream got its head").unwrap().statuses, vec![200; 12]);
 }
 
 /// A server with a 1 s send timeout holding `/big.bin` (2 MiB), and its bytes.

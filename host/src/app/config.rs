@@ -30,8 +30,8 @@ pub const DEFAULT_BODY_TIMEOUT: &str = "30s";
 pub const DEFAULT_H2_STREAMS: u32 = 128;
 /// Worker instances that may exist at once.
 pub const DEFAULT_MAX_INSTANCES: u32 = 1000;
-/// Instances one connection may hold at once.
-pub const DEFAULT_INSTANCES_PER_CONNECTION: u32 = 32;
+/// Responses from the worker one connection may have under way at once.
+pub const DEFAULT_INSTANCES_PER_CONNECTION: u32 = 16;
 
 #[derive(Debug, Parser)]
 #[command(name = "turserver", version, about = "Edge file server: a wasm worker over a libSQL embedded replica")]
@@ -307,9 +307,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TURSERVER_H2_MAX_STREAMS", default_value_t = DEFAULT_H2_STREAMS)]
     pub h2_max_streams: u32,
 
-    /// Worker instances one connection's requests may hold at once; an h2
-    /// connection's further streams wait for one of them to finish, so no
-    /// single client takes every instance.
+    /// Responses from the worker one connection may have under way at once
+    /// (running in an instance, or buffered until the client takes them);
+    /// an h2 connection's further streams wait for one of them to finish,
+    /// so no single client takes every instance or buffers without bound.
     #[arg(long, env = "TURSERVER_INSTANCES_PER_CONNECTION", default_value_t = DEFAULT_INSTANCES_PER_CONNECTION)]
     pub instances_per_connection: u32,
 }

@@ -42,7 +42,7 @@ pub struct Limits {
     pub body: Duration,
     /// Concurrent h2 streams on one connection.
     pub h2_streams: u32,
-    /// Worker instances one connection's requests may hold at once.
+    /// Responses from the worker one connection may have under way.
     pub instances: u32,
 }
 

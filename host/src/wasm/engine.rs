@@ -87,8 +87,8 @@ pub struct Runtime {
     pub(super) instantiations: Counter,
     /// Requests an instance is working on right now (streaming included).
     pub(super) busy: Gauge,
-    /// Requests that waited because their connection held its quota of
-    /// instances.
+    /// Requests that waited because their connection had its quota of
+    /// responses under way.
     pub(super) quota_waits: Counter,
     pub(super) send_timeout: Duration,
     _epoch: EpochThread,
@@ -175,7 +175,7 @@ impl Runtime {
         );
         registry.register(
             "worker_connection_quota_waits",
-            "Requests that waited for an instance because their connection already held --instances-per-connection of them",
+            "Requests that waited because their connection already had --instances-per-connection responses under way",
             self.quota_waits.clone(),
         );
     }

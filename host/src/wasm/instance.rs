@@ -10,7 +10,8 @@
 //! none of it for the send timeout loses it, and the instance and the
 //! buffered bytes are freed (a stream with a shut window holds neither).
 //! On HTTP/1.1 the connection's own send timeout does this. One connection
-//! holds at most its quota of instances at once; its further requests wait.
+//! has at most its quota of responses under way (running, or buffered until
+//! the client takes them); its further requests wait.
 //!
 //! [`Runtime::invoke`] runs one request and says, as an [`InvokeError`], why
 //! a worker produced no response; the request pipeline picks the status.
@@ -26,6 +27,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::sync::OwnedSemaphorePermit;
 use wasmtime::component::ResourceTable;
 use wasmtime::error::Context as _;
 use wasmtime::Store;
@@ -97,28 +99,47 @@ impl<B: Body + Unpin> Body for ProgressBody<B> {
 /// error, so the client sees a cut response rather than a short one that
 /// looks complete, and what it had buffered is freed at once, even if hyper
 /// never polls it again (an h2 stream whose window stays shut).
-#[derive(Default)]
 struct Streaming {
     body: std::sync::Mutex<Option<ResponseBody>>,
     failed: std::sync::atomic::AtomicBool,
     /// Notified when hyper has taken the whole body or dropped it.
     done: tokio::sync::Notify,
+    /// The connection's share of the worker this response holds until its
+    /// body is taken, or dropped: what a connection's responses keep
+    /// buffered is bounded by its quota.
+    share: std::sync::Mutex<Option<OwnedSemaphorePermit>>,
 }
 
 impl Streaming {
+    fn new(share: Option<OwnedSemaphorePermit>) -> Streaming {
+        Streaming {
+            body: Default::default(),
+            failed: Default::default(),
+            done: Default::default(),
+            share: std::sync::Mutex::new(share),
+        }
+    }
+
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<ResponseBody>> {
         self.body.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Gives the connection's share back.
+    fn release(&self) {
+        drop(self.share.lock().unwrap_or_else(|e| e.into_inner()).take());
     }
 
     /// The instance ended without finishing its response.
     fn fail(&self) {
         self.failed.store(true, Ordering::Release);
         drop(self.slot().take());
+        self.release();
     }
 
     /// Hyper has taken the whole body, or dropped it.
     fn end(&self) {
         drop(self.slot().take());
+        self.release();
         self.done.notify_one();
     }
 
@@ -472,9 +493,10 @@ impl Runtime {
     {
         let request_id = self.next_request_id.fetch_add(1, Ordering::Relaxed);
         let h2 = req.version() == http::Version::HTTP_2;
-        // Its connection's share of the instances, held as long as the
-        // instance is (an h2 client cannot take them all with one
-        // connection's streams).
+        // Its connection's share of the worker, held until the instance has
+        // ended and the client has taken the response (or it was dropped):
+        // one h2 connection's streams can neither take every instance nor
+        // keep more than their share of responses buffered.
         let share = match req.extensions().get::<ConnectionQuota>() {
             Some(quota) => {
                 let (permit, waited) = quota.take().await;
@@ -515,10 +537,10 @@ impl Runtime {
         };
         let instantiations = self.instantiations.clone();
         let busy = Busy::start(&self.busy);
-        let streaming = Arc::new(Streaming::default());
+        let streaming = Arc::new(Streaming::new(share));
         let ending = streaming.clone();
         let run = async move {
-            let _held = (busy, share);
+            let _busy = busy;
             let result = async {
                 let proxy = match proxy {
                     Some(p) => p,
