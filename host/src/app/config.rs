@@ -303,6 +303,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TURSERVER_COMMIT_GROUP", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub commit_group: u16,
 
+    /// The `aud` claim signed tokens must carry (unchecked when not set).
+    #[arg(long, env = "TURSERVER_TOKEN_AUDIENCE")]
+    pub token_audience: Option<String>,
+
     /// Most concurrent h2 streams on one connection.
     #[arg(long, env = "TURSERVER_H2_MAX_STREAMS", default_value_t = DEFAULT_H2_STREAMS)]
     pub h2_max_streams: u32,

@@ -8,6 +8,7 @@
 
 mod client;
 mod config;
+mod keys;
 mod routes;
 
 pub use client::{deploy, deploy_worker, get, ls, put, rm, status};
@@ -15,7 +16,7 @@ pub use config::{Cli, Command, ServeArgs, WorkerCommand};
 
 use crate::http::{self, Connections, Limits, TokenDigest};
 use crate::ops::Metrics;
-use crate::pipeline::{Pipeline, ResponseCache};
+use crate::pipeline::{Keys, Pipeline, ResponseCache};
 use crate::sidecar::Sidecar;
 use crate::store::{redact_url, Mode, Store, SyncPlan, Upkeep};
 use crate::task::AbortOnDrop;
@@ -134,6 +135,7 @@ async fn start(
         store: store.clone(),
         workers: workers.clone(),
         write_token,
+        keys: Keys::new(store.clone(), args.token_audience.clone()),
         max_upload: args.max_upload_size,
         cache: (args.response_cache_mib > 0).then(|| ResponseCache::new(args.response_cache_mib << 20)),
         consistency_wait: args.consistency_wait,
@@ -152,6 +154,7 @@ async fn start(
                 store: store.clone(),
                 token: TokenDigest::of(token),
                 write_token,
+                keys: Keys::new(store.clone(), args.token_audience.clone()),
                 max_upload: args.max_upload_size,
                 calls: Default::default(),
             });

@@ -57,6 +57,7 @@ impl Routes {
                 http::json_response(200, render_status(&app.pipeline.store, &app.pipeline.workers))
             }
             "/_turserver/worker" => deploy_worker(app, req).await,
+            path if path == "/_turserver/keys" || path.starts_with("/_turserver/keys/") => super::keys::route(app, req).await,
             path if app.bench_native && path.starts_with("/_turserver/native/") => native(app, req).await,
             _ => app.pipeline.handle(req).await,
         }
@@ -70,12 +71,8 @@ async fn deploy_worker(app: &App, mut req: Request) -> Response {
         r.headers_mut().insert(hyper::header::ALLOW, ::http::HeaderValue::from_static("PUT"));
         return r;
     }
-    match take_access(&mut req, app.pipeline.write_token.as_ref()) {
-        http::WriteAccess::Granted => {}
-        http::WriteAccess::Missing => {
-            return text_response(401, "a write token is required (Authorization: Bearer <token>)")
-        }
-        http::WriteAccess::Denied => return text_response(403, "the write token is not valid"),
+    if let Err(refused) = admin(app, &mut req, "deploy a worker").await {
+        return refused;
     }
     let limited = http_body_util::Limited::new(req.into_body(), MAX_WORKER_SIZE as usize);
     let bytes = match limited.collect().await {
@@ -88,6 +85,21 @@ async fn deploy_worker(app: &App, mut req: Request) -> Response {
         Err(DeployError::Store(e)) => {
             let status = turserver_protocol::Error::from(e).status();
             text_response(status, "storing the worker failed; the host log has the cause")
+        }
+    }
+}
+
+/// Whether the request carries the write token, which `what` needs;
+/// otherwise the answer that says why not.
+pub(super) async fn admin(app: &App, req: &mut Request, what: &str) -> Result<(), Response> {
+    let access = take_access(req, app.pipeline.write_token.as_ref(), &app.pipeline.keys).await?;
+    match access.check_admin() {
+        Ok(()) => Ok(()),
+        Err(http::Refusal::Unauthorized) => {
+            Err(text_response(401, &format!("a write token is required to {what} (Authorization: Bearer <token>)")))
+        }
+        Err(http::Refusal::Forbidden) => {
+            Err(text_response(403, &format!("only the write token may {what}; this token is not it")))
         }
     }
 }

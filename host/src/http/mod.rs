@@ -2,7 +2,8 @@
 //! accept/serve loop with the connection limit and each connection's clocks
 //! (header read, idle, send, request body), the checks every request passes
 //! (Host, Authorization), the host's own responses, header names, write
-//! access from bearer tokens, and lingering request bodies. It knows nothing
+//! access from bearer tokens (the write token, or signed tokens with path
+//! rules), and lingering request bodies. It knows nothing
 //! of workers or the store.
 
 mod auth;
@@ -14,8 +15,9 @@ mod listener;
 mod request;
 mod response;
 mod timed_io;
+pub mod tokens;
 
-pub use auth::{TokenDigest, WriteAccess};
+pub use auth::{Refusal, TokenDigest, WriteAccess};
 pub use linger::RequestBody;
 pub use listener::{raise_fd_limit, serve, shutdown_signal, ConnectionQuota, Connections, Handler, Limits};
 pub use response::{

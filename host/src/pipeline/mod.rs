@@ -3,7 +3,8 @@
 //!
 //! 1. [`consistency`]: a read carrying a replication position waits for it.
 //! 2. [`cache`]: a fresh cached response answers at once.
-//! 3. [`access`]: the `Authorization` header becomes write access, removed.
+//! 3. [`access`]: the `Authorization` header becomes write access (the
+//!    write token, or a signed token's rules), removed.
 //! 4. [`invoke`]: the worker answers; its failures become 500/503/504.
 //! 5. [`cache`] again: small bodies are gathered, cacheable ones kept; a GET
 //!    whose file changed before its body was read is run again.
@@ -14,7 +15,7 @@ mod cache;
 mod consistency;
 mod invoke;
 
-pub use access::take as take_access;
+pub use access::{take as take_access, Keys, KEYS_DOCUMENT};
 pub use cache::ResponseCache;
 
 use crate::http::{Request, Response, TokenDigest};
@@ -30,8 +31,10 @@ const MAX_REPLAYS: usize = 4;
 pub struct Pipeline {
     pub store: Arc<Store>,
     pub workers: Arc<Workers>,
-    /// The write token (none: every write is refused).
+    /// The write token (none: only signed tokens may write).
     pub write_token: Option<TokenDigest>,
+    /// The key set signed tokens are verified with.
+    pub keys: Keys,
     pub max_upload: u64,
     pub cache: Option<ResponseCache>,
     /// How long a read waits for the position it carries.
@@ -51,10 +54,13 @@ impl Pipeline {
         if let Some(hit) = cache::hit(self.cache.as_ref(), &lookup, req.method() == hyper::Method::HEAD) {
             return hit;
         }
-        let access = access::take(&mut req, self.write_token.as_ref());
+        let access = match access::take(&mut req, self.write_token.as_ref(), &self.keys).await {
+            Ok(access) => access,
+            Err(refused) => return refused,
+        };
         let is_get = req.method() == hyper::Method::GET;
         let replay = is_get.then(|| invoke::Replay::of(&req));
-        let resp = invoke::run(&self.workers, worker, req, self.files(access)).await;
+        let resp = invoke::run(&self.workers, worker, req, self.files(access.clone())).await;
         let mut answer = cache::post_process(self.cache.as_ref(), lookup, resp).await;
         // The version the worker chose vanished before anything was sent
         // (replaced or deleted meanwhile): answer from the store as it is
@@ -64,7 +70,7 @@ impl Pipeline {
                 if answer.is_ok() {
                     break;
                 }
-                let resp = invoke::run(&self.workers, self.workers.current(), replay.request(), self.files(access)).await;
+                let resp = invoke::run(&self.workers, self.workers.current(), replay.request(), self.files(access.clone())).await;
                 answer = cache::post_process(None, cache::Lookup::uncached(is_get), resp).await;
             }
         }

@@ -28,6 +28,7 @@ async fn pipeline(label: &str, cache_bytes: u64) -> (TempDir, hyper::client::con
     let runtime = Arc::new(Runtime::new(crate::wasm::tests::test_config(64 << 20)).unwrap());
     let workers = Arc::new(Workers::start(runtime, store.clone(), None).await.unwrap());
     let pipeline = Arc::new(Pipeline {
+        keys: super::Keys::new(store.clone(), None),
         store,
         workers,
         write_token: Some(TokenDigest::of(TOKEN)),

@@ -14,7 +14,8 @@
 //! its client the store is unreachable rather than asking it for
 //! credentials.
 
-use crate::http::{self, no_content, response, Handler, RequestBody, Response, TokenDigest, WriteAccess};
+use crate::http::{self, no_content, response, Handler, RequestBody, Response, TokenDigest};
+use crate::pipeline::Keys;
 use crate::store::Store;
 use crate::wasm::wit::{self, Error, HostBatch, HostUpload};
 use crate::wasm::{FilesCtx, FilesError, FilesView};
@@ -34,6 +35,8 @@ pub struct Sidecar {
     pub token: TokenDigest,
     /// The write token client credentials are judged by.
     pub write_token: Option<TokenDigest>,
+    /// The key set signed tokens are verified with, as on the public port.
+    pub keys: Keys,
     pub max_upload: u64,
     /// Calls answered, by name.
     pub calls: Family<CallLabels, Counter>,
@@ -64,7 +67,14 @@ impl Sidecar {
             let refused = Error::Unavailable("the store sidecar refused this worker's sidecar token".into());
             return Ok(http::json_value(401, &turserver_protocol::Error::from(refused)));
         }
-        let access = WriteAccess::judge(req.headers().get(CLIENT_AUTHORIZATION).map(|v| v.as_bytes()), self.write_token.as_ref());
+        let credentials = req.headers().get(CLIENT_AUTHORIZATION).map(|v| v.as_bytes());
+        let access = match self.keys.judge(credentials, self.write_token.as_ref()).await {
+            Ok(access) => access,
+            Err(refused) => {
+                let error = if refused.status() == 401 { Error::Unauthorized } else { Error::Unavailable("the key set cannot be read right now".into()) };
+                return Ok(http::json_value(refused.status().as_u16(), &turserver_protocol::Error::from(error)));
+            }
+        };
         let mut ctx = FilesCtx { store: self.store.clone(), access, max_upload: self.max_upload, progress: None };
         let mut table = ResourceTable::new();
         let mut view = FilesView { ctx: &mut ctx, table: &mut table };

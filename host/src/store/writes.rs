@@ -73,6 +73,41 @@ impl Store {
         Ok(())
     }
 
+    /// Replaces a site-wide document with what `change` makes of it, in
+    /// one transaction on the primary, so two changes made at once on two
+    /// edges never lose one another. `change` refuses with a reason
+    /// (`StoreError::Invalid`). Returns the new document.
+    pub async fn update_site_config(
+        &self,
+        key: &str,
+        change: impl FnOnce(Option<String>) -> Result<String, String>,
+    ) -> Result<String, StoreError> {
+        let w = |e| StoreError::write("site config", e);
+        let conn = self.conn().await?;
+        let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.map_err(w)?;
+        let rows = query_all(&tx, "SELECT value FROM site_config WHERE key = ?1", [key]).await.map_err(w)?;
+        let old = rows.first().map(|r| r.text(0)).transpose()?;
+        let new = match change(old) {
+            Ok(new) => new,
+            Err(why) => {
+                tx.rollback().await.map_err(w)?;
+                self.put_back(conn);
+                return Err(StoreError::Invalid(why));
+            }
+        };
+        tx.execute(
+            "INSERT INTO site_config (key, value, updated_at) VALUES (?1, ?2, ?3) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+            libsql::params![key, new.as_str(), unix_now()],
+        )
+        .await
+        .map_err(w)?;
+        tx.commit().await.map_err(w)?;
+        self.put_back(conn);
+        self.written().await;
+        Ok(new)
+    }
+
     /// Removes chunks of uploads that never finished (their writer crashed).
     pub async fn collect_garbage(&self) -> Result<u64, StoreError> {
         let conn = self.conn().await?;

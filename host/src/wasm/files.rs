@@ -3,12 +3,15 @@
 //!
 //! Write access is decided by the server from the request's bearer token
 //! before the worker runs (the header is removed, so the token never enters
-//! guest memory); here it only gates the writes: `begin-upload`,
-//! `begin-batch`, `delete` and `set-site-config`.
+//! guest memory); here it gates the writes, path by path for a signed
+//! token's rules: `begin-upload` and a batch's `add` need `write` on the
+//! path, `delete` and a batch's `remove` need `delete`, `set-site-config`
+//! the write token itself.
 
 use super::bindings::files::{self, Encoded, Error, Expectation, Listing, Metadata, Written};
 use super::instance::Progress;
-use crate::http::WriteAccess;
+use crate::http::tokens::Action;
+use crate::http::{Refusal, WriteAccess};
 use crate::store::{Batch, Expect, FileMeta, Store, StoreError, Upload};
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable, ResourceTableError};
@@ -126,19 +129,35 @@ pub struct FilesView<'a> {
     pub table: &'a mut ResourceTable,
 }
 
+fn refused(r: Refusal) -> Error {
+    match r {
+        Refusal::Unauthorized => Error::Unauthorized,
+        Refusal::Forbidden => Error::Forbidden,
+    }
+}
+
 impl FilesCtx {
+    /// Whether the request may write (or delete) somewhere; each path is
+    /// checked again when it is named.
     fn check_write(&self) -> Result<(), Error> {
-        match self.access {
-            WriteAccess::Granted => Ok(()),
-            WriteAccess::Missing => Err(Error::Unauthorized),
-            WriteAccess::Denied => Err(Error::Forbidden),
-        }
+        self.access.check_any(Action::Write).or_else(|_| self.access.check_any(Action::Delete)).map_err(refused)
     }
 
-    /// Write access, then a path the host accepts (workers are untrusted).
-    fn check_write_to(&self, path: &str) -> Result<(), Error> {
-        self.check_write()?;
-        crate::store::validate_path(path).map_err(Error::Invalid)
+    /// A path the host accepts (workers are untrusted), then whether the
+    /// request may do `action` there.
+    fn check(&self, action: Action, path: &str) -> Result<(), Error> {
+        // Unauthorized first: a request without credentials learns nothing
+        // of which paths are valid.
+        if self.access == WriteAccess::Missing {
+            return Err(Error::Unauthorized);
+        }
+        crate::store::validate_path(path).map_err(Error::Invalid)?;
+        self.access.check(action, path).map_err(|r| {
+            if let WriteAccess::Scoped(grant) = &self.access {
+                tracing::info!(sub = %grant.subject, path, ?action, "the token's rules do not allow this");
+            }
+            refused(r)
+        })
     }
 }
 
@@ -312,7 +331,7 @@ impl files::Host for FilesView<'_> {
         expect: Option<Expectation>,
     ) -> HostResult<Resource<UploadHandle>> {
         let _progress = self.progressed();
-        self.ctx.check_write_to(&path)?;
+        self.ctx.check(Action::Write, &path)?;
         check_media_type(&content_type)?;
         let upload = self.ctx.store.begin_upload(&path, &content_type, self.ctx.max_upload, size_hint, to_expect(expect));
         let upload = upload.await.map_err(|e| to_wit("begin upload", e))?;
@@ -328,7 +347,7 @@ impl files::Host for FilesView<'_> {
 
     async fn delete(&mut self, path: String, expect: Option<Expectation>) -> HostResult<()> {
         let _progress = self.progressed();
-        self.ctx.check_write_to(&path)?;
+        self.ctx.check(Action::Delete, &path)?;
         let expect = to_expect(expect);
         match bounded("delete", self.ctx.store.delete(&path, expect.as_ref())).await? {
             true => Ok(()),
@@ -343,7 +362,7 @@ impl files::Host for FilesView<'_> {
 
     async fn set_site_config(&mut self, json: String) -> HostResult<()> {
         let _progress = self.progressed();
-        self.ctx.check_write()?;
+        self.ctx.access.check_admin().map_err(refused)?;
         if json.len() > MAX_SITE_CONFIG {
             return Err(Error::Invalid(format!("site configuration larger than {MAX_SITE_CONFIG} bytes")).into());
         }
@@ -403,6 +422,7 @@ impl files::HostBatch for FilesView<'_> {
     async fn add(&mut self, this: Resource<BatchHandle>, path: String, content_type: String) -> HostResult<()> {
         let _progress = self.progressed();
         crate::store::validate_path(&path).map_err(|why| Error::Invalid(format!("{path:?}: {why}")))?;
+        self.ctx.check(Action::Write, &path)?;
         check_media_type(&content_type)?;
         let batch = open(&mut self.table.get_mut(&this)?.0, "batch")?;
         Ok(bounded("batch add", batch.add(&path, &content_type)).await?)
@@ -417,6 +437,7 @@ impl files::HostBatch for FilesView<'_> {
     async fn remove(&mut self, this: Resource<BatchHandle>, path: String) -> HostResult<()> {
         let _progress = self.progressed();
         crate::store::validate_path(&path).map_err(|why| Error::Invalid(format!("{path:?}: {why}")))?;
+        self.ctx.check(Action::Delete, &path)?;
         let batch = open(&mut self.table.get_mut(&this)?.0, "batch")?;
         Ok(bounded("batch remove", batch.remove(&path)).await?)
     }
