@@ -1,7 +1,7 @@
 use clap::Parser;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
-use turserver::app::{self, Cli, Command, WorkerCommand};
+use turserver::app::{self, Cli, Command, KeysCommand, TokenCommand, WorkerCommand};
 
 /// Applied when RUST_LOG is unset. libSQL's replication client warns about
 /// every slow frame fetch; the sync loop reports real failures itself.
@@ -60,5 +60,11 @@ async fn run() -> ExitCode {
         Command::Rm(args) => client(app::rm(args).await),
         Command::Status(args) => client(app::status(args).await),
         Command::Worker(WorkerCommand::Deploy(args)) => client(app::deploy_worker(args).await),
+        Command::Keys(KeysCommand::Generate(args)) => client(app::keys_generate(args).await),
+        Command::Keys(KeysCommand::Add(args)) => client(app::keys_add(args).await),
+        Command::Keys(KeysCommand::Promote(args)) => client(app::keys_change(args, "promote").await),
+        Command::Keys(KeysCommand::Revoke(args)) => client(app::keys_change(args, "revoke").await),
+        Command::Keys(KeysCommand::Ls(args)) => client(app::keys_ls(args).await),
+        Command::Token(TokenCommand::Issue(args)) => client(app::token_issue(args).await),
     }
 }

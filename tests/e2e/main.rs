@@ -1,6 +1,7 @@
 //! Black-box tests: the real `turserver` binary, spoken to over HTTP, with a
 //! real sqld primary where replication is involved.
 
+mod access;
 mod cache;
 mod conformance;
 mod deploy;

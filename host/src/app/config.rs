@@ -60,6 +60,115 @@ pub enum Command {
     /// Manage the worker of running servers.
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// Manage the keys signed tokens are verified with, on every edge.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Sign tokens that allow actions on some paths only.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a signing key in a new file (it stays on this machine); print
+    /// its kid.
+    Generate(KeysGenerateArgs),
+    /// Add a signing key's public half to the key set of every edge (as
+    /// `next`: accepted, not yet current).
+    Add(KeysAddArgs),
+    /// Make a key the current one; the current one becomes `previous`,
+    /// still accepted until it is revoked.
+    Promote(KeyArgs),
+    /// Stop accepting tokens signed with a key, on every edge.
+    Revoke(KeyArgs),
+    /// List the key set.
+    Ls(KeysLsArgs),
+}
+
+/// Signature algorithms for new keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum KeyAlgorithm {
+    /// Ed25519.
+    #[value(name = "EdDSA")]
+    EdDsa,
+    /// ECDSA on P-256 with SHA-256.
+    #[value(name = "ES256")]
+    Es256,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Example:\n  turserver keys generate --out ci.key")]
+pub struct KeysGenerateArgs {
+    /// The file to write the private key to (PKCS#8 PEM, readable by you
+    /// only); it must not exist yet.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, value_enum, default_value = "EdDSA")]
+    pub alg: KeyAlgorithm,
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Example:\n  turserver keys add --key ci.key --url http://127.0.0.1:8080 --token dev-token")]
+pub struct KeysAddArgs {
+    /// The private key file (from `keys generate`); only its public half
+    /// is sent.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Add it as the current key at once (the current one becomes
+    /// `previous`), rather than as `next`.
+    #[arg(long)]
+    pub current: bool,
+    /// The edge, and its write token.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeyArgs {
+    /// The key's kid (`keys ls` lists them).
+    pub kid: String,
+    /// The edge, and its write token.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeysLsArgs {
+    /// The raw key set document.
+    #[arg(long)]
+    pub json: bool,
+    /// The edge, and its write token.
+    #[command(flatten)]
+    pub remote: RemoteArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a token signed with a key file, allowing what `--allow` says.
+    Issue(TokenIssueArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Examples:\n  turserver token issue --key ci.key --sub ci --allow 'docs/**:write,delete' --ttl 1h\n  \
+    turserver token issue --key ci.key --sub bob --allow 're:users/bob/.*:write' --ttl 10m")]
+pub struct TokenIssueArgs {
+    /// The private key file (from `keys generate`) to sign with.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// Who the token is for (its `sub`, in the edges' logs).
+    #[arg(long)]
+    pub sub: String,
+    /// PATTERN:ACTIONS, e.g. `docs/**:write,delete`. Patterns are globs
+    /// over store paths (`*` within a folder, `**` across) or `re:REGEX`;
+    /// actions are read, write, delete, list. Repeat for more rules.
+    #[arg(long, value_name = "PATTERN:ACTIONS")]
+    pub allow: Vec<String>,
+    /// How long the token is valid.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// The token's `aud` (when the edges check one, `--token-audience`).
+    #[arg(long)]
+    pub aud: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,8 +11,8 @@ mod config;
 mod keys;
 mod routes;
 
-pub use client::{deploy, deploy_worker, get, ls, put, rm, status};
-pub use config::{Cli, Command, ServeArgs, WorkerCommand};
+pub use client::{deploy, deploy_worker, get, keys_add, keys_change, keys_generate, keys_ls, ls, put, rm, status, token_issue};
+pub use config::{Cli, Command, KeysCommand, ServeArgs, TokenCommand, WorkerCommand};
 
 use crate::http::{self, Connections, Limits, TokenDigest};
 use crate::ops::Metrics;

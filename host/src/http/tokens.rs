@@ -303,6 +303,23 @@ impl Grant {
     }
 }
 
+/// One rule of a token's `allow` claim from `PATTERN:ACTIONS` (e.g.
+/// `docs/**:write,delete`), checked as the edges will check it.
+pub fn rule_claim(spec: &str) -> Result<serde_json::Value, String> {
+    let (paths, actions) = spec
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{spec:?} is not PATTERN:ACTIONS (e.g. docs/**:write,delete)"))?;
+    let actions: Vec<&str> = actions.split(',').map(str::trim).filter(|a| !a.is_empty()).collect();
+    if actions.is_empty() {
+        return Err(format!("{spec:?} names no action (read, write, delete, list)"));
+    }
+    for a in &actions {
+        Action::parse(a)?;
+    }
+    Pattern::parse(paths)?;
+    Ok(serde_json::json!({ "paths": paths, "actions": actions }))
+}
+
 /// Whether a bearer token is shaped as a JWT (three dot-separated parts).
 pub fn looks_like_jwt(token: &str) -> bool {
     token.bytes().filter(|b| *b == b'.').count() == 2

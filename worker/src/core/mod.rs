@@ -318,7 +318,7 @@ pub fn error_response(err: StoreError) -> Response {
         StoreError::NotFound => serve::not_found(),
         StoreError::Unauthorized => Response::text(status, "a write token is required (Authorization: Bearer <token>)")
             .header("www-authenticate", "Bearer"),
-        StoreError::Forbidden => Response::text(status, "the write token is not valid"),
+        StoreError::Forbidden => Response::text(status, "the token does not allow this: it is neither the write token nor a signed token whose rules allow it on this path"),
         StoreError::TooLarge(limit) => Response::text(status, format!("upload larger than the limit of {limit} bytes")),
         StoreError::PreconditionFailed => {
             Response::text(status, "precondition failed: the file changed since the request's validator was taken")

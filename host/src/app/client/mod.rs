@@ -1,18 +1,22 @@
-//! The client commands: `deploy`, `put`, `get`, `ls`, `rm`, `status` and
-//! `worker deploy` speak HTTP to a running edge, as any client would.
+//! The client commands: `deploy`, `put`, `get`, `ls`, `rm`, `status`,
+//! `worker deploy` and `keys` speak HTTP to a running edge, as any client
+//! would; `token issue` signs tokens offline.
 //!
 //! - this module: the edge's address and token, requests with retries, and
 //!   the server's reasons as errors.
 //! - `deploy`: a directory published in one batch, sending only what changed.
 //! - `files`: one file or folder at a time, the edge's status, the worker.
+//! - `keys`: signing keys, the edges' key set, and signed tokens.
 //! - `progress`: bars on a terminal, a few plain lines in a pipe.
 
 mod deploy;
 mod files;
+mod keys;
 mod progress;
 
 pub use deploy::deploy;
 pub use files::{deploy_worker, get, ls, put, rm, status};
+pub use keys::{keys_add, keys_change, keys_generate, keys_ls, token_issue};
 
 use super::config::RemoteArgs;
 use anyhow::{bail, Context};

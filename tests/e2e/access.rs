@@ -1,0 +1,215 @@
+//! Signed tokens with path rules: made with `keys generate`, `keys add` and
+//! `token issue` as a person makes them, and every refusal a bad token
+//! gets; the key set reaching a second edge through a real primary.
+
+use crate::support::*;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Runs the `turserver` binary; its stdout, or a panic with its stderr.
+fn cli(args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_turserver"))
+        .args(args)
+        .env_remove("TURSERVER_URL")
+        .env_remove("TURSERVER_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run turserver");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "turserver {args:?} failed: {stderr}");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// A new key file in `dir`, added to `edge`'s key set (as `current` when
+/// asked); its kid.
+fn new_key(edge: &Server, dir: &Path, name: &str, current: bool) -> (String, std::path::PathBuf) {
+    let file = dir.join(name);
+    let kid = cli(&["keys", "generate", "--out", file.to_str().unwrap()]);
+    let url = edge.url("");
+    let mut args = vec!["keys", "add", "--key", file.to_str().unwrap(), "--url", &url, "--token", TOKEN];
+    if current {
+        args.push("--current");
+    }
+    let listed = cli(&args);
+    assert!(listed.contains(&kid), "{listed}");
+    (kid, file)
+}
+
+fn issue(key: &Path, allow: &[&str], ttl: &str) -> String {
+    let mut args = vec!["token", "issue", "--key", key.to_str().unwrap(), "--sub", "ci", "--ttl", ttl];
+    for a in allow {
+        args.extend(["--allow", a]);
+    }
+    cli(&args)
+}
+
+/// Signs `claims` with the key file's key, with `header` as given.
+fn sign(key: &Path, header: serde_json::Value, claims: serde_json::Value) -> String {
+    let pem = pem::parse(std::fs::read_to_string(key).unwrap()).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pem.contents()).unwrap();
+    let part = |v: &serde_json::Value| URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap());
+    let input = format!("{}.{}", part(&header), part(&claims));
+    format!("{input}.{}", URL_SAFE_NO_PAD.encode(pair.sign(input.as_bytes())))
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn put(edge: &Server, path: &str, token: &str, body: &str) -> (u16, String) {
+    let r = client().put(edge.url(path)).bearer_auth(token).body(body.to_string()).send().unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+#[test]
+fn a_signed_token_writes_only_where_its_rules_allow() {
+    let edge = Server::local();
+    let keys = TempDir::new("keys");
+    let (kid, key) = new_key(&edge, keys.path(), "ci.key", false);
+    let ci = issue(&key, &["docs/**:write,delete"], "10m");
+
+    assert_eq!(put(&edge, "/docs/a.html", &ci, "a").0, 201);
+    assert_eq!(put(&edge, "/docs/deep/b.css", &ci, "b").0, 201);
+    let (status, why) = put(&edge, "/blog/a.html", &ci, "x");
+    assert_eq!(status, 403, "{why}");
+    assert!(why.contains("rules"), "{why}");
+    assert_eq!(edge.get("/blog/a.html").status(), 404);
+    assert_eq!(put(&edge, "/docsx/a.html", &ci, "x").0, 403, "a pattern is matched against whole segments");
+    assert_eq!(put(&edge, "/docs/%2e%2e/blog/a.html", &ci, "x").0, 403, "patterns see the normalised path");
+    assert_eq!(put(&edge, "/docs%2f..%2fblog/a.html", &ci, "x").0, 400, "an encoded slash never reaches a pattern");
+    assert_eq!(edge.get("/blog/a.html").status(), 404);
+    assert_eq!(edge.put("/blog/keep.txt", None, b"kept".to_vec()).status(), 201);
+    let del = |path: &str| client().delete(edge.url(path)).bearer_auth(&ci).send().unwrap().status().as_u16();
+    assert_eq!(del("/blog/keep.txt"), 403);
+    assert_eq!(del("/docs/a.html"), 204);
+    assert_eq!(edge.get("/blog/keep.txt").text().unwrap(), "kept");
+    assert!(edge.log().contains("the token's rules do not allow this"), "refusals are logged with the token's sub");
+
+    // A batch reaching outside the rules is refused whole.
+    let batch = tar_of(&[("docs/c.txt", "c"), ("blog/d.txt", "d")]);
+    let r = client().post(edge.url("/_api/batch")).bearer_auth(&ci).body(batch).send().unwrap();
+    assert_eq!(r.status(), 403, "{}", r.text().unwrap());
+    assert_eq!(edge.get("/docs/c.txt").status(), 404, "nothing of a refused batch is written");
+    let batch = tar_of(&[("docs/c.txt", "c")]);
+    assert_eq!(client().post(edge.url("/_api/batch")).bearer_auth(&ci).body(batch).send().unwrap().status(), 200);
+    assert_eq!(edge.get("/docs/c.txt").text().unwrap(), "c");
+
+    // What changes the whole site takes the write token.
+    let r = client().put(edge.url("/_api/site")).bearer_auth(&ci).body("{}").send().unwrap();
+    assert_eq!(r.status(), 403);
+    let r = client().put(edge.url("/_turserver/worker")).bearer_auth(&ci).body("x").send().unwrap();
+    assert_eq!(r.status(), 403);
+    let r = client().post(edge.url(&format!("/_turserver/keys/{kid}/revoke"))).bearer_auth(&ci).send().unwrap();
+    assert_eq!(r.status(), 403);
+
+    // A token that allows nothing is a token: 403, not 401.
+    let nothing = issue(&key, &[], "10m");
+    assert_eq!(put(&edge, "/docs/e.txt", &nothing, "e").0, 403);
+    // The write token still does everything.
+    assert_eq!(edge.put("/anywhere/f.txt", None, b"f".to_vec()).status(), 201);
+}
+
+#[test]
+fn bad_tokens_are_refused_with_a_reason_and_write_nothing() {
+    let edge = Server::local();
+    let keys = TempDir::new("bad-keys");
+    let (kid, key) = new_key(&edge, keys.path(), "a.key", true);
+    let stranger = keys.path().join("stranger.key");
+    cli(&["keys", "generate", "--out", stranger.to_str().unwrap()]);
+    let allow = serde_json::json!([{"paths": "**", "actions": ["write"]}]);
+    let header = serde_json::json!({"alg": "EdDSA", "kid": kid});
+    let claims = |exp: u64| serde_json::json!({"sub": "t", "exp": exp, "allow": allow});
+    let good = sign(&key, header.clone(), claims(now() + 600));
+    assert_eq!(put(&edge, "/ok.txt", &good, "ok").0, 201, "the test's own signing is right");
+
+    let big = "a".repeat(9000);
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("expired", sign(&key, header.clone(), claims(now() - 3600)), "expired"),
+        ("not yet valid", sign(&key, header.clone(), serde_json::json!({"exp": now() + 7200, "nbf": now() + 3600, "allow": allow})), "not valid yet"),
+        ("no exp", sign(&key, header.clone(), serde_json::json!({"allow": allow})), "exp"),
+        ("unknown kid", sign(&key, serde_json::json!({"alg": "EdDSA", "kid": "nobody"}), claims(now() + 600)), "unknown key"),
+        ("no kid", sign(&key, serde_json::json!({"alg": "EdDSA"}), claims(now() + 600)), "kid"),
+        ("another key's signature", sign(&stranger, header.clone(), claims(now() + 600)), "signature"),
+        ("algorithm not the key's", sign(&key, serde_json::json!({"alg": "ES256", "kid": kid}), claims(now() + 600)), "ES256"),
+        ("alg none", format!("{}.{}.", URL_SAFE_NO_PAD.encode(r#"{"alg":"none","kid":"x"}"#), URL_SAFE_NO_PAD.encode(r#"{"exp":9999999999}"#)), "malformed"),
+        ("bad base64", "e!!.e30.c2ln".to_string(), "malformed"),
+        ("claims of the wrong type", sign(&key, header.clone(), serde_json::json!({"exp": now() + 600, "allow": "everything"})), "invalid token"),
+        ("duplicate claims", {
+            let h = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&header).unwrap());
+            let c = URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{},"exp":{},"allow":[]}}"#, now() + 600, now() + 600));
+            let pem = pem::parse(std::fs::read_to_string(&key).unwrap()).unwrap();
+            let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pem.contents()).unwrap();
+            let input = format!("{h}.{c}");
+            format!("{input}.{}", URL_SAFE_NO_PAD.encode(pair.sign(input.as_bytes())))
+        }, "invalid token"),
+        ("unknown action", sign(&key, header.clone(), serde_json::json!({"exp": now() + 600, "allow": [{"paths": "**", "actions": ["own"]}]})), "unknown action"),
+        ("bad pattern", sign(&key, header.clone(), serde_json::json!({"exp": now() + 600, "allow": [{"paths": "re:(", "actions": ["write"]}]})), "bad path pattern"),
+        ("too long", format!("{big}.{big}.x"), "longer than"),
+    ];
+    for (name, token, reason) in &cases {
+        let r = client().put(edge.url("/refused.txt")).bearer_auth(token).body("no").send().unwrap();
+        let status = r.status().as_u16();
+        let www = r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_string());
+        let body = r.text().unwrap();
+        assert_eq!(status, 401, "{name}: {body}");
+        assert!(body.contains(reason), "{name}: {body:?} lacks {reason:?}");
+        assert_eq!(www.as_deref(), Some("Bearer error=\"invalid_token\""), "{name}");
+    }
+    assert_eq!(edge.get("/refused.txt").status(), 404, "no refused token wrote anything");
+    // A bearer token that is neither the write token nor a JWT is wrong credentials.
+    assert_eq!(put(&edge, "/refused.txt", "not-a-jwt", "no").0, 403);
+}
+
+#[test]
+fn keys_rotate_next_current_previous_revoked() {
+    let edge = Server::local();
+    let keys = TempDir::new("rotate");
+    let (old_kid, old) = new_key(&edge, keys.path(), "old.key", true);
+    let old_token = issue(&old, &["**:write"], "10m");
+    assert_eq!(put(&edge, "/1.txt", &old_token, "1").0, 201);
+
+    // The new key is published as next: accepted before anyone relies on it.
+    let (new_kid, new) = new_key(&edge, keys.path(), "new.key", false);
+    assert_eq!(put(&edge, "/2.txt", &issue(&new, &["**:write"], "10m"), "2").0, 201);
+    let url = edge.url("");
+    let listed = cli(&["keys", "promote", &new_kid, "--url", &url, "--token", TOKEN]);
+    assert!(listed.lines().any(|l| l.starts_with(&new_kid) && l.contains("current")), "{listed}");
+    assert!(listed.lines().any(|l| l.starts_with(&old_kid) && l.contains("previous")), "{listed}");
+    assert_eq!(put(&edge, "/3.txt", &old_token, "3").0, 201, "previous keys are still accepted");
+
+    cli(&["keys", "revoke", &old_kid, "--url", &url, "--token", TOKEN]);
+    let (status, why) = put(&edge, "/4.txt", &old_token, "4");
+    assert_eq!(status, 401, "{why}");
+    assert!(why.contains("revoked"), "{why}");
+    let json: serde_json::Value = serde_json::from_str(&cli(&["keys", "ls", "--json", "--url", &url, "--token", TOKEN])).unwrap();
+    let states: Vec<(String, String)> = json["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| (k["kid"].as_str().unwrap().to_string(), k["state"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(states, [(old_kid.clone(), "revoked".to_string()), (new_kid.clone(), "current".to_string())]);
+    // A revoked key cannot come back, and key operations take the write token.
+    let r = client().post(edge.url(&format!("/_turserver/keys/{old_kid}/promote"))).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(client().get(edge.url("/_turserver/keys")).send().unwrap().status(), 401);
+}
+
+#[test]
+fn a_key_added_on_one_edge_is_accepted_by_another_after_its_sync() {
+    let primary = Sqld::start();
+    let a = Server::replica(&primary, "200ms");
+    let b = Server::replica(&primary, "200ms");
+    let keys = TempDir::new("two-edges");
+    let (kid, key) = new_key(&a, keys.path(), "k.key", true);
+    let token = issue(&key, &["shared/**:write"], "10m");
+    let accepted = eventually(Duration::from_secs(15), || (put(&b, "/shared/x.txt", &token, "x").0 == 201).then_some(()));
+    assert!(accepted.is_some(), "edge B never accepted a key added on edge A");
+    cli(&["keys", "revoke", &kid, "--url", &a.url(""), "--token", TOKEN]);
+    let refused = eventually(Duration::from_secs(15), || (put(&b, "/shared/y.txt", &token, "y").0 == 401).then_some(()));
+    assert!(refused.is_some(), "edge B still accepts a key revoked on edge A");
+    assert_eq!(b.get("/shared/y.txt").status(), 404);
+}
