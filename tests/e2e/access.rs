@@ -25,7 +25,7 @@ fn cli(args: &[&str]) -> String {
 
 /// A new key file in `dir`, added to `edge`'s key set (as `current` when
 /// asked); its kid.
-fn new_key(edge: &Server, dir: &Path, name: &str, current: bool) -> (String, std::path::PathBuf) {
+pub fn new_key(edge: &Server, dir: &Path, name: &str, current: bool) -> (String, std::path::PathBuf) {
     let file = dir.join(name);
     let kid = cli(&["keys", "generate", "--out", file.to_str().unwrap()]);
     let url = edge.url("");
@@ -38,7 +38,7 @@ fn new_key(edge: &Server, dir: &Path, name: &str, current: bool) -> (String, std
     (kid, file)
 }
 
-fn issue(key: &Path, allow: &[&str], ttl: &str) -> String {
+pub fn issue(key: &Path, allow: &[&str], ttl: &str) -> String {
     let mut args = vec!["token", "issue", "--key", key.to_str().unwrap(), "--sub", "ci", "--ttl", ttl];
     for a in allow {
         args.extend(["--allow", a]);
@@ -59,7 +59,7 @@ fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
 }
 
-fn put(edge: &Server, path: &str, token: &str, body: &str) -> (u16, String) {
+pub fn put(edge: &Server, path: &str, token: &str, body: &str) -> (u16, String) {
     let r = client().put(edge.url(path)).bearer_auth(token).body(body.to_string()).send().unwrap();
     (r.status().as_u16(), r.text().unwrap())
 }

@@ -105,6 +105,23 @@ fn the_composed_worker_serves_like_the_host() {
     assert_eq!(small.get("/too-big.bin").status(), 404);
 }
 
+#[test]
+fn the_sidecar_checks_a_signed_tokens_rules_as_the_host_does() {
+    let edge = sidecar_server("sidecar-scoped", &[]);
+    let spin = spin_worker(&edge.sidecar_addr(), SIDECAR_TOKEN);
+    let keys = TempDir::new("sidecar-keys");
+    let (_, key) = crate::access::new_key(&edge, keys.path(), "ci.key", true);
+    let ci = crate::access::issue(&key, &["docs/**:write"], "10m");
+    let c = client();
+    let put = |path: &str, token: &str| c.put(spin.url(path)).bearer_auth(token).body("x").send().unwrap().status().as_u16();
+    assert_eq!(put("/docs/a.txt", &ci), 201);
+    assert_eq!(put("/blog/a.txt", &ci), 403);
+    assert_eq!(put("/docs/b.txt", &format!("{ci}x")), 401, "a bad signature");
+    assert_eq!(edge.get("/docs/a.txt").text().unwrap(), "x");
+    assert_eq!(edge.get("/blog/a.txt").status(), 404);
+    assert_eq!(edge.get("/docs/b.txt").status(), 404);
+}
+
 /// The same checks under `spin up`, with the repository's `spin.toml` as
 /// written and built by `spin build`.
 #[test]
