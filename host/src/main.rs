@@ -1,7 +1,7 @@
 use clap::Parser;
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
-use turserver::app::{self, Cli, Command, KeysCommand, TokenCommand, WorkerCommand};
+use turserver::app::{self, Cli, Command, KeysCommand, TokenCommand, UrlCommand, WorkerCommand};
 
 /// Applied when RUST_LOG is unset. libSQL's replication client warns about
 /// every slow frame fetch; the sync loop reports real failures itself.
@@ -66,5 +66,6 @@ async fn run() -> ExitCode {
         Command::Keys(KeysCommand::Revoke(args)) => client(app::keys_change(args, "revoke").await),
         Command::Keys(KeysCommand::Ls(args)) => client(app::keys_ls(args).await),
         Command::Token(TokenCommand::Issue(args)) => client(app::token_issue(args).await),
+        Command::Url(UrlCommand::Sign(args)) => client(app::url_sign(args).await),
     }
 }

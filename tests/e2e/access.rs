@@ -213,3 +213,75 @@ fn a_key_added_on_one_edge_is_accepted_by_another_after_its_sync() {
     assert!(refused.is_some(), "edge B still accepts a key revoked on edge A");
     assert_eq!(b.get("/shared/y.txt").status(), 404);
 }
+
+#[test]
+fn private_files_need_read_and_a_signed_link_opens_one() {
+    let edge = Server::local();
+    let keys = TempDir::new("private");
+    let (_, key) = new_key(&edge, keys.path(), "k.key", true);
+    let rules = r#"{"private": ["members/**"]}"#;
+    assert_eq!(client().put(edge.url("/_api/site")).bearer_auth(TOKEN).body(rules).send().unwrap().status(), 200);
+    assert_eq!(edge.put("/members/report.pdf", None, b"secret report".to_vec()).status(), 201);
+    assert_eq!(edge.put("/members/other.pdf", None, b"other".to_vec()).status(), 201);
+    assert_eq!(edge.put("/public.txt", None, b"hello".to_vec()).status(), 201);
+    let reader = issue(&key, &["members/**:read"], "10m");
+    let writer = issue(&key, &["members/**:write"], "10m");
+    let c = client();
+    let get = |url: String| {
+        let r = c.get(url).send().unwrap();
+        let status = r.status().as_u16();
+        let cc = r.headers().get("cache-control").map(|v| v.to_str().unwrap().to_string());
+        (status, cc, r.text().unwrap())
+    };
+
+    for _ in 0..2 {
+        let (status, _, body) = get(edge.url("/members/report.pdf"));
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("token is required"), "{body}");
+        let r = c.get(edge.url("/members/report.pdf")).bearer_auth(&reader).send().unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["cache-control"], "private, no-cache");
+        assert_eq!(r.text().unwrap(), "secret report");
+    }
+    assert_eq!(c.get(edge.url("/members/report.pdf")).bearer_auth(&writer).send().unwrap().status(), 403);
+    assert_eq!(get(edge.url("/public.txt")).0, 200);
+
+    // A token in the query (for <img>) or a cookie, for reads only.
+    assert_eq!(get(edge.url(&format!("/members/report.pdf?token={reader}"))).2, "secret report");
+    let r = c.get(edge.url("/members/report.pdf")).header("cookie", format!("a=b; turserver_token={reader}")).send().unwrap();
+    assert_eq!(r.text().unwrap(), "secret report");
+    let admin_in_query = c.put(edge.url(&format!("/members/x.txt?token={TOKEN}"))).body("x").send().unwrap();
+    assert_eq!(admin_in_query.status(), 401, "a write never takes its token from the URL");
+
+    // Listings show private files only to who may read them.
+    let listed = |token: Option<&str>| {
+        let mut req = c.get(edge.url("/_api/files?prefix=members/"));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let v: serde_json::Value = req.send().unwrap().json().unwrap();
+        v["files"].as_array().unwrap().len()
+    };
+    assert_eq!(listed(None), 0);
+    assert_eq!(listed(Some(&reader)), 2);
+
+    // A signed link opens its one file, until it expires.
+    let link = cli(&["url", "sign", "members/report.pdf", "--key", key.to_str().unwrap(), "--ttl", "10m"]);
+    let (status, cc, body) = get(edge.url(&link));
+    assert_eq!((status, body.as_str()), (200, "secret report"), "{link}");
+    assert_eq!(cc.as_deref(), Some("private, no-cache"));
+    assert_eq!(c.head(edge.url(&link)).send().unwrap().status(), 200);
+    let other = link.replacen("members/report.pdf", "members/other.pdf", 1);
+    let (status, _, why) = get(edge.url(&other));
+    assert_eq!(status, 403, "{why}");
+    assert!(why.contains("signature"), "{why}");
+    let exp: u64 = link.split("exp=").nth(1).unwrap().split('&').next().unwrap().parse().unwrap();
+    let tampered = link.replace(&format!("exp={exp}"), &format!("exp={}", exp + 3600));
+    assert_eq!(get(edge.url(&tampered)).0, 403);
+    assert_eq!(c.put(edge.url(&link)).body("x").send().unwrap().status(), 401, "a link never writes");
+    let short = cli(&["url", "sign", "members/report.pdf", "--key", key.to_str().unwrap(), "--ttl", "1s"]);
+    std::thread::sleep(Duration::from_millis(2100));
+    let (status, _, why) = get(edge.url(&short));
+    assert_eq!(status, 403);
+    assert!(why.contains("expired"), "{why}");
+}

@@ -1,4 +1,5 @@
-//! Site rules: SPA fallback, custom 404 page, Cache-Control by glob, CORS.
+//! Site rules: SPA fallback, custom 404 page, Cache-Control by glob, CORS,
+//! private files.
 //!
 //! The rules are one JSON document in the replicated database (so every edge
 //! serves the same rules), edited through `PUT /_api/site`. This module
@@ -8,6 +9,8 @@ use serde::{Deserialize, Serialize};
 
 /// Cache-Control for HTML and other files no rule matches: always revalidate.
 pub const DEFAULT_REVALIDATE: &str = "no-cache";
+/// Cache-Control for private files: never kept by shared caches.
+pub const PRIVATE: &str = "private, no-cache";
 /// Cache-Control for file names that carry a content hash.
 pub const DEFAULT_IMMUTABLE: &str = "public, max-age=31536000, immutable";
 
@@ -25,6 +28,10 @@ pub struct SiteRules {
     pub cache_control: Vec<CacheRule>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<Cors>,
+    /// Globs (as in `cache_control`) whose files need a token allowing
+    /// `read`; they are sent with `Cache-Control: private, no-cache`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub private: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,6 +94,14 @@ impl SiteRules {
                 return Err(format!("cache_control[{i}].value must be non-empty printable ASCII"));
             }
         }
+        for (i, glob) in self.private.iter().enumerate() {
+            if glob.is_empty() || glob.len() > 512 {
+                return Err(format!("private[{i}] must be 1 to 512 characters"));
+            }
+            if !balanced(glob) {
+                return Err(format!("private[{i}] has unbalanced brackets or braces"));
+            }
+        }
         if let Some(c) = &self.cors {
             if c.allow_origins.is_empty() {
                 return Err("cors.allow_origins must list at least one origin (or \"*\")".into());
@@ -117,12 +132,19 @@ impl SiteRules {
         Ok(())
     }
 
+    /// Whether a stored file needs a token allowing `read`.
+    pub fn is_private(&self, path: &str) -> bool {
+        self.private.iter().any(|g| glob_matches(g, path))
+    }
+
     /// The Cache-Control value for a stored file.
     pub fn cache_control(&self, path: &str, content_type: &str) -> String {
+        if self.is_private(path) {
+            return PRIVATE.into();
+        }
         let name = path.rsplit('/').next().unwrap_or(path);
         for rule in &self.cache_control {
-            let subject = if rule.glob.contains('/') { path } else { name };
-            if glob_match::glob_match(&rule.glob, subject) {
+            if glob_matches(&rule.glob, path) {
                 return rule.value.clone();
             }
         }
@@ -142,6 +164,13 @@ impl SiteRules {
     pub fn not_found(&self) -> Option<String> {
         self.not_found_page.as_deref().map(|p| p.trim_start_matches('/').to_string())
     }
+}
+
+/// A glob over the path; one without `/` matches the file name in any
+/// directory.
+fn glob_matches(glob: &str, path: &str) -> bool {
+    let subject = if glob.contains('/') { path } else { path.rsplit('/').next().unwrap_or(path) };
+    glob_match::glob_match(glob, subject)
 }
 
 fn balanced(glob: &str) -> bool {
@@ -213,6 +242,17 @@ mod tests {
             let e = SiteRules::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn private_globs_need_read_and_are_never_shared() {
+        let r = SiteRules::parse(r#"{"private": ["members/**", "*.secret"], "cache_control": [{"glob": "**", "value": "public"}]}"#).unwrap();
+        assert!(r.is_private("members/a/b.pdf") && r.is_private("x/y.secret"));
+        assert!(!r.is_private("membersx/a.pdf") && !r.is_private("index.html"));
+        assert_eq!(r.cache_control("members/a.pdf", "application/pdf"), PRIVATE);
+        assert_eq!(r.cache_control("index.html", "text/html"), "public");
+        assert!(SiteRules::parse(r#"{"private": ["[a"]}"#).is_err());
+        assert!(SiteRules::parse(r#"{"private": [""]}"#).is_err());
     }
 
     #[test]

@@ -66,6 +66,33 @@ pub enum Command {
     /// Sign tokens that allow actions on some paths only.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Sign links that let anyone download one file until they expire.
+    #[command(subcommand)]
+    Url(UrlCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UrlCommand {
+    /// Print a link to one file that works without a token until it
+    /// expires (GET and HEAD only).
+    Sign(UrlSignArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+#[command(after_help = "Example:\n  turserver url sign members/report.pdf --key ci.key --ttl 10m --url https://files.example.com")]
+pub struct UrlSignArgs {
+    /// The file's path (as stored, e.g. `members/report.pdf`).
+    pub path: String,
+    /// The private key file (from `keys generate`) to sign with; its
+    /// public half must be in the edges' key set.
+    #[arg(long)]
+    pub key: PathBuf,
+    /// How long the link works.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub ttl: Duration,
+    /// The edge's address, to print a whole URL (else the path and query).
+    #[arg(long, env = "TURSERVER_URL")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

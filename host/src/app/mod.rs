@@ -11,8 +11,8 @@ mod config;
 mod keys;
 mod routes;
 
-pub use client::{deploy, deploy_worker, get, keys_add, keys_change, keys_generate, keys_ls, ls, put, rm, status, token_issue};
-pub use config::{Cli, Command, KeysCommand, ServeArgs, TokenCommand, WorkerCommand};
+pub use client::{deploy, deploy_worker, get, keys_add, keys_change, keys_generate, keys_ls, ls, put, rm, status, token_issue, url_sign};
+pub use config::{Cli, Command, KeysCommand, ServeArgs, TokenCommand, UrlCommand, WorkerCommand};
 
 use crate::http::{self, Connections, Limits, TokenDigest};
 use crate::ops::Metrics;
@@ -20,7 +20,7 @@ use crate::pipeline::{Keys, Pipeline, ResponseCache};
 use crate::sidecar::Sidecar;
 use crate::store::{redact_url, Mode, Store, SyncPlan, Upkeep};
 use crate::task::AbortOnDrop;
-use crate::wasm::{Runtime, RuntimeConfig, Workers};
+use crate::wasm::{Runtime, RuntimeConfig, SiteRulesCache, Workers};
 use anyhow::Context;
 use routes::Routes;
 use std::sync::{Arc, OnceLock};
@@ -136,6 +136,7 @@ async fn start(
         workers: workers.clone(),
         write_token,
         keys: Keys::new(store.clone(), args.token_audience.clone()),
+        site: Arc::new(SiteRulesCache::default()),
         max_upload: args.max_upload_size,
         cache: (args.response_cache_mib > 0).then(|| ResponseCache::new(args.response_cache_mib << 20)),
         consistency_wait: args.consistency_wait,
@@ -155,6 +156,7 @@ async fn start(
                 token: TokenDigest::of(token),
                 write_token,
                 keys: Keys::new(store.clone(), args.token_audience.clone()),
+                site: pipeline.site.clone(),
                 max_upload: args.max_upload_size,
                 calls: Default::default(),
             });

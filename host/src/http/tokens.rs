@@ -117,12 +117,19 @@ impl KeySet {
     }
 }
 
-/// The key set, ready to verify tokens with.
+/// Verified tokens remembered, so a client sending the same token again
+/// costs a lookup rather than a signature check.
+const VERIFIED_TOKENS: usize = 10_000;
+
+/// The key set, ready to verify tokens with. A new key set makes a new
+/// verifier, so what one remembers never outlives a revocation.
 pub struct Verifier {
     keys: HashMap<String, (Algorithm, DecodingKey)>,
     revoked: Vec<String>,
     /// The `aud` a token must carry, when configured.
     audience: Option<String>,
+    /// Tokens verified, with their grant and `exp`.
+    verified: quick_cache::sync::Cache<String, (std::sync::Arc<Grant>, u64)>,
 }
 
 impl Verifier {
@@ -142,11 +149,46 @@ impl Verifier {
                 Err(why) => tracing::warn!(%why, "a key of the key set cannot verify tokens"),
             }
         }
-        Verifier { keys, revoked, audience }
+        Verifier { keys, revoked, audience, verified: quick_cache::sync::Cache::new(VERIFIED_TOKENS) }
     }
 
     /// The grant a token proves, or why it proves none.
-    pub fn verify(&self, token: &str) -> Result<Grant, String> {
+    pub fn verify(&self, token: &str) -> Result<std::sync::Arc<Grant>, String> {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if let Some((grant, exp)) = self.verified.get(token) {
+            if now <= exp.saturating_add(LEEWAY_SECS) {
+                return Ok(grant);
+            }
+        }
+        let (grant, exp) = self.verify_signed(token)?;
+        let grant = std::sync::Arc::new(grant);
+        self.verified.insert(token.to_string(), (grant.clone(), exp));
+        Ok(grant)
+    }
+
+    /// The grant a signed URL proves: `read` on its one path, until `exp`.
+    /// `path` is the request's path in store form.
+    pub fn verify_url(&self, path: &str, exp: &str, kid: &str, sig: &str) -> Result<Grant, String> {
+        let exp: u64 = exp.parse().map_err(|_| "exp is not a Unix time".to_string())?;
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if now > exp {
+            return Err("the link has expired".into());
+        }
+        let Some((alg, key)) = self.keys.get(kid) else {
+            if self.revoked.iter().any(|k| k == kid) {
+                return Err(format!("key {kid:?} was revoked"));
+            }
+            return Err(format!("unknown key {kid:?}"));
+        };
+        match jsonwebtoken::crypto::verify(sig, url_message(path, exp).as_bytes(), key, *alg) {
+            Ok(true) => Ok(Grant { subject: "signed link".into(), rules: vec![(Pattern::Exact(path.to_string()), Action::Read.bit())] }),
+            Ok(false) => Err("the signature does not match this path and expiry".into()),
+            Err(_) => Err("the signature is malformed".into()),
+        }
+    }
+
+    /// [`Verifier::verify`] without the memory: the grant and `exp`.
+    fn verify_signed(&self, token: &str) -> Result<(Grant, u64), String> {
         if token.len() > MAX_TOKEN {
             return Err(format!("the token is longer than {MAX_TOKEN} bytes"));
         }
@@ -180,13 +222,15 @@ impl Verifier {
                 _ => format!("invalid token: {e}"),
             }
         })?;
-        Grant::new(data.claims)
+        let exp = data.claims.exp;
+        Ok((Grant::new(data.claims)?, exp))
     }
 }
 
 /// What a token claims, beyond what jsonwebtoken checks itself.
 #[derive(Deserialize)]
 struct Claims {
+    exp: u64,
     #[serde(default)]
     sub: Option<String>,
     #[serde(default)]
@@ -236,6 +280,8 @@ impl Action {
 enum Pattern {
     Glob(globset::GlobMatcher),
     Regex(regex::Regex),
+    /// One path exactly (a signed URL's).
+    Exact(String),
 }
 
 impl Pattern {
@@ -264,6 +310,7 @@ impl Pattern {
         match self {
             Pattern::Glob(g) => g.is_match(path),
             Pattern::Regex(r) => r.is_match(path),
+            Pattern::Exact(p) => p == path,
         }
     }
 }
@@ -320,6 +367,12 @@ pub fn rule_claim(spec: &str) -> Result<serde_json::Value, String> {
     Ok(serde_json::json!({ "paths": paths, "actions": actions }))
 }
 
+/// What a signed URL's signature covers: the path (store form) and when
+/// the link expires.
+pub fn url_message(path: &str, exp: u64) -> String {
+    format!("turserver-link\n{path}\n{exp}")
+}
+
 /// Whether a bearer token is shaped as a JWT (three dot-separated parts).
 pub fn looks_like_jwt(token: &str) -> bool {
     token.bytes().filter(|b| *b == b'.').count() == 2
@@ -330,7 +383,7 @@ mod tests {
     use super::*;
 
     fn grant(allow: serde_json::Value) -> Result<Grant, String> {
-        Grant::new(serde_json::from_value(serde_json::json!({ "sub": "ci", "allow": allow })).map_err(|e| e.to_string())?)
+        Grant::new(serde_json::from_value(serde_json::json!({ "exp": 0, "sub": "ci", "allow": allow })).map_err(|e| e.to_string())?)
     }
 
     #[test]

@@ -18,7 +18,14 @@ pub struct Keys {
     store: Arc<Store>,
     /// The `aud` signed tokens must carry, when configured.
     audience: Option<String>,
-    cached: Mutex<Option<(u64, Arc<Verifier>)>>,
+    cached: Mutex<Option<Cached>>,
+}
+
+/// The verifier of the key set document read at a store generation.
+struct Cached {
+    generation: u64,
+    doc: Option<String>,
+    verifier: Arc<Verifier>,
 }
 
 impl Keys {
@@ -26,23 +33,32 @@ impl Keys {
         Keys { store, audience, cached: Mutex::new(None) }
     }
 
+    /// The verifier for the key set as stored now. Another write leaves it
+    /// (and the tokens it remembers) as it was; a changed key set makes a
+    /// new one.
     async fn verifier(&self) -> Result<Arc<Verifier>, StoreError> {
         let generation = self.store.generation();
-        if let Some((g, v)) = &*self.cached.lock().unwrap_or_else(|e| e.into_inner()) {
-            if *g == generation {
-                return Ok(v.clone());
+        if let Some(c) = &*self.cached.lock().unwrap_or_else(|e| e.into_inner()) {
+            if c.generation == generation {
+                return Ok(c.verifier.clone());
             }
         }
-        let set = match self.store.site_config(KEYS_DOCUMENT).await? {
-            Some(doc) => KeySet::parse(&doc).unwrap_or_else(|why| {
+        let doc = self.store.site_config(KEYS_DOCUMENT).await?;
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cached.as_mut().filter(|c| c.doc == doc) {
+            c.generation = c.generation.max(generation);
+            return Ok(c.verifier.clone());
+        }
+        let set = match &doc {
+            Some(doc) => KeySet::parse(doc).unwrap_or_else(|why| {
                 tracing::error!(%why, "the stored key set cannot be read; no signed token is accepted");
                 KeySet::default()
             }),
             None => KeySet::default(),
         };
-        let v = Arc::new(Verifier::new(&set, self.audience.clone()));
-        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, v.clone()));
-        Ok(v)
+        let verifier = Arc::new(Verifier::new(&set, self.audience.clone()));
+        *cached = Some(Cached { generation, doc, verifier: verifier.clone() });
+        Ok(verifier)
     }
 
     /// Judges an `Authorization` header value: the write token, a signed
@@ -65,7 +81,7 @@ impl Keys {
             crate::http::retry_later(503, "the key set cannot be read right now; retry")
         })?;
         match verifier.verify(token) {
-            Ok(grant) => Ok(WriteAccess::Scoped(Arc::new(grant))),
+            Ok(grant) => Ok(WriteAccess::Scoped(grant)),
             Err(why) => {
                 let mut resp = text_response(401, &format!("the token was refused: {why}"));
                 resp.headers_mut().insert(
@@ -78,8 +94,170 @@ impl Keys {
     }
 }
 
-/// Reads, judges and removes the `Authorization` header.
+/// The query parameter a GET or HEAD may carry its token in (for `<img>`).
+pub const TOKEN_PARAM: &str = "token";
+/// The cookie a GET or HEAD may carry its token in.
+pub const TOKEN_COOKIE: &str = "turserver_token";
+
+/// Reads, judges and removes the request's credentials. The
+/// `Authorization` header wins; a GET or HEAD without one may carry its
+/// token as `?token=` (then as the `turserver_token` cookie), or be a
+/// signed link (`?exp=&kid=&sig=`, from `turserver url sign`). Writes
+/// never take a token from the URL or a cookie (a page on another site
+/// could make a browser send them). All three are removed before the
+/// worker runs.
 pub async fn take(req: &mut Request, write_token: Option<&TokenDigest>, keys: &Keys) -> Result<WriteAccess, Response> {
-    let value = req.headers_mut().remove(hyper::header::AUTHORIZATION);
-    keys.judge(value.as_ref().map(|v| v.as_bytes()), write_token).await
+    let header = req.headers_mut().remove(hyper::header::AUTHORIZATION).map(|v| v.as_bytes().to_vec());
+    let from_query = remove_query_param(req, TOKEN_PARAM);
+    let from_cookie = remove_cookie(req, TOKEN_COOKIE);
+    let read = matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD);
+    let credentials = match header {
+        Some(h) => Some(h),
+        None if read => from_query.or(from_cookie).map(|t| format!("Bearer {t}").into_bytes()),
+        None => None,
+    };
+    if credentials.is_none() && read {
+        if let Some(link) = SignedLink::of(req) {
+            return keys.judge_link(req.uri().path(), &link).await;
+        }
+    }
+    keys.judge(credentials.as_deref(), write_token).await
+}
+
+/// A signed link's query parameters.
+struct SignedLink {
+    exp: String,
+    kid: String,
+    sig: String,
+}
+
+impl SignedLink {
+    fn of(req: &Request) -> Option<SignedLink> {
+        let query = req.uri().query()?;
+        let (mut exp, mut kid, mut sig) = (None, None, None);
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match k.as_ref() {
+                "exp" => exp = Some(v.into_owned()),
+                "kid" => kid = Some(v.into_owned()),
+                "sig" => sig = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        Some(SignedLink { exp: exp?, kid: kid?, sig: sig? })
+    }
+}
+
+impl Keys {
+    /// A signed link's grant (`read` on its path), or 403 saying why not.
+    async fn judge_link(&self, raw_path: &str, link: &SignedLink) -> Result<WriteAccess, Response> {
+        let refused = |why: &str| text_response(403, &format!("the signed link was refused: {why}"));
+        let path = turserver_worker::path::normalise(raw_path).map_err(|e| refused(&e.to_string()))?.path;
+        let verifier = self.verifier().await.map_err(|e| {
+            tracing::warn!(cause = %e, "reading the key set");
+            crate::http::retry_later(503, "the key set cannot be read right now; retry")
+        })?;
+        match verifier.verify_url(&path, &link.exp, &link.kid, &link.sig) {
+            Ok(grant) => Ok(WriteAccess::Scoped(Arc::new(grant))),
+            Err(why) => Err(refused(&why)),
+        }
+    }
+}
+
+/// Removes every `name=` parameter from the request's query; the first
+/// one's value.
+fn remove_query_param<B>(req: &mut hyper::Request<B>, name: &str) -> Option<String> {
+    let query = req.uri().query()?;
+    if !form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == name) {
+        return None;
+    }
+    let mut found = None;
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|pair| {
+            let mut parsed = form_urlencoded::parse(pair.as_bytes());
+            match parsed.next() {
+                Some((k, v)) if k == name => {
+                    found.get_or_insert_with(|| v.into_owned());
+                    false
+                }
+                _ => true,
+            }
+        })
+        .collect();
+    let path = req.uri().path();
+    let rebuilt = if kept.is_empty() { path.to_string() } else { format!("{path}?{}", kept.join("&")) };
+    let mut parts = req.uri().clone().into_parts();
+    parts.path_and_query = rebuilt.parse().ok();
+    if let Ok(uri) = http::Uri::from_parts(parts) {
+        *req.uri_mut() = uri;
+    }
+    found
+}
+
+/// Removes the cookie `name` from the request's `Cookie` headers; its value.
+fn remove_cookie<B>(req: &mut hyper::Request<B>, name: &str) -> Option<String> {
+    let headers = req.headers_mut();
+    if !headers.contains_key(hyper::header::COOKIE) {
+        return None;
+    }
+    let mut found = None;
+    let mut kept = Vec::new();
+    for value in headers.get_all(hyper::header::COOKIE) {
+        let Ok(text) = value.to_str() else {
+            kept.push(value.clone());
+            continue;
+        };
+        let others: Vec<&str> = text
+            .split(';')
+            .map(str::trim)
+            .filter(|c| match c.split_once('=') {
+                Some((k, v)) if k.trim() == name => {
+                    found.get_or_insert_with(|| v.trim().to_string());
+                    false
+                }
+                _ => !c.is_empty(),
+            })
+            .collect();
+        if !others.is_empty() {
+            if let Ok(v) = http::HeaderValue::from_str(&others.join("; ")) {
+                kept.push(v);
+            }
+        }
+    }
+    headers.remove(hyper::header::COOKIE);
+    for v in kept {
+        headers.append(hyper::header::COOKIE, v);
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str, cookies: &[&str]) -> hyper::Request<()> {
+        let mut b = hyper::Request::get(uri);
+        for c in cookies {
+            b = b.header("cookie", *c);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn tokens_in_the_query_and_cookies_are_taken_out() {
+        let mut req = request("/a.png?w=10&token=abc.def.ghi&h=2&token=second", &[]);
+        assert_eq!(remove_query_param(&mut req, TOKEN_PARAM).as_deref(), Some("abc.def.ghi"));
+        assert_eq!(req.uri().to_string(), "/a.png?w=10&h=2");
+        let mut req = request("/a.png?token=x", &[]);
+        assert_eq!(remove_query_param(&mut req, TOKEN_PARAM).as_deref(), Some("x"));
+        assert_eq!(req.uri().to_string(), "/a.png");
+        let mut req = request("/a.png?tokens=1", &[]);
+        assert_eq!(remove_query_param(&mut req, TOKEN_PARAM), None);
+        assert_eq!(req.uri().to_string(), "/a.png?tokens=1");
+
+        let mut req = request("/", &["theme=dark; turserver_token=t1; lang=en", "turserver_token=t2"]);
+        assert_eq!(remove_cookie(&mut req, TOKEN_COOKIE).as_deref(), Some("t1"));
+        let left: Vec<_> = req.headers().get_all("cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+        assert_eq!(left, ["theme=dark; lang=en"]);
+    }
 }

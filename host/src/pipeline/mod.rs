@@ -20,7 +20,7 @@ pub use cache::ResponseCache;
 
 use crate::http::{Request, Response, TokenDigest};
 use crate::store::Store;
-use crate::wasm::{FilesCtx, Workers};
+use crate::wasm::{FilesCtx, SiteRulesCache, Workers};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,6 +35,8 @@ pub struct Pipeline {
     pub write_token: Option<TokenDigest>,
     /// The key set signed tokens are verified with.
     pub keys: Keys,
+    /// The site rules, for the host's own checks (private files).
+    pub site: Arc<SiteRulesCache>,
     pub max_upload: u64,
     pub cache: Option<ResponseCache>,
     /// How long a read waits for the position it carries.
@@ -86,7 +88,7 @@ impl Pipeline {
 
     /// What one run of the worker may do to the store.
     fn files(&self, access: crate::http::WriteAccess) -> FilesCtx {
-        FilesCtx { store: self.store.clone(), access, max_upload: self.max_upload, progress: None }
+        FilesCtx { store: self.store.clone(), site: self.site.clone(), access, max_upload: self.max_upload, progress: None }
     }
 
     /// Registers the pipeline's metrics.

@@ -29,6 +29,7 @@ async fn pipeline(label: &str, cache_bytes: u64) -> (TempDir, hyper::client::con
     let workers = Arc::new(Workers::start(runtime, store.clone(), None).await.unwrap());
     let pipeline = Arc::new(Pipeline {
         keys: super::Keys::new(store.clone(), None),
+        site: Default::default(),
         store,
         workers,
         write_token: Some(TokenDigest::of(TOKEN)),

@@ -18,7 +18,7 @@ use crate::http::{self, no_content, response, Handler, RequestBody, Response, To
 use crate::pipeline::Keys;
 use crate::store::Store;
 use crate::wasm::wit::{self, Error, HostBatch, HostUpload};
-use crate::wasm::{FilesCtx, FilesError, FilesView};
+use crate::wasm::{FilesCtx, FilesError, FilesView, SiteRulesCache};
 use http_body_util::BodyExt;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -37,6 +37,8 @@ pub struct Sidecar {
     pub write_token: Option<TokenDigest>,
     /// The key set signed tokens are verified with, as on the public port.
     pub keys: Keys,
+    /// The site rules, for private files.
+    pub site: Arc<SiteRulesCache>,
     pub max_upload: u64,
     /// Calls answered, by name.
     pub calls: Family<CallLabels, Counter>,
@@ -75,7 +77,7 @@ impl Sidecar {
                 return Ok(http::json_value(refused.status().as_u16(), &turserver_protocol::Error::from(error)));
             }
         };
-        let mut ctx = FilesCtx { store: self.store.clone(), access, max_upload: self.max_upload, progress: None };
+        let mut ctx = FilesCtx { store: self.store.clone(), site: self.site.clone(), access, max_upload: self.max_upload, progress: None };
         let mut table = ResourceTable::new();
         let mut view = FilesView { ctx: &mut ctx, table: &mut table };
         let call = Call::parse(req.method().as_str(), req.uri().path(), req.uri().query()).map_err(Error::from)?;

@@ -13,6 +13,7 @@ use super::instance::Progress;
 use crate::http::tokens::Action;
 use crate::http::{Refusal, WriteAccess};
 use crate::store::{Batch, Expect, FileMeta, Store, StoreError, Upload};
+use turserver_worker::site::SiteRules;
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable, ResourceTableError};
 use wasmtime_wasi::p2::{DynOutputStream, StreamError};
@@ -87,9 +88,32 @@ impl From<turserver_protocol::Expectation> for Expectation {
     }
 }
 
+/// The site rules as this edge last read them, for the host's own checks
+/// (private files); read again once the store has changed.
+#[derive(Default)]
+pub struct SiteRulesCache {
+    cached: std::sync::Mutex<Option<(u64, Arc<SiteRules>)>>,
+}
+
+impl SiteRulesCache {
+    async fn rules(&self, store: &Store) -> Result<Arc<SiteRules>, StoreError> {
+        let generation = store.generation();
+        if let Some((g, rules)) = &*self.cached.lock().unwrap_or_else(|e| e.into_inner()) {
+            if *g == generation {
+                return Ok(rules.clone());
+            }
+        }
+        let doc = store.site_config(SITE_KEY).await?;
+        let rules = Arc::new(doc.map(|d| SiteRules::parse(&d).unwrap_or_default()).unwrap_or_default());
+        *self.cached.lock().unwrap_or_else(|e| e.into_inner()) = Some((generation, rules.clone()));
+        Ok(rules)
+    }
+}
+
 /// Per-request view of the store.
 pub struct FilesCtx {
     pub store: Arc<Store>,
+    pub site: Arc<SiteRulesCache>,
     pub access: WriteAccess,
     pub max_upload: u64,
     /// Store calls count as progress for the instance's deadline.
@@ -141,6 +165,16 @@ impl FilesCtx {
     /// checked again when it is named.
     fn check_write(&self) -> Result<(), Error> {
         self.access.check_any(Action::Write).or_else(|_| self.access.check_any(Action::Delete)).map_err(refused)
+    }
+
+    /// Whether the request may read `path`: anyone may, unless the site
+    /// rules make it private.
+    async fn check_read(&self, path: &str) -> Result<(), Error> {
+        let rules = self.site.rules(&self.store).await.map_err(|e| to_wit("site config", e))?;
+        if rules.is_private(path) {
+            return self.access.check(Action::Read, path).map_err(refused);
+        }
+        Ok(())
     }
 
     /// A path the host accepts (workers are untrusted), then whether the
@@ -264,6 +298,7 @@ impl files::Host for FilesView<'_> {
             // The host's own rows (the deployed worker) are not files.
             return Err(Error::NotFound.into());
         }
+        self.ctx.check_read(&path).await?;
         match self.ctx.store.stat(&path).await {
             Ok(Some(m)) => Ok(to_metadata(m)),
             Ok(None) => Err(Error::NotFound.into()),
@@ -318,8 +353,11 @@ impl files::Host for FilesView<'_> {
 
     async fn list_files(&mut self, prefix: String, cursor: Option<String>, limit: u32) -> HostResult<Listing> {
         let _progress = self.progressed();
-        let (files, next_cursor) =
+        let (mut files, next_cursor) =
             self.ctx.store.list(&prefix, cursor.as_deref(), limit).await.map_err(|e| to_wit("list", e))?;
+        // Private files are listed only to a request that may read them.
+        let rules = self.ctx.site.rules(&self.ctx.store).await.map_err(|e| to_wit("site config", e))?;
+        files.retain(|f| !rules.is_private(&f.path) || self.ctx.access.check(Action::Read, &f.path).is_ok());
         Ok(Listing { files: files.into_iter().map(to_metadata).collect(), next_cursor })
     }
 

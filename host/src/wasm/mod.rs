@@ -21,7 +21,7 @@ mod workers;
 /// The generated `turserver:store/files` interface (its types and host traits).
 pub use bindings::files as wit;
 pub use engine::{Runtime, RuntimeConfig};
-pub use files::{FilesCtx, FilesError, FilesView};
+pub use files::{FilesCtx, FilesError, FilesView, SiteRulesCache};
 pub use instance::{InvokeError, Invoked, Worker};
 pub use workers::{DeployError, Workers, MAX_WORKER_SIZE};
 

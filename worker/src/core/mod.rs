@@ -316,7 +316,7 @@ pub fn error_response(err: StoreError) -> Response {
     let status = err.status();
     match err {
         StoreError::NotFound => serve::not_found(),
-        StoreError::Unauthorized => Response::text(status, "a write token is required (Authorization: Bearer <token>)")
+        StoreError::Unauthorized => Response::text(status, "a token is required: the write token, or a signed token allowing this (Authorization: Bearer <token>)")
             .header("www-authenticate", "Bearer"),
         StoreError::Forbidden => Response::text(status, "the token does not allow this: it is neither the write token nor a signed token whose rules allow it on this path"),
         StoreError::TooLarge(limit) => Response::text(status, format!("upload larger than the limit of {limit} bytes")),

@@ -1,10 +1,10 @@
-//! `keys` and `token`: signing keys kept in files on the issuer's machine,
-//! their public halves in every edge's key set, and tokens signed with
-//! them.
+//! `keys`, `token` and `url`: signing keys kept in files on the issuer's
+//! machine, their public halves in every edge's key set, and the tokens and
+//! links signed with them.
 
 use super::Remote;
-use crate::app::config::{KeyAlgorithm, KeyArgs, KeysAddArgs, KeysGenerateArgs, KeysLsArgs, TokenIssueArgs};
-use crate::http::tokens::rule_claim;
+use crate::app::config::{KeyAlgorithm, KeyArgs, KeysAddArgs, KeysGenerateArgs, KeysLsArgs, TokenIssueArgs, UrlSignArgs};
+use crate::http::tokens::{rule_claim, url_message};
 use anyhow::{bail, Context};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -46,6 +46,20 @@ impl SigningKey {
     /// so the same key always has the same kid.
     fn kid(&self) -> String {
         hex::encode(&Sha256::digest(&self.public)[..8])
+    }
+
+    fn jwt_algorithm(&self) -> jsonwebtoken::Algorithm {
+        match self.alg {
+            KeyAlgorithm::EdDsa => jsonwebtoken::Algorithm::EdDSA,
+            KeyAlgorithm::Es256 => jsonwebtoken::Algorithm::ES256,
+        }
+    }
+
+    fn encoding_key(&self) -> jsonwebtoken::EncodingKey {
+        match self.alg {
+            KeyAlgorithm::EdDsa => jsonwebtoken::EncodingKey::from_ed_der(&self.pkcs8),
+            KeyAlgorithm::Es256 => jsonwebtoken::EncodingKey::from_ec_der(&self.pkcs8),
+        }
     }
 
     /// The public half, as the edges' key set takes it.
@@ -140,6 +154,19 @@ fn print_keys(set: serde_json::Value) {
     }
 }
 
+pub async fn url_sign(args: UrlSignArgs) -> anyhow::Result<()> {
+    let key = SigningKey::read(&args.key)?;
+    let path = super::local_store_path(&args.path).map_err(|why| anyhow::anyhow!("{why}"))?;
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() + args.ttl.as_secs().max(1);
+    let sig = jsonwebtoken::crypto::sign(url_message(&path, exp).as_bytes(), &key.encoding_key(), key.jwt_algorithm())
+        .context("signing the link")?;
+    let encoded: Vec<String> =
+        path.split('/').map(|s| percent_encoding::utf8_percent_encode(s, super::SEGMENT).to_string()).collect();
+    let base = args.url.as_deref().map(|u| u.trim_end_matches('/')).unwrap_or("");
+    println!("{base}/{}?exp={exp}&kid={}&sig={sig}", encoded.join("/"), key.kid());
+    Ok(())
+}
+
 pub async fn token_issue(args: TokenIssueArgs) -> anyhow::Result<()> {
     let key = SigningKey::read(&args.key)?;
     let allow = args.allow.iter().map(|r| rule_claim(r).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -156,13 +183,9 @@ pub async fn token_issue(args: TokenIssueArgs) -> anyhow::Result<()> {
     if let Some(aud) = args.aud {
         claims["aud"] = aud.into();
     }
-    let (alg, encoding) = match key.alg {
-        KeyAlgorithm::EdDsa => (jsonwebtoken::Algorithm::EdDSA, jsonwebtoken::EncodingKey::from_ed_der(&key.pkcs8)),
-        KeyAlgorithm::Es256 => (jsonwebtoken::Algorithm::ES256, jsonwebtoken::EncodingKey::from_ec_der(&key.pkcs8)),
-    };
-    let mut header = jsonwebtoken::Header::new(alg);
+    let mut header = jsonwebtoken::Header::new(key.jwt_algorithm());
     header.kid = Some(key.kid());
-    let token = jsonwebtoken::encode(&header, &claims, &encoding).context("signing the token")?;
+    let token = jsonwebtoken::encode(&header, &claims, &key.encoding_key()).context("signing the token")?;
     println!("{token}");
     Ok(())
 }

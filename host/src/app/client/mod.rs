@@ -16,7 +16,7 @@ mod progress;
 
 pub use deploy::deploy;
 pub use files::{deploy_worker, get, ls, put, rm, status};
-pub use keys::{keys_add, keys_change, keys_generate, keys_ls, token_issue};
+pub use keys::{keys_add, keys_change, keys_generate, keys_ls, token_issue, url_sign};
 
 use super::config::RemoteArgs;
 use anyhow::{bail, Context};
@@ -146,7 +146,7 @@ impl Remote {
 }
 
 /// Characters escaped in one path segment.
-const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+pub(super) const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
     .remove(b'-')
     .remove(b'.')
     .remove(b'_')
