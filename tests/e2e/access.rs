@@ -285,3 +285,53 @@ fn private_files_need_read_and_a_signed_link_opens_one() {
     assert_eq!(status, 403);
     assert!(why.contains("expired"), "{why}");
 }
+
+/// The JWK of a key file's public half, under `kid`.
+fn jwk_of(key: &Path, kid: &str) -> serde_json::Value {
+    use ring::signature::KeyPair;
+    let pem = pem::parse(std::fs::read_to_string(key).unwrap()).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_pkcs8_maybe_unchecked(pem.contents()).unwrap();
+    serde_json::json!({"kty": "OKP", "crv": "Ed25519", "kid": kid, "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref())})
+}
+
+#[test]
+fn keys_published_at_a_jwks_url_verify_tokens() {
+    // Another turserver serves the key set document, as any web server would.
+    let publisher = Server::local();
+    let keys = TempDir::new("jwks");
+    let (a, b) = (keys.path().join("a.key"), keys.path().join("b.key"));
+    let kid_a = cli(&["keys", "generate", "--out", a.to_str().unwrap()]);
+    let kid_b = cli(&["keys", "generate", "--out", b.to_str().unwrap()]);
+    let publish = |jwks: serde_json::Value| {
+        let r = client().put(publisher.url("/jwks.json")).bearer_auth(TOKEN).body(jwks.to_string()).send().unwrap();
+        assert!(r.status().is_success());
+    };
+    publish(serde_json::json!({"keys": [jwk_of(&a, &kid_a), {"kty": "RSA", "kid": "ignored", "n": "x", "e": "AQAB"}]}));
+    let dir = TempDir::new("jwks-edge");
+    let edge = Server::start(&dir.path().join("data"), &["--jwks-url", &publisher.url("/jwks.json")], Some(dir));
+    let with_a = issue(&a, &["**:write"], "10m");
+    let ok = eventually(Duration::from_secs(10), || (put(&edge, "/a.txt", &with_a, "a").0 == 201).then_some(()));
+    assert!(ok.is_some(), "a key from the JWKS URL is accepted");
+
+    // A key published later: the first token naming it makes the edge fetch again.
+    publish(serde_json::json!({"keys": [jwk_of(&a, &kid_a), jwk_of(&b, &kid_b)]}));
+    assert_eq!(put(&edge, "/b.txt", &issue(&b, &["**:write"], "10m"), "b").0, 201);
+    // Unknown kids do not make it fetch again within the minute.
+    let stranger = keys.path().join("c.key");
+    cli(&["keys", "generate", "--out", stranger.to_str().unwrap()]);
+    for _ in 0..5 {
+        assert_eq!(put(&edge, "/c.txt", &issue(&stranger, &["**:write"], "10m"), "c").0, 401);
+    }
+    assert_eq!(edge.log().matches("fetched the JWKS").count(), 2, "{}", edge.log());
+    // A key revoked in the stored key set stays revoked whatever the URL says.
+    let url = edge.url("");
+    let r = client()
+        .post(edge.url("/_turserver/keys"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"kid": kid_a, "alg": "EdDSA", "x": jwk_of(&a, &kid_a)["x"], "state": "current"}))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    cli(&["keys", "revoke", &kid_a, "--url", &url, "--token", TOKEN]);
+    assert_eq!(put(&edge, "/a2.txt", &with_a, "a").0, 401);
+}

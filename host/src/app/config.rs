@@ -443,6 +443,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TURSERVER_TOKEN_AUDIENCE")]
     pub token_audience: Option<String>,
 
+    /// A JSON Web Key Set whose Ed25519 and P-256 keys also verify signed
+    /// tokens: fetched at start and every 5 minutes, and again (at most
+    /// once a minute) when a token names a key it does not know.
+    #[arg(long, env = "TURSERVER_JWKS_URL")]
+    pub jwks_url: Option<String>,
+
     /// Most concurrent h2 streams on one connection.
     #[arg(long, env = "TURSERVER_H2_MAX_STREAMS", default_value_t = DEFAULT_H2_STREAMS)]
     pub h2_max_streams: u32,
@@ -497,6 +503,11 @@ impl ServeArgs {
         }
         if self.max_instances == 0 || self.max_instances > 100_000 {
             bail!("--max-instances must be between 1 and 100000");
+        }
+        if let Some(url) = &self.jwks_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                bail!("--jwks-url must start with http:// or https:// (got {url:?})");
+            }
         }
         if self.h2_max_streams == 0 {
             bail!("--h2-max-streams must be at least 1");

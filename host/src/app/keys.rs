@@ -17,6 +17,9 @@ use crate::pipeline::KEYS_DOCUMENT;
 use crate::store::StoreError;
 use http_body_util::BodyExt;
 
+/// A change to the key set, or why it cannot be made.
+type Change = Box<dyn FnOnce(&mut KeySet) -> Result<(), String> + Send>;
+
 /// Largest key document a request may send.
 const MAX_KEY_BODY: usize = 16 << 10;
 
@@ -27,7 +30,7 @@ pub(super) async fn route(app: &App, mut req: Request) -> Response {
     let path = req.uri().path().trim_start_matches("/_turserver/keys").trim_start_matches('/').to_string();
     let method = req.method().clone();
     let store = &app.pipeline.store;
-    let change: Box<dyn FnOnce(&mut KeySet) -> Result<(), String> + Send> = match (method.as_str(), path.split_once('/')) {
+    let change: Change = match (method.as_str(), path.split_once('/')) {
         ("GET", None) if path.is_empty() => {
             return match store.site_config(KEYS_DOCUMENT).await {
                 Ok(doc) => match doc.map(|d| KeySet::parse(&d)).transpose() {

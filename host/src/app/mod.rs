@@ -39,6 +39,7 @@ struct Running {
     _upkeep: Upkeep,
     _watch: AbortOnDrop,
     _sweep: AbortOnDrop,
+    _jwks: Option<AbortOnDrop>,
     /// The sidecar's serve loop, drained on shutdown.
     sidecar: Option<tokio::task::JoinHandle<()>>,
 }
@@ -135,7 +136,7 @@ async fn start(
         store: store.clone(),
         workers: workers.clone(),
         write_token,
-        keys: Keys::new(store.clone(), args.token_audience.clone()),
+        keys: Arc::new(Keys::new(store.clone(), args.token_audience.clone(), args.jwks_url.clone())),
         site: Arc::new(SiteRulesCache::default()),
         max_upload: args.max_upload_size,
         cache: (args.response_cache_mib > 0).then(|| ResponseCache::new(args.response_cache_mib << 20)),
@@ -155,7 +156,7 @@ async fn start(
                 store: store.clone(),
                 token: TokenDigest::of(token),
                 write_token,
-                keys: Keys::new(store.clone(), args.token_audience.clone()),
+                keys: pipeline.keys.clone(),
                 site: pipeline.site.clone(),
                 max_upload: args.max_upload_size,
                 calls: Default::default(),
@@ -167,8 +168,9 @@ async fn start(
     };
     let watch = workers.watch(args.worker.clone(), args.sync_interval);
     let sweep = workers.sweep_idle();
+    let jwks = pipeline.keys.refresh_jwks();
     let app = Arc::new(App { pipeline, bench_native: args.bench_native });
-    Ok((app, Running { _upkeep: upkeep, _watch: watch, _sweep: sweep, sidecar }))
+    Ok((app, Running { _upkeep: upkeep, _watch: watch, _sweep: sweep, _jwks: jwks, sidecar }))
 }
 
 /// The connection limit: `--max-connections`, else what the file descriptor

@@ -1,36 +1,147 @@
 //! The access step: what the request's `Authorization` header proves: the
-//! write token, or a token signed with a key of the replicated key set. The
+//! write token, or a token signed with a key of the replicated key set (or
+//! of a JWKS URL). The
 //! header is removed here, before the worker runs, so a token never enters
 //! guest memory. A signed token that fails verification is answered 401
 //! with the reason at once; its request goes no further.
 
-use crate::http::tokens::{looks_like_jwt, KeySet, Verifier};
+use crate::http::tokens::{looks_like_jwt, KeySet, KeyState, PublicKey, Verifier};
 use crate::http::{text_response, Request, Response, TokenDigest, WriteAccess};
 use crate::store::{Store, StoreError};
+use crate::task::AbortOnDrop;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The `site_config` document holding the key set.
 pub const KEYS_DOCUMENT: &str = "access_keys";
 
 /// The key set as this edge last read it, ready to verify with; read again
-/// once the store has changed (a sync may have brought a rotation).
+/// once the store has changed (a sync may have brought a rotation). Keys
+/// published at a JWKS URL (`--jwks-url`) are accepted beside them.
 pub struct Keys {
     store: Arc<Store>,
     /// The `aud` signed tokens must carry, when configured.
     audience: Option<String>,
     cached: Mutex<Option<Cached>>,
+    jwks: Option<Jwks>,
 }
 
-/// The verifier of the key set document read at a store generation.
+/// The verifier of the key set document read at a store generation, with
+/// the JWKS keys of one fetch.
 struct Cached {
     generation: u64,
     doc: Option<String>,
+    fetch: u64,
     verifier: Arc<Verifier>,
 }
 
+/// How often the JWKS URL is fetched again.
+pub const JWKS_REFRESH: Duration = Duration::from_secs(300);
+/// A token naming a key nobody knows makes the JWKS URL be fetched again,
+/// at most this often.
+const JWKS_REFETCH_UNKNOWN: Duration = Duration::from_secs(60);
+
+/// Keys published as a JSON Web Key Set at a URL.
+struct Jwks {
+    url: String,
+    http: reqwest::Client,
+    state: Mutex<JwksState>,
+    /// Serialises fetches.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+#[derive(Default)]
+struct JwksState {
+    keys: Vec<PublicKey>,
+    /// Counts successful fetches, so a verifier knows it is stale.
+    fetch: u64,
+    /// When a token naming an unknown key last made the set be fetched.
+    last_unknown: Option<Instant>,
+}
+
+impl Jwks {
+    /// Fetches the set and keeps it; a failure keeps the keys of the last
+    /// fetch that worked.
+    async fn fetch(&self) {
+        let _one = self.fetching.lock().await;
+        let fetched = async {
+            let resp = self.http.get(&self.url).send().await.map_err(|e| e.to_string())?;
+            if !resp.status().is_success() {
+                return Err(format!("answered {}", resp.status()));
+            }
+            let doc: serde_json::Value = resp.json().await.map_err(|e| e.to_string())?;
+            parse_jwks(&doc)
+        };
+        match tokio::time::timeout(Duration::from_secs(10), fetched).await {
+            Ok(Ok(keys)) => {
+                tracing::info!(url = %self.url, keys = keys.len(), "fetched the JWKS");
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                state.keys = keys;
+                state.fetch += 1;
+            }
+            Ok(Err(why)) => tracing::warn!(url = %self.url, %why, "fetching the JWKS failed; keeping the keys fetched before"),
+            Err(_) => tracing::warn!(url = %self.url, "fetching the JWKS took over 10 s; keeping the keys fetched before"),
+        }
+    }
+
+    /// Whether a token naming an unknown key may make the set be fetched
+    /// again now; if so, that fetch is counted as made.
+    fn due_for_unknown_kid(&self) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.last_unknown.is_some_and(|t| t.elapsed() < JWKS_REFETCH_UNKNOWN) {
+            return false;
+        }
+        state.last_unknown = Some(Instant::now());
+        true
+    }
+}
+
+/// The keys of a JWKS document that can verify tokens: Ed25519 (`OKP`) and
+/// P-256 (`EC`) keys with a `kid`.
+fn parse_jwks(doc: &serde_json::Value) -> Result<Vec<PublicKey>, String> {
+    let keys = doc["keys"].as_array().ok_or("the document has no \"keys\" array")?;
+    let text = |k: &serde_json::Value, f: &str| k[f].as_str().map(str::to_string);
+    let mut out = Vec::new();
+    for k in keys {
+        let (Some(kid), Some(x)) = (text(k, "kid"), text(k, "x")) else { continue };
+        let alg = match (k["kty"].as_str(), k["crv"].as_str()) {
+            (Some("OKP"), Some("Ed25519")) => "EdDSA",
+            (Some("EC"), Some("P-256")) => "ES256",
+            _ => continue,
+        };
+        out.push(PublicKey { kid, alg: alg.into(), x, y: text(k, "y"), state: KeyState::Current, added: 0 });
+    }
+    Ok(out)
+}
+
 impl Keys {
-    pub fn new(store: Arc<Store>, audience: Option<String>) -> Keys {
-        Keys { store, audience, cached: Mutex::new(None) }
+    pub fn new(store: Arc<Store>, audience: Option<String>, jwks_url: Option<String>) -> Keys {
+        let jwks = jwks_url.map(|url| Jwks {
+            url,
+            http: reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).build().unwrap_or_default(),
+            state: Mutex::new(JwksState::default()),
+            fetching: tokio::sync::Mutex::new(()),
+        });
+        Keys { store, audience, cached: Mutex::new(None), jwks }
+    }
+
+    /// Fetches the JWKS now and every [`JWKS_REFRESH`] (nothing without
+    /// `--jwks-url`).
+    pub fn refresh_jwks(self: &Arc<Self>) -> Option<AbortOnDrop> {
+        self.jwks.as_ref()?;
+        let keys = self.clone();
+        Some(AbortOnDrop::spawn(async move {
+            loop {
+                if let Some(j) = &keys.jwks {
+                    j.fetch().await;
+                }
+                tokio::time::sleep(JWKS_REFRESH).await;
+            }
+        }))
+    }
+
+    fn jwks_fetch(&self) -> u64 {
+        self.jwks.as_ref().map_or(0, |j| j.state.lock().unwrap_or_else(|e| e.into_inner()).fetch)
     }
 
     /// The verifier for the key set as stored now. Another write leaves it
@@ -38,26 +149,36 @@ impl Keys {
     /// new one.
     async fn verifier(&self) -> Result<Arc<Verifier>, StoreError> {
         let generation = self.store.generation();
+        let fetch = self.jwks_fetch();
         if let Some(c) = &*self.cached.lock().unwrap_or_else(|e| e.into_inner()) {
-            if c.generation == generation {
+            if c.generation == generation && c.fetch == fetch {
                 return Ok(c.verifier.clone());
             }
         }
         let doc = self.store.site_config(KEYS_DOCUMENT).await?;
         let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(c) = cached.as_mut().filter(|c| c.doc == doc) {
+        if let Some(c) = cached.as_mut().filter(|c| c.doc == doc && c.fetch == fetch) {
             c.generation = c.generation.max(generation);
             return Ok(c.verifier.clone());
         }
-        let set = match &doc {
+        let mut set = match &doc {
             Some(doc) => KeySet::parse(doc).unwrap_or_else(|why| {
                 tracing::error!(%why, "the stored key set cannot be read; no signed token is accepted");
                 KeySet::default()
             }),
             None => KeySet::default(),
         };
+        if let Some(j) = &self.jwks {
+            // A kid in the stored set wins (it may be revoked there).
+            let published = j.state.lock().unwrap_or_else(|e| e.into_inner()).keys.clone();
+            for k in published {
+                if !set.keys.iter().any(|s| s.kid == k.kid) {
+                    set.keys.push(k);
+                }
+            }
+        }
         let verifier = Arc::new(Verifier::new(&set, self.audience.clone()));
-        *cached = Some(Cached { generation, doc, verifier: verifier.clone() });
+        *cached = Some(Cached { generation, doc, fetch, verifier: verifier.clone() });
         Ok(verifier)
     }
 
@@ -80,7 +201,18 @@ impl Keys {
             tracing::warn!(cause = %e, "reading the key set");
             crate::http::retry_later(503, "the key set cannot be read right now; retry")
         })?;
-        match verifier.verify(token) {
+        let mut verified = verifier.verify(token);
+        if let (Err(why), Some(jwks)) = (&verified, &self.jwks) {
+            // A key published since the last fetch: fetch again, at most
+            // once a minute whatever clients send.
+            if why.starts_with("unknown key") && jwks.due_for_unknown_kid() {
+                jwks.fetch().await;
+                if let Ok(v) = self.verifier().await {
+                    verified = v.verify(token);
+                }
+            }
+        }
+        match verified {
             Ok(grant) => Ok(WriteAccess::Scoped(grant)),
             Err(why) => {
                 let mut resp = text_response(401, &format!("the token was refused: {why}"));

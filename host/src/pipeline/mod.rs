@@ -34,7 +34,7 @@ pub struct Pipeline {
     /// The write token (none: only signed tokens may write).
     pub write_token: Option<TokenDigest>,
     /// The key set signed tokens are verified with.
-    pub keys: Keys,
+    pub keys: Arc<Keys>,
     /// The site rules, for the host's own checks (private files).
     pub site: Arc<SiteRulesCache>,
     pub max_upload: u64,

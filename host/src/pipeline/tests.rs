@@ -28,7 +28,7 @@ async fn pipeline(label: &str, cache_bytes: u64) -> (TempDir, hyper::client::con
     let runtime = Arc::new(Runtime::new(crate::wasm::tests::test_config(64 << 20)).unwrap());
     let workers = Arc::new(Workers::start(runtime, store.clone(), None).await.unwrap());
     let pipeline = Arc::new(Pipeline {
-        keys: super::Keys::new(store.clone(), None),
+        keys: Arc::new(super::Keys::new(store.clone(), None, None)),
         site: Default::default(),
         store,
         workers,

@@ -36,7 +36,7 @@ pub struct Sidecar {
     /// The write token client credentials are judged by.
     pub write_token: Option<TokenDigest>,
     /// The key set signed tokens are verified with, as on the public port.
-    pub keys: Keys,
+    pub keys: Arc<Keys>,
     /// The site rules, for private files.
     pub site: Arc<SiteRulesCache>,
     pub max_upload: u64,
