@@ -14,6 +14,7 @@ prints one table with each target marked met or not.
     python3 tests/bench.py --spin-only    # only the Spin figures
     python3 tests/bench.py --writes-only  # only the concurrent-PUT figures
     python3 tests/bench.py --sync-only    # only the sync lag figures
+    python3 tests/bench.py --access-only  # only the signed-token read figures
 
 Needs wrk and nginx (Debian: apt-get install wrk nginx-light).
 """
@@ -140,8 +141,9 @@ def put(url, path, data, content_type="application/octet-stream"):
         raise SystemExit(f"PUT {path}: {status} {body[:200]!r}")
 
 
-def wrk(url, conns, seconds):
-    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", url],
+def wrk(url, conns, seconds, headers=()):
+    extra = [a for h in headers for a in ("-H", h)]
+    out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", *extra, url],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
@@ -678,6 +680,44 @@ def print_downloads(one_gibs, nginx_gibs, many_gibs, rss_growth, anon_growth):
           f"{rss_growth:.1f} MiB (anonymous {anon_growth:.1f} MiB; the rest is the mapped database file)")
 
 
+def access_bench(binary, work, seconds, rounds):
+    """1 KiB GETs at 64 connections of a private file with a signed token
+    beside the same GETs of a public one (response cache off); the median
+    of the ratios within each round."""
+    server, url = start_turserver(binary, os.path.join(work, "access"), "--response-cache-mib", "0")
+    key = os.path.join(work, "access.key")
+    subprocess.run([binary, "keys", "generate", "--out", key], check=True, capture_output=True)
+    subprocess.run([binary, "keys", "add", "--key", key, "--current", "--url", url, "--token", TOKEN],
+                   check=True, capture_output=True)
+    status, body, _ = http("PUT", f"{url}/_api/site", b'{"private": ["members/**"]}',
+                           {"Authorization": f"Bearer {TOKEN}"})
+    if status != 200:
+        raise SystemExit(f"site rules: {status} {body[:200]!r}")
+    data = os.urandom(1024)
+    put(url, "pub/f1k.bin", data)
+    put(url, "members/f1k.bin", data)
+    token = subprocess.run([binary, "token", "issue", "--key", key, "--sub", "bench", "--allow", "members/**:read",
+                            "--ttl", "1h"], check=True, capture_output=True, text=True).stdout.strip()
+    targets = [("public", f"{url}/pub/f1k.bin", ()),
+               ("private+token", f"{url}/members/f1k.bin", (f"Authorization: Bearer {token}",))]
+    runs = {label: [] for label, _, _ in targets}
+    for r in range(rounds):
+        for label, target, headers in targets[r % 2:] + targets[:r % 2]:
+            runs[label].append(wrk(target, 64, seconds, headers)[0])
+    ratio = statistics.median(p / q for p, q in zip(runs["private+token"], runs["public"]))
+    server.stop()
+    return statistics.median(runs["public"]), statistics.median(runs["private+token"]), ratio
+
+
+def print_access(public, private, ratio):
+    print(f"signed-token reads, 1 KiB at 64 conns: public {public:.0f} req/s, private with a token {private:.0f} req/s "
+          f"({ratio:.2f}x)")
+
+
+def access_checks(public, private, ratio):
+    return [("private 1 KiB with a token >= 0.9x public (64 conns)", ratio >= 0.9, f"{ratio:.2f}x")]
+
+
 def downloads_only(binary, work, nginx_url, big):
     plain, plain_url = start_turserver(binary, os.path.join(work, "plain"), "--response-cache-mib", "0")
     put(plain_url, "big.bin", big)
@@ -708,11 +748,12 @@ def main():
     ap.add_argument("--writes-only", action="store_true", help="only the concurrent-PUT figures (needs wrk)")
     ap.add_argument("--sync-only", action="store_true", help="only the sync lag figures (needs sqld, not wrk)")
     ap.add_argument("--downloads-only", action="store_true", help="only the 100 MiB download figures (needs nginx)")
+    ap.add_argument("--access-only", action="store_true", help="only the signed-token read figures (needs wrk)")
     opts = ap.parse_args()
     seconds = 2 if opts.quick else 4
     rounds = 3 if opts.quick else 5
     lag_writes = 40 if opts.quick else 200
-    for tool in () if opts.deploy_only or opts.sync_only else ("wrk",) if opts.spin_only or opts.writes_only else ("wrk", "nginx", "curl"):
+    for tool in () if opts.deploy_only or opts.sync_only else ("wrk",) if opts.spin_only or opts.writes_only or opts.access_only else ("wrk", "nginx", "curl"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install wrk nginx-light curl")
 
@@ -739,6 +780,12 @@ def main():
         return writes_only(binary, sqld, work, seconds)
     if opts.sync_only:
         return sync_only(binary, sqld, work, lag_writes)
+    if opts.access_only:
+        acc = access_bench(binary, work, seconds, rounds)
+        print_access(*acc)
+        for name, ok, figure in access_checks(*acc):
+            print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
+        return
     nginx_url = nginx(disk)
     if opts.downloads_only:
         return downloads_only(binary, work, nginx_url, big)
@@ -795,6 +842,8 @@ def main():
     spin_rows = spin_bench(binary, work, seconds, rounds)
 
     one_gibs, nginx_gibs, many_gibs, rss_growth, anon_growth = downloads(plain, plain_url, nginx_url, big)
+    log("signed-token reads: a private file with a token beside a public one")
+    acc = access_bench(binary, work, seconds, rounds)
 
     print()
     print(f"{'test':<16} {'target':<13} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'/nginx':>7} {'/native':>8}")
@@ -809,6 +858,7 @@ def main():
     print_deploy(dep)
     print_upload(up)
     print_group_commit(gc)
+    print_access(*acc)
     if spin_rows:
         print_spin(spin_rows)
     else:
@@ -832,7 +882,7 @@ def main():
         ("memory growth <= 64 MiB with 16 downloads (anonymous RSS)", anon_growth <= 64,
          f"{anon_growth:.1f} MiB (total RSS {rss_growth:.1f} MiB)"),
         ("edge read p99 < 1 ms at 2 conns (replica)", replica_p99 < 1.0, f"{replica_p99:.2f} ms"),
-    ] + sync_lag_checks(lag) + deploy_checks(dep) + upload_checks(up) + group_commit_checks(gc) + (spin_checks(spin_rows) if spin_rows else [])
+    ] + sync_lag_checks(lag) + deploy_checks(dep) + upload_checks(up) + group_commit_checks(gc) + access_checks(*acc) + (spin_checks(spin_rows) if spin_rows else [])
     print()
     for name, ok, figure in checks:
         print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
