@@ -7,19 +7,22 @@
 //! by a test below), so a request's path reads top to bottom:
 //!
 //! - [`app`]: wires every layer: configuration, startup, the public port's
-//!   routes (host endpoints), shutdown; the client commands (`deploy`,
-//!   `put`, `get`, `ls`, `rm`, `status`, `worker deploy`).
+//!   routes (host endpoints, the key set's), shutdown; the client commands
+//!   (`deploy`, `put`, `get`, `ls`, `rm`, `status`, `worker deploy`, `keys`,
+//!   `token issue`, `url sign`).
 //! - `sidecar`: the store over HTTP for workers on Spin (`--sidecar-listen`).
 //! - `ops`: `/_turserver/status` and `/metrics` (one registry, metrics
 //!   registered by each owner).
 //! - `pipeline`: the request's steps before and after the worker:
-//!   consistency wait, response cache, access, invoke.
+//!   consistency wait, response cache, access (the write token, signed
+//!   tokens and links checked against the key set), invoke.
 //! - `wasm`: engine, compiled-worker cache, instances and reuse, the active
 //!   worker and swaps, the `turserver:store/files` host side and bindings.
 //! - `store`: the libSQL database: reads, writes, uploads, publishing in
 //!   groups, replication and its stats, the background sync and GC, schema.
 //! - `http`: the one accept/serve loop for both ports, host responses,
-//!   header names, bearer tokens, lingering bodies, the send timeout.
+//!   header names, bearer tokens and signed tokens' rules, lingering
+//!   bodies, the send timeout.
 //! - `task`: background tasks that die with their owner.
 //!
 //! The wire protocol between the sidecar and the store adapter is the
