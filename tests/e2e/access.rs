@@ -351,3 +351,56 @@ fn keys_published_at_a_jwks_url_verify_tokens() {
     cli(&["keys", "revoke", &kid_a, "--url", &url, "--token", TOKEN]);
     assert_eq!(put(&edge, "/a2.txt", &with_a, "a").0, 401);
 }
+
+#[test]
+fn the_links_api_signs_with_a_secret_only_the_edges_hold() {
+    let edge = Server::local();
+    let keys = TempDir::new("links");
+    let (_, key) = new_key(&edge, keys.path(), "k.key", true);
+    let rules = r#"{"private": ["members/**"]}"#;
+    assert_eq!(client().put(edge.url("/_api/site")).bearer_auth(TOKEN).body(rules).send().unwrap().status(), 200);
+    assert_eq!(edge.put("/members/a.pdf", None, b"a".to_vec()).status(), 201);
+    let reader = issue(&key, &["members/a.pdf:read"], "10m");
+    let ask = |token: Option<&str>, body: serde_json::Value| {
+        let mut req = client().post(edge.url("/_api/links")).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let r = req.send().unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    };
+    let (status, why) = ask(Some(&reader), serde_json::json!({"path": "members/a.pdf"}));
+    assert_eq!(status, 409, "no link secret yet: {why}");
+    assert!(why.contains("--link-secret"), "{why}");
+
+    let url = edge.url("");
+    let listed = cli(&["keys", "add", "--link-secret", "--current", "--url", &url, "--token", TOKEN]);
+    assert!(listed.contains("HS256"), "{listed}");
+    let shown = client().get(edge.url("/_turserver/keys")).bearer_auth(TOKEN).send().unwrap().text().unwrap();
+    assert!(!shown.contains("\"k\""), "the secret is never shown: {shown}");
+    let secret_kid = shown.split("\"kid\":\"").filter_map(|s| s.split('"').next()).find(|k| k.starts_with("link-")).unwrap().to_string();
+
+    let (status, made) = ask(Some(&reader), serde_json::json!({"path": "members/a.pdf", "ttl": 60}));
+    assert_eq!(status, 200, "{made}");
+    let link = serde_json::from_str::<serde_json::Value>(&made).unwrap()["url"].as_str().unwrap().to_string();
+    assert!(link.contains(&format!("kid={secret_kid}")), "{link}");
+    assert_eq!(client().get(edge.url(&link)).send().unwrap().text().unwrap(), "a");
+    assert_eq!(client().get(edge.url(&link.replace("a.pdf", "b.pdf"))).send().unwrap().status(), 403);
+    assert_eq!(ask(None, serde_json::json!({"path": "members/a.pdf"})).0, 401);
+    assert_eq!(ask(Some(&reader), serde_json::json!({"path": "members/other.pdf"})).0, 403, "only what the token may read");
+    assert_eq!(ask(Some(&reader), serde_json::json!({"path": "members/a.pdf", "ttl": 999999999})).0, 400);
+    assert_eq!(ask(Some(&reader), serde_json::json!({"path": "../x"})).0, 400);
+    // The link secret verifies links, never tokens.
+    let forged = hs256_token(&secret_kid);
+    assert_eq!(put(&edge, "/members/x.txt", &forged, "x").0, 401);
+    cli(&["keys", "revoke", &secret_kid, "--url", &url, "--token", TOKEN]);
+    assert_eq!(client().get(edge.url(&link)).send().unwrap().status(), 403, "a revoked secret's links stop working");
+}
+
+/// An HS256 token naming a kid, with a made-up signature (nobody outside
+/// the edges knows a link secret).
+fn hs256_token(kid: &str) -> String {
+    let header = URL_SAFE_NO_PAD.encode(format!(r#"{{"alg":"HS256","kid":"{kid}"}}"#));
+    let claims = URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{},"allow":[{{"paths":"**","actions":["write"]}}]}}"#, now() + 600));
+    format!("{header}.{claims}.{}", URL_SAFE_NO_PAD.encode([7u8; 32]))
+}

@@ -135,12 +135,17 @@ pub struct KeysGenerateArgs {
 }
 
 #[derive(Debug, Clone, Args)]
-#[command(after_help = "Example:\n  turserver keys add --key ci.key --url http://127.0.0.1:8080 --token dev-token")]
+#[command(after_help = "Examples:\n  turserver keys add --key ci.key --url http://127.0.0.1:8080 --token dev-token\n  \
+    turserver keys add --link-secret --current --url http://127.0.0.1:8080 --token dev-token")]
 pub struct KeysAddArgs {
     /// The private key file (from `keys generate`); only its public half
     /// is sent.
-    #[arg(long)]
-    pub key: PathBuf,
+    #[arg(long, required_unless_present = "link_secret")]
+    pub key: Option<PathBuf>,
+    /// Instead of a key: a link secret the edges generate and keep, with
+    /// which they sign links for `POST /_api/links`.
+    #[arg(long, conflicts_with = "key")]
+    pub link_secret: bool,
     /// Add it as the current key at once (the current one becomes
     /// `previous`), rather than as `next`.
     #[arg(long)]

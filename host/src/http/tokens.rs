@@ -31,15 +31,21 @@ pub enum KeyState {
     Revoked,
 }
 
-/// One public key of the key set, in JWK terms (`x`, and `y` for ES256).
+/// One key of the key set, in JWK terms: a public key (`x`, and `y` for
+/// ES256), or a link secret (`HS256`, `k`): the edges sign links with it
+/// for `POST /_api/links`, and it never verifies a token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PublicKey {
     pub kid: String,
-    /// `EdDSA` (Ed25519) or `ES256` (P-256).
+    /// `EdDSA` (Ed25519), `ES256` (P-256), or `HS256` (a link secret).
     pub alg: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub x: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub y: Option<String>,
+    /// A link secret's bytes (base64url); never shown by the key endpoints.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k: Option<String>,
     pub state: KeyState,
     /// When it was added (Unix seconds).
     #[serde(default)]
@@ -47,6 +53,21 @@ pub struct PublicKey {
 }
 
 impl PublicKey {
+    /// A link secret's bytes, when this is one.
+    fn link_secret(&self) -> Option<Result<Vec<u8>, String>> {
+        (self.alg == "HS256").then(|| {
+            use base64::Engine;
+            let k = self.k.as_deref().ok_or_else(|| format!("link secret {} has no k", self.kid))?;
+            let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(k)
+                .map_err(|e| format!("link secret {}: {e}", self.kid))?;
+            if bytes.len() < 32 {
+                return Err(format!("link secret {} is shorter than 32 bytes", self.kid));
+            }
+            Ok(bytes)
+        })
+    }
+
     fn decoding_key(&self) -> Result<(Algorithm, DecodingKey), String> {
         let bad = |e: jsonwebtoken::errors::Error| format!("key {}: {e}", self.kid);
         match (self.alg.as_str(), &self.y) {
@@ -84,7 +105,14 @@ impl KeySet {
         if !matches!(key.state, KeyState::Next | KeyState::Current) {
             return Err("a new key is added as next or current".into());
         }
-        key.decoding_key()?;
+        match key.link_secret() {
+            Some(secret) => {
+                secret?;
+            }
+            None => {
+                key.decoding_key()?;
+            }
+        }
         let kid = key.kid.clone();
         let current = key.state == KeyState::Current;
         self.keys.push(key);
@@ -94,20 +122,32 @@ impl KeySet {
         Ok(())
     }
 
-    /// Makes `kid` the current key; the one before becomes `previous`
-    /// (still accepted until revoked).
+    /// Makes `kid` the current key (of its kind: a link secret replaces
+    /// the current link secret); the one before becomes `previous` (still
+    /// accepted until revoked).
     pub fn promote(&mut self, kid: &str) -> Result<(), String> {
-        if self.find(kid)?.state == KeyState::Revoked {
+        let key = self.find(kid)?;
+        if key.state == KeyState::Revoked {
             return Err(format!("key {kid:?} was revoked; add a new key instead"));
         }
+        let link = key.alg == "HS256";
         for k in &mut self.keys {
             if k.kid == kid {
                 k.state = KeyState::Current;
-            } else if k.state == KeyState::Current {
+            } else if k.state == KeyState::Current && (k.alg == "HS256") == link {
                 k.state = KeyState::Previous;
             }
         }
         Ok(())
+    }
+
+    /// The set as the key endpoints show it: link secrets without their
+    /// bytes.
+    pub fn redacted(mut self) -> KeySet {
+        for k in &mut self.keys {
+            k.k = None;
+        }
+        self
     }
 
     /// Stops accepting tokens signed with `kid`, on every edge.
@@ -125,6 +165,10 @@ const VERIFIED_TOKENS: usize = 10_000;
 /// verifier, so what one remembers never outlives a revocation.
 pub struct Verifier {
     keys: HashMap<String, (Algorithm, DecodingKey)>,
+    /// Link secrets that verify links (never tokens).
+    link_keys: HashMap<String, DecodingKey>,
+    /// The current link secret, which signs new links.
+    link_signer: Option<(String, Vec<u8>)>,
     revoked: Vec<String>,
     /// The `aud` a token must carry, when configured.
     audience: Option<String>,
@@ -137,9 +181,23 @@ impl Verifier {
     pub fn new(set: &KeySet, audience: Option<String>) -> Verifier {
         let mut keys = HashMap::new();
         let mut revoked = Vec::new();
+        let mut link_keys = HashMap::new();
+        let mut link_signer = None;
         for k in &set.keys {
             if k.state == KeyState::Revoked {
                 revoked.push(k.kid.clone());
+                continue;
+            }
+            if let Some(secret) = k.link_secret() {
+                match secret {
+                    Ok(bytes) => {
+                        link_keys.insert(k.kid.clone(), DecodingKey::from_secret(&bytes));
+                        if k.state == KeyState::Current {
+                            link_signer = Some((k.kid.clone(), bytes));
+                        }
+                    }
+                    Err(why) => tracing::warn!(%why, "a link secret of the key set cannot be used"),
+                }
                 continue;
             }
             match k.decoding_key() {
@@ -149,7 +207,14 @@ impl Verifier {
                 Err(why) => tracing::warn!(%why, "a key of the key set cannot verify tokens"),
             }
         }
-        Verifier { keys, revoked, audience, verified: quick_cache::sync::Cache::new(VERIFIED_TOKENS) }
+        Verifier {
+            keys,
+            link_keys,
+            link_signer,
+            revoked,
+            audience,
+            verified: quick_cache::sync::Cache::new(VERIFIED_TOKENS),
+        }
     }
 
     /// The grant a token proves, or why it proves none.
@@ -174,17 +239,30 @@ impl Verifier {
         if now > exp {
             return Err("the link has expired".into());
         }
-        let Some((alg, key)) = self.keys.get(kid) else {
-            if self.revoked.iter().any(|k| k == kid) {
-                return Err(format!("key {kid:?} was revoked"));
-            }
-            return Err(format!("unknown key {kid:?}"));
+        let (alg, key) = match (self.keys.get(kid), self.link_keys.get(kid)) {
+            (Some((alg, key)), _) => (*alg, key),
+            (None, Some(key)) => (Algorithm::HS256, key),
+            (None, None) if self.revoked.iter().any(|k| k == kid) => return Err(format!("key {kid:?} was revoked")),
+            (None, None) => return Err(format!("unknown key {kid:?}")),
         };
-        match jsonwebtoken::crypto::verify(sig, url_message(path, exp).as_bytes(), key, *alg) {
+        match jsonwebtoken::crypto::verify(sig, url_message(path, exp).as_bytes(), key, alg) {
             Ok(true) => Ok(Grant { subject: "signed link".into(), rules: vec![(Pattern::Exact(path.to_string()), Action::Read.bit())] }),
             Ok(false) => Err("the signature does not match this path and expiry".into()),
             Err(_) => Err("the signature is malformed".into()),
         }
+    }
+
+    /// A signed link's query for `path` (store form), valid until `exp`,
+    /// signed with the current link secret.
+    pub fn sign_link(&self, path: &str, exp: u64) -> Result<String, String> {
+        let (kid, secret) = self
+            .link_signer
+            .as_ref()
+            .ok_or("no current link secret: add one with `turserver keys add --link-secret`")?;
+        let key = jsonwebtoken::EncodingKey::from_secret(secret);
+        let sig = jsonwebtoken::crypto::sign(url_message(path, exp).as_bytes(), &key, Algorithm::HS256)
+            .map_err(|e| format!("signing the link: {e}"))?;
+        Ok(format!("exp={exp}&kid={kid}&sig={sig}"))
     }
 
     /// [`Verifier::verify`] without the memory: the grant and `exp`.
@@ -428,6 +506,7 @@ mod tests {
             alg: "EdDSA".into(),
             x: "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo".into(),
             y: None,
+            k: None,
             state,
             added: 0,
         };

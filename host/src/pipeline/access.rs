@@ -109,7 +109,7 @@ fn parse_jwks(doc: &serde_json::Value) -> Result<Vec<PublicKey>, String> {
             (Some("EC"), Some("P-256")) => "ES256",
             _ => continue,
         };
-        out.push(PublicKey { kid, alg: alg.into(), x, y: text(k, "y"), state: KeyState::Current, added: 0 });
+        out.push(PublicKey { kid, alg: alg.into(), x, y: text(k, "y"), k: None, state: KeyState::Current, added: 0 });
     }
     Ok(out)
 }
@@ -147,7 +147,7 @@ impl Keys {
     /// The verifier for the key set as stored now. Another write leaves it
     /// (and the tokens it remembers) as it was; a changed key set makes a
     /// new one.
-    async fn verifier(&self) -> Result<Arc<Verifier>, StoreError> {
+    pub async fn verifier(&self) -> Result<Arc<Verifier>, StoreError> {
         let generation = self.store.generation();
         let fetch = self.jwks_fetch();
         if let Some(c) = &*self.cached.lock().unwrap_or_else(|e| e.into_inner()) {

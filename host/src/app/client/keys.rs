@@ -103,8 +103,11 @@ pub async fn keys_generate(args: KeysGenerateArgs) -> anyhow::Result<()> {
 }
 
 pub async fn keys_add(args: KeysAddArgs) -> anyhow::Result<()> {
-    let key = SigningKey::read(&args.key)?;
-    let body = key.public_jwk(if args.current { "current" } else { "next" });
+    let state = if args.current { "current" } else { "next" };
+    let body = match &args.key {
+        Some(file) => SigningKey::read(file)?.public_jwk(state),
+        None => serde_json::json!({ "kid": "", "alg": "HS256", "state": state }),
+    };
     let remote = Remote::new(&args.remote)?;
     let resp = remote
         .send_simple(|| remote.request(Method::POST, remote.url("_turserver/keys")).json(&body))
