@@ -92,8 +92,9 @@ pub struct Store {
     generation: AtomicU64,
     /// Replication index after the last sync, to tell whether one changed anything.
     last_frame: AtomicU64,
-    /// The site document as of a generation: read on every request, so kept.
-    site_cache: Mutex<Option<(u64, String, Option<String>)>>,
+    /// The site-wide documents (site rules, key set) as of a generation:
+    /// read on every request, so kept.
+    site_cache: Mutex<(u64, std::collections::HashMap<String, Option<String>>)>,
     /// Metadata and small bodies as of a generation: a hot file costs no SQL.
     reads: reads::ReadCache,
     /// Idle connections (see `pool`).
@@ -115,7 +116,7 @@ impl Store {
             stats: SyncStats::default(),
             generation: AtomicU64::new(0),
             last_frame: AtomicU64::new(0),
-            site_cache: Mutex::new(None),
+            site_cache: Mutex::new((0, Default::default())),
             reads: reads::read_cache(),
             idle: Mutex::new(Vec::new()),
             committer: std::sync::OnceLock::new(),

@@ -193,13 +193,26 @@ impl Store {
     /// A site configuration document, if one was set.
     pub async fn site_config(&self, key: &str) -> Result<Option<String>, StoreError> {
         let generation = self.generation();
-        if let Some((g, k, v)) = &*self.site_cache.lock().expect("poisoned") {
-            if *g == generation && k == key {
-                return Ok(v.clone());
+        {
+            let cache = self.site_cache.lock().expect("poisoned");
+            if cache.0 == generation {
+                if let Some(v) = cache.1.get(key) {
+                    return Ok(v.clone());
+                }
             }
         }
         let value = self.read_site_config(key).await?;
-        *self.site_cache.lock().expect("poisoned") = Some((generation, key.to_string(), value.clone()));
+        let mut cache = self.site_cache.lock().expect("poisoned");
+        // The few documents (site rules, key set) share one map, emptied
+        // when the store changes; a value read before a newer one was kept
+        // is not kept.
+        if cache.0 < generation {
+            cache.0 = generation;
+            cache.1.clear();
+        }
+        if cache.0 == generation {
+            cache.1.insert(key.to_string(), value.clone());
+        }
         Ok(value)
     }
 
