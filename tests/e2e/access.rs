@@ -6,18 +6,11 @@ use crate::support::*;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// Runs the `turserver` binary; its stdout, or a panic with its stderr.
-fn cli(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_turserver"))
-        .args(args)
-        .env_remove("TURSERVER_URL")
-        .env_remove("TURSERVER_TOKEN")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run turserver");
+fn cli_ok(args: &[&str]) -> String {
+    let out = cli(args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "turserver {args:?} failed: {stderr}");
     String::from_utf8(out.stdout).unwrap().trim().to_string()
@@ -27,13 +20,13 @@ fn cli(args: &[&str]) -> String {
 /// asked); its kid.
 pub fn new_key(edge: &Server, dir: &Path, name: &str, current: bool) -> (String, std::path::PathBuf) {
     let file = dir.join(name);
-    let kid = cli(&["keys", "generate", "--out", file.to_str().unwrap()]);
+    let kid = cli_ok(&["keys", "generate", "--out", file.to_str().unwrap()]);
     let url = edge.url("");
     let mut args = vec!["keys", "add", "--key", file.to_str().unwrap(), "--url", &url, "--token", TOKEN];
     if current {
         args.push("--current");
     }
-    let listed = cli(&args);
+    let listed = cli_ok(&args);
     assert!(listed.contains(&kid), "{listed}");
     (kid, file)
 }
@@ -43,7 +36,7 @@ pub fn issue(key: &Path, allow: &[&str], ttl: &str) -> String {
     for a in allow {
         args.extend(["--allow", a]);
     }
-    cli(&args)
+    cli_ok(&args)
 }
 
 /// Signs `claims` with the key file's key, with `header` as given.
@@ -122,7 +115,7 @@ fn bad_tokens_are_refused_with_a_reason_and_write_nothing() {
     let keys = TempDir::new("bad-keys");
     let (kid, key) = new_key(&edge, keys.path(), "a.key", true);
     let stranger = keys.path().join("stranger.key");
-    cli(&["keys", "generate", "--out", stranger.to_str().unwrap()]);
+    cli_ok(&["keys", "generate", "--out", stranger.to_str().unwrap()]);
     let allow = serde_json::json!([{"paths": "**", "actions": ["write"]}]);
     let header = serde_json::json!({"alg": "EdDSA", "kid": kid});
     let claims = |exp: u64| serde_json::json!({"sub": "t", "exp": exp, "allow": allow});
@@ -166,14 +159,14 @@ fn es256_keys_sign_tokens_and_links_too() {
     let edge = Server::local();
     let keys = TempDir::new("es256");
     let key = keys.path().join("p256.key");
-    let kid = cli(&["keys", "generate", "--alg", "ES256", "--out", key.to_str().unwrap()]);
+    let kid = cli_ok(&["keys", "generate", "--alg", "ES256", "--out", key.to_str().unwrap()]);
     let url = edge.url("");
-    let listed = cli(&["keys", "add", "--key", key.to_str().unwrap(), "--current", "--url", &url, "--token", TOKEN]);
+    let listed = cli_ok(&["keys", "add", "--key", key.to_str().unwrap(), "--current", "--url", &url, "--token", TOKEN]);
     assert!(listed.lines().any(|l| l.starts_with(&kid) && l.contains("ES256")), "{listed}");
     let token = issue(&key, &["p/**:write"], "10m");
     assert_eq!(put(&edge, "/p/a.txt", &token, "a").0, 201);
     assert_eq!(put(&edge, "/q/a.txt", &token, "a").0, 403);
-    let link = cli(&["url", "sign", "p/a.txt", "--key", key.to_str().unwrap(), "--ttl", "1m"]);
+    let link = cli_ok(&["url", "sign", "p/a.txt", "--key", key.to_str().unwrap(), "--ttl", "1m"]);
     assert_eq!(client().get(edge.url(&link)).send().unwrap().text().unwrap(), "a");
 }
 
@@ -189,16 +182,16 @@ fn keys_rotate_next_current_previous_revoked() {
     let (new_kid, new) = new_key(&edge, keys.path(), "new.key", false);
     assert_eq!(put(&edge, "/2.txt", &issue(&new, &["**:write"], "10m"), "2").0, 201);
     let url = edge.url("");
-    let listed = cli(&["keys", "promote", &new_kid, "--url", &url, "--token", TOKEN]);
+    let listed = cli_ok(&["keys", "promote", &new_kid, "--url", &url, "--token", TOKEN]);
     assert!(listed.lines().any(|l| l.starts_with(&new_kid) && l.contains("current")), "{listed}");
     assert!(listed.lines().any(|l| l.starts_with(&old_kid) && l.contains("previous")), "{listed}");
     assert_eq!(put(&edge, "/3.txt", &old_token, "3").0, 201, "previous keys are still accepted");
 
-    cli(&["keys", "revoke", &old_kid, "--url", &url, "--token", TOKEN]);
+    cli_ok(&["keys", "revoke", &old_kid, "--url", &url, "--token", TOKEN]);
     let (status, why) = put(&edge, "/4.txt", &old_token, "4");
     assert_eq!(status, 401, "{why}");
     assert!(why.contains("revoked"), "{why}");
-    let json: serde_json::Value = serde_json::from_str(&cli(&["keys", "ls", "--json", "--url", &url, "--token", TOKEN])).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&cli_ok(&["keys", "ls", "--json", "--url", &url, "--token", TOKEN])).unwrap();
     let states: Vec<(String, String)> = json["keys"]
         .as_array()
         .unwrap()
@@ -222,7 +215,7 @@ fn a_key_added_on_one_edge_is_accepted_by_another_after_its_sync() {
     let token = issue(&key, &["shared/**:write"], "10m");
     let accepted = eventually(Duration::from_secs(15), || (put(&b, "/shared/x.txt", &token, "x").0 == 201).then_some(()));
     assert!(accepted.is_some(), "edge B never accepted a key added on edge A");
-    cli(&["keys", "revoke", &kid, "--url", &a.url(""), "--token", TOKEN]);
+    cli_ok(&["keys", "revoke", &kid, "--url", &a.url(""), "--token", TOKEN]);
     let refused = eventually(Duration::from_secs(15), || (put(&b, "/shared/y.txt", &token, "y").0 == 401).then_some(()));
     assert!(refused.is_some(), "edge B still accepts a key revoked on edge A");
     assert_eq!(b.get("/shared/y.txt").status(), 404);
@@ -280,7 +273,7 @@ fn private_files_need_read_and_a_signed_link_opens_one() {
     assert_eq!(listed(Some(&reader)), 2);
 
     // A signed link opens its one file, until it expires.
-    let link = cli(&["url", "sign", "members/report.pdf", "--key", key.to_str().unwrap(), "--ttl", "10m"]);
+    let link = cli_ok(&["url", "sign", "members/report.pdf", "--key", key.to_str().unwrap(), "--ttl", "10m"]);
     let (status, cc, body) = get(edge.url(&link));
     assert_eq!((status, body.as_str()), (200, "secret report"), "{link}");
     assert_eq!(cc.as_deref(), Some("private, no-cache"));
@@ -293,7 +286,7 @@ fn private_files_need_read_and_a_signed_link_opens_one() {
     let tampered = link.replace(&format!("exp={exp}"), &format!("exp={}", exp + 3600));
     assert_eq!(get(edge.url(&tampered)).0, 403);
     assert_eq!(c.put(edge.url(&link)).body("x").send().unwrap().status(), 401, "a link never writes");
-    let short = cli(&["url", "sign", "members/report.pdf", "--key", key.to_str().unwrap(), "--ttl", "1s"]);
+    let short = cli_ok(&["url", "sign", "members/report.pdf", "--key", key.to_str().unwrap(), "--ttl", "1s"]);
     std::thread::sleep(Duration::from_millis(2100));
     let (status, _, why) = get(edge.url(&short));
     assert_eq!(status, 403);
@@ -314,8 +307,8 @@ fn keys_published_at_a_jwks_url_verify_tokens() {
     let publisher = Server::local();
     let keys = TempDir::new("jwks");
     let (a, b) = (keys.path().join("a.key"), keys.path().join("b.key"));
-    let kid_a = cli(&["keys", "generate", "--out", a.to_str().unwrap()]);
-    let kid_b = cli(&["keys", "generate", "--out", b.to_str().unwrap()]);
+    let kid_a = cli_ok(&["keys", "generate", "--out", a.to_str().unwrap()]);
+    let kid_b = cli_ok(&["keys", "generate", "--out", b.to_str().unwrap()]);
     let publish = |jwks: serde_json::Value| {
         let r = client().put(publisher.url("/jwks.json")).bearer_auth(TOKEN).body(jwks.to_string()).send().unwrap();
         assert!(r.status().is_success());
@@ -332,7 +325,7 @@ fn keys_published_at_a_jwks_url_verify_tokens() {
     assert_eq!(put(&edge, "/b.txt", &issue(&b, &["**:write"], "10m"), "b").0, 201);
     // Unknown kids do not make it fetch again within the minute.
     let stranger = keys.path().join("c.key");
-    cli(&["keys", "generate", "--out", stranger.to_str().unwrap()]);
+    cli_ok(&["keys", "generate", "--out", stranger.to_str().unwrap()]);
     for _ in 0..5 {
         assert_eq!(put(&edge, "/c.txt", &issue(&stranger, &["**:write"], "10m"), "c").0, 401);
     }
@@ -346,7 +339,7 @@ fn keys_published_at_a_jwks_url_verify_tokens() {
         .send()
         .unwrap();
     assert_eq!(r.status(), 200);
-    cli(&["keys", "revoke", &kid_a, "--url", &url, "--token", TOKEN]);
+    cli_ok(&["keys", "revoke", &kid_a, "--url", &url, "--token", TOKEN]);
     assert_eq!(put(&edge, "/a2.txt", &with_a, "a").0, 401);
 }
 
@@ -372,7 +365,7 @@ fn the_links_api_signs_with_a_secret_only_the_edges_hold() {
     assert!(why.contains("--link-secret"), "{why}");
 
     let url = edge.url("");
-    let listed = cli(&["keys", "add", "--link-secret", "--current", "--url", &url, "--token", TOKEN]);
+    let listed = cli_ok(&["keys", "add", "--link-secret", "--current", "--url", &url, "--token", TOKEN]);
     assert!(listed.contains("HS256"), "{listed}");
     let shown = client().get(edge.url("/_turserver/keys")).bearer_auth(TOKEN).send().unwrap().text().unwrap();
     assert!(!shown.contains("\"k\""), "the secret is never shown: {shown}");
@@ -391,7 +384,7 @@ fn the_links_api_signs_with_a_secret_only_the_edges_hold() {
     // The link secret verifies links, never tokens.
     let forged = hs256_token(&secret_kid);
     assert_eq!(put(&edge, "/members/x.txt", &forged, "x").0, 401);
-    cli(&["keys", "revoke", &secret_kid, "--url", &url, "--token", TOKEN]);
+    cli_ok(&["keys", "revoke", &secret_kid, "--url", &url, "--token", TOKEN]);
     assert_eq!(client().get(edge.url(&link)).send().unwrap().status(), 403, "a revoked secret's links stop working");
 }
 

@@ -3,20 +3,8 @@
 
 use crate::support::*;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
-
-/// Runs the `turserver` binary with `args`; stdout and stderr are pipes.
-fn cli(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_turserver"))
-        .args(args)
-        .env_remove("TURSERVER_URL")
-        .env_remove("TURSERVER_TOKEN")
-        .env_remove("TURSERVER_WRITE_TOKEN")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run turserver")
-}
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -644,3 +644,17 @@ impl Drop for SpinUp {
         dump_on_panic("spin up", &self.log);
     }
 }
+
+/// Runs the `turserver` binary with `args` (a client command, as a person
+/// types it, without the edge's address or token from the environment);
+/// stdout and stderr are pipes.
+pub fn cli(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_turserver"))
+        .args(args)
+        .env_remove("TURSERVER_URL")
+        .env_remove("TURSERVER_TOKEN")
+        .env_remove("TURSERVER_WRITE_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run turserver")
+}

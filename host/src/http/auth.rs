@@ -17,12 +17,14 @@ impl TokenDigest {
 
     /// Whether an `Authorization` header value is `Bearer <this token>`.
     pub fn admits(&self, header: &[u8]) -> bool {
-        let token = std::str::from_utf8(header).ok().and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-        token.is_some_and(|t| Sha256::digest(t.as_bytes()).as_slice() == self.0)
+        bearer_token(header).is_some_and(|t| Sha256::digest(t.as_bytes()).as_slice() == self.0)
     }
+}
+
+/// The token of an `Authorization: Bearer <token>` header value.
+pub fn bearer_token(header: &[u8]) -> Option<&str> {
+    let (scheme, token) = std::str::from_utf8(header).ok()?.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// What the request's `Authorization` header proved.

@@ -17,7 +17,7 @@ mod response;
 mod timed_io;
 pub mod tokens;
 
-pub use auth::{Refusal, TokenDigest, WriteAccess};
+pub use auth::{bearer_token, Refusal, TokenDigest, WriteAccess};
 pub use linger::RequestBody;
 pub use listener::{raise_fd_limit, serve, shutdown_signal, ConnectionQuota, Connections, Handler, Limits};
 pub use response::{

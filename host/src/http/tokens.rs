@@ -242,13 +242,21 @@ impl Verifier {
         let (alg, key) = match (self.keys.get(kid), self.link_keys.get(kid)) {
             (Some((alg, key)), _) => (*alg, key),
             (None, Some(key)) => (Algorithm::HS256, key),
-            (None, None) if self.revoked.iter().any(|k| k == kid) => return Err(format!("key {kid:?} was revoked")),
-            (None, None) => return Err(format!("unknown key {kid:?}")),
+            (None, None) => return Err(self.no_key(kid)),
         };
         match jsonwebtoken::crypto::verify(sig, url_message(path, exp).as_bytes(), key, alg) {
             Ok(true) => Ok(Grant { subject: "signed link".into(), rules: vec![(Pattern::Exact(path.to_string()), Action::Read.bit())] }),
             Ok(false) => Err("the signature does not match this path and expiry".into()),
             Err(_) => Err("the signature is malformed".into()),
+        }
+    }
+
+    /// Why `kid` verifies nothing: revoked, or never known.
+    fn no_key(&self, kid: &str) -> String {
+        if self.revoked.iter().any(|k| k == kid) {
+            format!("key {kid:?} was revoked")
+        } else {
+            format!("unknown key {kid:?}")
         }
     }
 
@@ -273,10 +281,7 @@ impl Verifier {
         let header = jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
         let kid = header.kid.ok_or("the token names no key (kid)")?;
         let Some((alg, key)) = self.keys.get(&kid) else {
-            if self.revoked.contains(&kid) {
-                return Err(format!("key {kid:?} was revoked"));
-            }
-            return Err(format!("unknown key {kid:?}"));
+            return Err(self.no_key(&kid));
         };
         if header.alg != *alg {
             return Err(format!("the token is signed with {:?}, but key {kid:?} is {alg:?}", header.alg));

@@ -6,7 +6,7 @@
 //! with the reason at once; its request goes no further.
 
 use crate::http::tokens::{looks_like_jwt, KeySet, KeyState, PublicKey, Verifier};
-use crate::http::{text_response, Request, Response, TokenDigest, WriteAccess};
+use crate::http::{bearer_token, text_response, Request, Response, TokenDigest, WriteAccess};
 use crate::store::{Store, StoreError};
 use crate::task::AbortOnDrop;
 use std::sync::{Arc, Mutex};
@@ -190,17 +190,10 @@ impl Keys {
         if access != WriteAccess::Denied {
             return Ok(access);
         }
-        let token = header.and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| {
-            let (scheme, token) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-        });
-        let Some(token) = token.filter(|t| looks_like_jwt(t)) else {
+        let Some(token) = header.and_then(bearer_token).filter(|t| looks_like_jwt(t)) else {
             return Ok(access);
         };
-        let verifier = self.verifier().await.map_err(|e| {
-            tracing::warn!(cause = %e, "reading the key set");
-            crate::http::retry_later(503, "the key set cannot be read right now; retry")
-        })?;
+        let verifier = self.verifier().await.map_err(key_set_unreadable)?;
         let mut verified = verifier.verify(token);
         if let (Err(why), Some(jwks)) = (&verified, &self.jwks) {
             // A key published since the last fetch: fetch again, at most
@@ -224,6 +217,12 @@ impl Keys {
             }
         }
     }
+}
+
+/// The answer when the key set cannot be read (the store failed).
+fn key_set_unreadable(e: StoreError) -> Response {
+    tracing::warn!(cause = %e, "reading the key set");
+    crate::http::retry_later(503, "the key set cannot be read right now; retry")
 }
 
 /// The query parameter a GET or HEAD may carry its token in (for `<img>`).
@@ -284,10 +283,7 @@ impl Keys {
     async fn judge_link(&self, raw_path: &str, link: &SignedLink) -> Result<WriteAccess, Response> {
         let refused = |why: &str| text_response(403, &format!("the signed link was refused: {why}"));
         let path = turserver_worker::path::normalise(raw_path).map_err(|e| refused(&e.to_string()))?.path;
-        let verifier = self.verifier().await.map_err(|e| {
-            tracing::warn!(cause = %e, "reading the key set");
-            crate::http::retry_later(503, "the key set cannot be read right now; retry")
-        })?;
+        let verifier = self.verifier().await.map_err(key_set_unreadable)?;
         match verifier.verify_url(&path, &link.exp, &link.kid, &link.sig) {
             Ok(grant) => Ok(WriteAccess::Scoped(Arc::new(grant))),
             Err(why) => Err(refused(&why)),
