@@ -7,7 +7,8 @@
 //! by a test below), so a request's path reads top to bottom:
 //!
 //! - [`app`]: wires every layer: configuration, startup, the public port's
-//!   routes (host endpoints, the key set's), shutdown; the client commands
+//!   routes (host endpoints, the key set's, the change feed), shutdown;
+//!   the client commands
 //!   (`deploy`, `put`, `get`, `ls`, `rm`, `status`, `worker deploy`, `keys`,
 //!   `token issue`, `url sign`).
 //! - `sidecar`: the store over HTTP for workers on Spin (`--sidecar-listen`).
@@ -19,7 +20,8 @@
 //! - `wasm`: engine, compiled-worker cache, instances and reuse, the active
 //!   worker and swaps, the `turserver:store/files` host side and bindings.
 //! - `store`: the libSQL database: reads, writes, uploads, publishing in
-//!   groups, replication and its stats, the background sync and GC, schema.
+//!   groups, the change log, replication and its stats, the background
+//!   sync and GC, schema.
 //! - `http`: the one accept/serve loop for both ports, host responses,
 //!   header names, bearer tokens and signed tokens' rules, lingering
 //!   bodies, the send timeout.

@@ -5,6 +5,7 @@ mod access;
 mod cache;
 mod conformance;
 mod deploy;
+mod feed;
 mod hardening;
 mod local;
 mod operations;

@@ -454,6 +454,15 @@ pub struct ServeArgs {
     #[arg(long, env = "TURSERVER_JWKS_URL")]
     pub jwks_url: Option<String>,
 
+    /// How long the change log (`/_api/changes`, `/_api/events`) keeps a
+    /// change; a cursor older than what is kept gets 410 and must resync.
+    #[arg(long, env = "TURSERVER_CHANGES_KEEP_FOR", default_value = "7d", value_parser = parse_duration)]
+    pub changes_keep_for: Duration,
+
+    /// Most changes the change log keeps (the oldest go first).
+    #[arg(long, env = "TURSERVER_CHANGES_KEEP", default_value_t = 1_000_000)]
+    pub changes_keep: u64,
+
     /// Most concurrent h2 streams on one connection.
     #[arg(long, env = "TURSERVER_H2_MAX_STREAMS", default_value_t = DEFAULT_H2_STREAMS)]
     pub h2_max_streams: u32,
@@ -513,6 +522,9 @@ impl ServeArgs {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 bail!("--jwks-url must start with http:// or https:// (got {url:?})");
             }
+        }
+        if self.changes_keep == 0 {
+            bail!("--changes-keep must be at least 1");
         }
         if self.h2_max_streams == 0 {
             bail!("--h2-max-streams must be at least 1");

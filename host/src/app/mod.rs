@@ -3,11 +3,14 @@
 //!
 //! - `config`: command line and environment, validated up front.
 //! - `routes`: the host's own endpoints, and the rest to the pipeline.
+//! - `feed`: the change feed (`/_api/changes`, `/_api/events`).
+//! - `keys`: the key set's endpoints and signed links.
 //! - `client`: the client commands (`deploy`, `put`, `get`, `ls`, `rm`,
 //!   `status`, `worker deploy`), HTTP clients of a running edge.
 
 mod client;
 mod config;
+mod feed;
 mod keys;
 mod routes;
 
@@ -18,7 +21,7 @@ use crate::http::{self, Connections, Limits, TokenDigest};
 use crate::ops::Metrics;
 use crate::pipeline::{Keys, Pipeline, ResponseCache};
 use crate::sidecar::Sidecar;
-use crate::store::{redact_url, Mode, Store, SyncPlan, Upkeep};
+use crate::store::{redact_url, Mode, Retention, Store, SyncPlan, Upkeep};
 use crate::task::AbortOnDrop;
 use crate::wasm::{Runtime, RuntimeConfig, SiteRulesCache, Workers};
 use anyhow::Context;
@@ -32,6 +35,11 @@ pub(crate) struct App {
     pub pipeline: Pipeline,
     /// Answer `/_turserver/native/{path}` straight from the store.
     pub bench_native: bool,
+    /// Becomes true on shutdown: event streams end then.
+    pub stopping: watch::Receiver<bool>,
+    /// How long a connection may stay silent: long polls answer, and event
+    /// streams send a heartbeat, well within it.
+    pub idle_timeout: std::time::Duration,
 }
 
 /// What keeps running while the host serves; dropped, it stops.
@@ -77,7 +85,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ));
     // A signal while starting ends the server task: stop starting then.
     let (app, running) = tokio::select! {
-        started = start(&args, &routes.metrics, connections, shutdown(stopped)) => started?,
+        started = start(&args, &routes.metrics, connections, stopped.clone(), shutdown(stopped)) => started?,
         ended = &mut server => return ended.context("the server task failed"),
     };
     let _ = routes.app.set(app);
@@ -94,6 +102,7 @@ async fn start(
     args: &ServeArgs,
     metrics: &Metrics,
     connections: Arc<Connections>,
+    stopping: watch::Receiver<bool>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(Arc<App>, Running)> {
     std::fs::create_dir_all(&args.data_dir)
@@ -118,6 +127,7 @@ async fn start(
         interval: args.sync_interval,
         follow_commits: !args.no_commit_stream,
         primary_token: args.primary_token.clone(),
+        changes: Retention { age: args.changes_keep_for, rows: args.changes_keep },
     })?;
 
     let runtime = Arc::new(Runtime::new(RuntimeConfig {
@@ -169,7 +179,7 @@ async fn start(
     let watch = workers.watch(args.worker.clone(), args.sync_interval);
     let sweep = workers.sweep_idle();
     let jwks = pipeline.keys.refresh_jwks();
-    let app = Arc::new(App { pipeline, bench_native: args.bench_native });
+    let app = Arc::new(App { pipeline, bench_native: args.bench_native, stopping, idle_timeout: args.idle_timeout });
     Ok((app, Running { _upkeep: upkeep, _watch: watch, _sweep: sweep, _jwks: jwks, sidecar }))
 }
 

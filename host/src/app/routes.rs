@@ -59,6 +59,8 @@ impl Routes {
             "/_turserver/worker" => deploy_worker(app, req).await,
             path if path == "/_turserver/keys" || path.starts_with("/_turserver/keys/") => super::keys::route(app, req).await,
             "/_api/links" => super::keys::sign_link(app, req).await,
+            "/_api/changes" => super::feed::changes(app, req).await,
+            "/_api/events" => super::feed::events(app, req).await,
             path if app.bench_native && path.starts_with("/_turserver/native/") => native(app, req).await,
             _ => app.pipeline.handle(req).await,
         }

@@ -19,11 +19,14 @@
 //! - `follow`: syncing as the primary commits, from its replication stream.
 //! - `upkeep`: the background sync loops and garbage collector.
 //! - `pool`: idle connections kept for reuse.
+//! - `changes`: the change log: pages after a cursor, waking waiters,
+//!   pruning.
 //! - `schema`: versioned migrations, run through the primary.
 //! - `sql`: rows copied out of statements, with typed getters.
 //! - `paths`: the host's own check of the paths workers write.
 //! - `error`: failures, classified by what a caller should do.
 
+pub(crate) mod changes;
 mod commit;
 mod error;
 mod follow;
@@ -39,6 +42,7 @@ mod upkeep;
 mod upload;
 mod writes;
 
+pub use changes::{Change, ChangePage, FeedError, Retention, MAX_PAGE as MAX_CHANGES_PAGE};
 pub use error::StoreError;
 pub use paths::validate_path;
 pub use reads::Reader;
@@ -90,6 +94,10 @@ pub struct Store {
     /// Changes whenever the local database may have changed (a write here,
     /// or a sync that brought frames): what caches of its content check.
     generation: AtomicU64,
+    /// Tells waiters (the change feed) of each new generation.
+    notify: tokio::sync::watch::Sender<u64>,
+    /// The change log's latest sequence as of a generation.
+    latest_change: tokio::sync::Mutex<Option<(u64, u64)>>,
     /// Replication index after the last sync, to tell whether one changed anything.
     last_frame: AtomicU64,
     /// The site-wide documents (site rules, key set) as of a generation:
@@ -115,6 +123,8 @@ impl Store {
             mode,
             stats: SyncStats::default(),
             generation: AtomicU64::new(0),
+            notify: tokio::sync::watch::Sender::new(0),
+            latest_change: tokio::sync::Mutex::new(None),
             last_frame: AtomicU64::new(0),
             site_cache: Mutex::new((0, Default::default())),
             reads: reads::read_cache(),
@@ -133,7 +143,8 @@ impl Store {
     }
 
     fn changed(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.notify.send_replace(generation);
     }
 
     /// Opens the local database in `data_dir`, creating it if needed.

@@ -150,9 +150,17 @@ async fn publish_in_transaction(
         .chain(removed.iter().map(String::as_str))
         .filter_map(|p| current.get(p).map(|c| c.id))
         .collect();
+    // A replacement is logged as a delete and a put; folded into the put below.
+    let logged_before = match replaced.is_empty() {
+        true => None,
+        false => Some(super::changes::last_seq(&tx).await?),
+    };
     remove_files(&tx, &replaced).await?;
 
     let versions = insert_files(&tx, &going, &current, now).await?;
+    if let Some(before) = logged_before {
+        super::changes::fold_replacements(&tx, before).await?;
+    }
     insert_variants(&tx, &going, &versions).await?;
     let blobs: Vec<i64> = going.iter().flat_map(|s| s.blobs()).collect();
     for group in blobs.chunks(500) {

@@ -55,6 +55,47 @@ const MIGRATIONS: &[&[&str]] = &[&[
         value TEXT NOT NULL,
         updated_at INTEGER NOT NULL
     )",
+], &[
+    // The change log: one row per changed path, written by triggers in the
+    // transaction that changes it, so rows written straight into `files`
+    // on the primary are recorded as well. A replacement made by turserver
+    // (a delete and an insert in one transaction) is folded into one `put`
+    // by the writer. Site-wide documents are logged under
+    // `_turserver/config/{key}`.
+    "CREATE TABLE IF NOT EXISTS changes (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        version INTEGER,
+        at INTEGER NOT NULL DEFAULT (unixepoch())
+    )",
+    "CREATE INDEX IF NOT EXISTS changes_at ON changes (at)",
+    // The highest sequence pruning removed: a cursor below it has missed
+    // changes and must resync.
+    "CREATE TABLE IF NOT EXISTS changes_pruned (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        through INTEGER NOT NULL
+    )",
+    "CREATE TRIGGER IF NOT EXISTS files_insert_logged AFTER INSERT ON files BEGIN
+        INSERT INTO changes (path, kind, version) VALUES (NEW.path, 'put', NEW.id);
+    END",
+    "CREATE TRIGGER IF NOT EXISTS files_update_logged AFTER UPDATE ON files BEGIN
+        INSERT INTO changes (path, kind, version)
+            SELECT OLD.path, 'delete', OLD.id WHERE OLD.path IS NOT NEW.path;
+        INSERT INTO changes (path, kind, version) VALUES (NEW.path, 'put', NEW.id);
+    END",
+    "CREATE TRIGGER IF NOT EXISTS files_delete_logged AFTER DELETE ON files BEGIN
+        INSERT INTO changes (path, kind, version) VALUES (OLD.path, 'delete', OLD.id);
+    END",
+    "CREATE TRIGGER IF NOT EXISTS site_config_insert_logged AFTER INSERT ON site_config BEGIN
+        INSERT INTO changes (path, kind) VALUES ('_turserver/config/' || NEW.key, 'put');
+    END",
+    "CREATE TRIGGER IF NOT EXISTS site_config_update_logged AFTER UPDATE ON site_config BEGIN
+        INSERT INTO changes (path, kind) VALUES ('_turserver/config/' || NEW.key, 'put');
+    END",
+    "CREATE TRIGGER IF NOT EXISTS site_config_delete_logged AFTER DELETE ON site_config BEGIN
+        INSERT INTO changes (path, kind) VALUES ('_turserver/config/' || OLD.key, 'delete');
+    END",
 ]];
 
 /// Brings the schema up to date in one transaction, so edges starting

@@ -1,8 +1,8 @@
 //! Background upkeep of the store: the replica's syncs with the primary
-//! (following its commits, and on an interval), and garbage collection of
-//! uploads whose writer died.
+//! (following its commits, and on an interval), garbage collection of
+//! uploads whose writer died, and pruning of the change log.
 
-use super::{follow, redact_url, Mode, Store};
+use super::{follow, redact_url, Mode, Retention, Store};
 use crate::task::AbortOnDrop;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +17,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const STREAMING_INTERVAL: Duration = Duration::from_secs(30);
 /// How often unfinished uploads are looked for.
 const GC_INTERVAL: Duration = Duration::from_secs(600);
+/// How often the change log is pruned.
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The store's background tasks; they stop when this is dropped.
 pub struct Upkeep(#[allow(dead_code)] Vec<AbortOnDrop>);
@@ -29,11 +31,14 @@ pub struct SyncPlan {
     pub follow_commits: bool,
     /// The primary's token, for the stream (the replica has its own copy).
     pub primary_token: Option<String>,
+    /// How much of the change log is kept.
+    pub changes: Retention,
 }
 
 impl Store {
     /// Starts the replica's syncs (following the primary's commits, with
-    /// the interval loop as fallback) and the garbage collector.
+    /// the interval loop as fallback), the garbage collector and the change
+    /// log's pruning.
     pub fn start_upkeep(self: &Arc<Self>, plan: SyncPlan) -> anyhow::Result<Upkeep> {
         let mut tasks = Vec::new();
         if let Mode::Replica { url } = self.mode() {
@@ -47,6 +52,7 @@ impl Store {
             tasks.push(AbortOnDrop::spawn(sync_loop(self.clone(), plan.interval).instrument(span)));
         }
         tasks.push(AbortOnDrop::spawn(gc_loop(self.clone()).instrument(tracing::info_span!("gc"))));
+        tasks.push(AbortOnDrop::spawn(prune_loop(self.clone(), plan.changes).instrument(tracing::info_span!("changes"))));
         Ok(Upkeep(tasks))
     }
 }
@@ -94,6 +100,22 @@ async fn gc_loop(store: Arc<Store>) {
             Err(e) => tracing::warn!(cause = %format!("{:#}", anyhow::Error::new(e)), "garbage collection failed"),
         }
         tokio::time::sleep(GC_INTERVAL).await;
+    }
+}
+
+/// Prunes the change log now and every [`PRUNE_INTERVAL`]; a replica
+/// waits for its first sync, so it judges by what the primary holds.
+async fn prune_loop(store: Arc<Store>, keep: Retention) {
+    while !store.is_ready() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    loop {
+        match store.prune_changes(keep).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(changes = n, "pruned the change log"),
+            Err(e) => tracing::warn!(cause = %format!("{:#}", anyhow::Error::new(e)), "pruning the change log failed"),
+        }
+        tokio::time::sleep(PRUNE_INTERVAL).await;
     }
 }
 

@@ -96,7 +96,7 @@ pub struct SiteRulesCache {
 }
 
 impl SiteRulesCache {
-    async fn rules(&self, store: &Store) -> Result<Arc<SiteRules>, StoreError> {
+    pub async fn rules(&self, store: &Store) -> Result<Arc<SiteRules>, StoreError> {
         let generation = store.generation();
         if let Some((g, rules)) = &*self.cached.lock().unwrap_or_else(|e| e.into_inner()) {
             if *g == generation {
