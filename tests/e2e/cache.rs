@@ -95,3 +95,86 @@ fn a_swapped_out_worker_is_never_served_from_the_cache() {
         assert_eq!(s.get("/version").text().unwrap(), "v2");
     }
 }
+
+/// Follows `edge`'s change feed until it announces `path` after `since`;
+/// the change's sequence.
+fn announced(edge: &Server, since: u64, path: &str) -> u64 {
+    let mut cursor = since;
+    eventually(Duration::from_secs(30), || {
+        let url = edge.url(&format!("/_api/changes?since={cursor}&wait=2s"));
+        let page: serde_json::Value = client().get(url).bearer_auth(TOKEN).send().unwrap().json().unwrap();
+        cursor = page["next"].as_u64().unwrap();
+        page["changes"].as_array().unwrap().iter().find(|c| c["path"] == path).map(|c| c["seq"].as_u64().unwrap())
+    })
+    .unwrap_or_else(|| panic!("{path} was never announced"))
+}
+
+fn latest_change(edge: &Server) -> u64 {
+    let page: serde_json::Value = client().get(edge.url("/_api/changes?limit=1")).send().unwrap().json().unwrap();
+    page["latest"].as_u64().unwrap()
+}
+
+#[test]
+fn a_synced_change_makes_stale_only_what_read_its_path() {
+    let primary = Sqld::start();
+    let a = Server::replica(&primary, "1s");
+    let b = Server::replica(&primary, "1s");
+    for (path, body) in [("/hot.txt", "one"), ("/other.txt", "other"), ("/docs/index.html", "<p>v1</p>")] {
+        assert_eq!(a.put(path, None, body.as_bytes().to_vec()).status(), 201);
+    }
+    let since = latest_change(&a);
+    announced(&b, since.saturating_sub(3), "docs/index.html");
+    let warm = |path: &str| {
+        let _ = b.get(path);
+        let r = b.get(path);
+        assert_eq!(cache_header(&r), "hit", "{path}");
+    };
+    for path in ["/hot.txt", "/other.txt", "/docs/"] {
+        warm(path);
+    }
+
+    // Replaced on A: once B announces it, B serves the new body, and
+    // what read other paths is still cached.
+    assert_eq!(a.put("/hot.txt", None, b"two".to_vec()).status(), 204);
+    let seq = announced(&b, since, "hot.txt");
+    let r = b.get("/hot.txt");
+    assert_eq!(cache_header(&r), "miss");
+    assert_eq!(r.text().unwrap(), "two");
+    let r = b.get("/other.txt");
+    assert_eq!((cache_header(&r), r.text().unwrap()), ("hit".to_string(), "other".to_string()));
+    assert_eq!(cache_header(&b.get("/docs/")), "hit");
+
+    // A directory's page goes stale with its index file.
+    assert_eq!(a.put("/docs/index.html", None, b"<p>v2</p>".to_vec()).status(), 204);
+    let seq = announced(&b, seq, "docs/index.html");
+    let r = b.get("/docs/");
+    assert_eq!(r.text().unwrap(), "<p>v2</p>");
+    assert_eq!(cache_header(&b.get("/other.txt")), "hit");
+
+    // A file written straight on the primary is invalidated the same way.
+    primary.execute("UPDATE files SET content = ?1, hash = NULL, size = NULL WHERE path = 'other.txt'", vec![libsql::Value::Blob(b"by hand".to_vec())]);
+    let seq = announced(&b, seq, "other.txt");
+    assert_eq!(b.get("/other.txt").text().unwrap(), "by hand");
+
+    // Site rules change every answer: everything is dropped.
+    warm("/hot.txt");
+    let rules = r#"{"cache_control": [{"glob": "*.txt", "value": "public, max-age=5"}]}"#;
+    let r = client().put(a.url("/_api/site")).bearer_auth(TOKEN).body(rules).send().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    announced(&b, seq, "_turserver/config/site");
+    let r = b.get("/hot.txt");
+    assert_eq!(cache_header(&r), "miss");
+    assert_eq!(r.headers()["cache-control"], "public, max-age=5");
+}
+
+#[test]
+fn with_whole_invalidation_any_change_drops_every_entry() {
+    let s = Server::start(TempDir::new("whole").path(), &["--cache-invalidation", "everything"], None);
+    assert_eq!(s.put("/a.txt", None, b"a".to_vec()).status(), 201);
+    let _ = s.get("/a.txt");
+    assert_eq!(cache_header(&s.get("/a.txt")), "hit");
+    assert_eq!(s.put("/b.txt", None, b"b".to_vec()).status(), 201);
+    assert_eq!(cache_header(&s.get("/a.txt")), "miss");
+    let (ok, log) = Server::run_to_exit(TempDir::new("bad-flag").path(), &["--cache-invalidation", "some"]);
+    assert!(!ok && log.contains("paths") && log.contains("everything"), "{log}");
+}

@@ -1,6 +1,7 @@
 //! Command line and environment configuration, validated before anything
 //! binds a socket or opens a database.
 
+use crate::store::Invalidation;
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use std::net::SocketAddr;
@@ -374,6 +375,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TURSERVER_RESPONSE_CACHE_MIB", default_value_t = 64)]
     pub response_cache_mib: u64,
 
+    /// What a change to the store makes stale in the response and read
+    /// caches: `paths` (only what was read from a changed path; anything
+    /// site-wide still drops everything) or `everything`.
+    #[arg(long, env = "TURSERVER_CACHE_INVALIDATION", default_value = "paths", value_parser = parse_invalidation)]
+    pub cache_invalidation: Invalidation,
+
     /// Also answer `/_turserver/native/{path}` straight from the store,
     /// without the worker: for benchmarks that isolate the worker's cost.
     #[arg(long, env = "TURSERVER_BENCH_NATIVE", hide = true)]
@@ -473,6 +480,14 @@ pub struct ServeArgs {
     /// so no single client takes every instance or buffers without bound.
     #[arg(long, env = "TURSERVER_INSTANCES_PER_CONNECTION", default_value_t = DEFAULT_INSTANCES_PER_CONNECTION)]
     pub instances_per_connection: u32,
+}
+
+fn parse_invalidation(s: &str) -> Result<Invalidation, String> {
+    match s {
+        "paths" => Ok(Invalidation::Paths),
+        "everything" => Ok(Invalidation::Everything),
+        _ => Err("expected `paths` or `everything`".into()),
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -119,6 +119,7 @@ async fn start(
     };
     let store = Arc::new(store);
     store.set_max_commit_group(args.commit_group.into());
+    store.set_invalidation(args.cache_invalidation);
     match store.mode() {
         Mode::Local => tracing::info!(data_dir = %args.data_dir.display(), "serving from a local database"),
         Mode::Replica { url } => tracing::info!(primary = %redact_url(url), "serving from an embedded replica"),

@@ -4,13 +4,14 @@
 //!
 //! Entries are keyed by request target, `Accept-Encoding`, `Origin` (CORS
 //! headers depend on it) and worker version (a swapped-in worker never sees
-//! the old one's responses), and
-//! stamped with the store's generation: any change to the local database (a
-//! write here, or a sync that brought frames) makes every older entry stale.
-//! That is coarse (one change anywhere drops everything) but never serves a
-//! replaced or deleted file. Bounded in bytes, least-recently-used first.
+//! the old one's responses), and stamped with the store's generation and
+//! the paths the worker read to make them: an entry goes stale when one of
+//! those paths changes (a write here, or a sync that brought it), or when
+//! anything site-wide does (site rules, keys, the worker); a listing goes
+//! stale with any change. Bounded in bytes, least-recently-used first.
 
 use crate::http::{full_body, headers, Request, Response};
+use crate::store::Reads;
 use crate::wasm::Worker;
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
@@ -31,6 +32,8 @@ pub struct Key {
 
 pub struct Entry {
     pub generation: u64,
+    /// What the worker read to make it.
+    pub reads: Reads,
     pub status: StatusCode,
     pub headers: HeaderMap,
     pub body: Bytes,
@@ -63,9 +66,9 @@ impl ResponseCache {
     }
 
     /// A fresh entry for `key`, if there is one.
-    pub fn get(&self, key: &Key, generation: u64) -> Option<Arc<Entry>> {
+    pub fn get(&self, key: &Key, fresh: impl Fn(&Entry) -> bool) -> Option<Arc<Entry>> {
         match self.entries.get(key) {
-            Some(e) if e.generation == generation => {
+            Some(e) if fresh(&e) => {
                 self.hits.inc();
                 Some(e)
             }
@@ -98,6 +101,8 @@ pub struct Lookup {
     key: Option<Key>,
     generation: u64,
     is_get: bool,
+    /// What the worker reads, recorded while it runs.
+    pub reads: Option<Arc<std::sync::Mutex<Reads>>>,
 }
 
 fn header_text(req: &Request, name: http::header::HeaderName) -> String {
@@ -107,7 +112,7 @@ fn header_text(req: &Request, name: http::header::HeaderName) -> String {
 impl Lookup {
     /// A request the cache does not keep (its response may still be gathered).
     pub fn uncached(is_get: bool) -> Lookup {
-        Lookup { key: None, generation: 0, is_get }
+        Lookup { key: None, generation: 0, is_get, reads: None }
     }
 
     pub fn new(cache: Option<&ResponseCache>, req: &Request, worker: &Worker, generation: u64) -> Lookup {
@@ -117,13 +122,19 @@ impl Lookup {
             origin: header_text(req, http::header::ORIGIN),
             worker: worker.hash.clone(),
         });
-        Lookup { key, generation, is_get: req.method() == http::Method::GET }
+        let reads = key.as_ref().map(|_| Default::default());
+        Lookup { key, generation, is_get: req.method() == http::Method::GET, reads }
     }
 }
 
 /// Pre-process: the cached response, if a fresh one is kept.
-pub fn hit(cache: Option<&ResponseCache>, lookup: &Lookup, head: bool) -> Option<Response> {
-    let entry = cache?.get(lookup.key.as_ref()?, lookup.generation)?;
+pub fn hit(
+    cache: Option<&ResponseCache>,
+    lookup: &Lookup,
+    head: bool,
+    fresh: impl Fn(&Entry) -> bool,
+) -> Option<Response> {
+    let entry = cache?.get(lookup.key.as_ref()?, fresh)?;
     let body = if head { Bytes::new() } else { entry.body.clone() };
     let mut resp = hyper::Response::new(full_body(body));
     *resp.status_mut() = entry.status;
@@ -157,7 +168,14 @@ pub async fn post_process(cache: Option<&ResponseCache>, lookup: Lookup, resp: R
     };
     if let (true, Some(cache), Some(key)) = (cacheable, cache, lookup.key) {
         parts.headers.remove(headers::REQUEST_ID);
-        let entry = Entry { generation: lookup.generation, status: parts.status, headers: parts.headers.clone(), body: bytes.clone() };
+        let reads = lookup.reads.map(|r| std::mem::take(&mut *r.lock().unwrap_or_else(|e| e.into_inner()))).unwrap_or_default();
+        let entry = Entry {
+            generation: lookup.generation,
+            reads,
+            status: parts.status,
+            headers: parts.headers.clone(),
+            body: bytes.clone(),
+        };
         cache.insert(key, entry);
         parts.headers.insert(headers::CACHE, http::HeaderValue::from_static("miss"));
     }
@@ -243,10 +261,16 @@ mod tests {
     fn stale_generations_miss() {
         let c = ResponseCache::new(1 << 20);
         let key = Key { target: "/a".into(), accept_encoding: String::new(), origin: String::new(), worker: "w".into() };
-        let entry = Entry { generation: 1, status: StatusCode::OK, headers: HeaderMap::new(), body: Bytes::from_static(b"x") };
+        let entry = Entry {
+            generation: 1,
+            reads: Reads::default(),
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"x"),
+        };
         c.insert(key.clone(), entry);
-        assert!(c.get(&key, 1).is_some());
-        assert!(c.get(&key, 2).is_none());
+        assert!(c.get(&key, |e| e.generation == 1).is_some());
+        assert!(c.get(&key, |e| e.generation == 2).is_none());
         assert_eq!((c.hits.get(), c.misses.get()), (1, 1));
     }
 }

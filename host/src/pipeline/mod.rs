@@ -53,7 +53,8 @@ impl Pipeline {
         }
         let worker = self.workers.current();
         let lookup = cache::Lookup::new(self.cache.as_ref(), &req, &worker, self.store.generation());
-        if let Some(hit) = cache::hit(self.cache.as_ref(), &lookup, req.method() == hyper::Method::HEAD) {
+        let fresh = |e: &cache::Entry| self.store.is_fresh(e.generation, &e.reads);
+        if let Some(hit) = cache::hit(self.cache.as_ref(), &lookup, req.method() == hyper::Method::HEAD, fresh) {
             return hit;
         }
         let access = match access::take(&mut req, self.write_token.as_ref(), &self.keys).await {
@@ -62,7 +63,9 @@ impl Pipeline {
         };
         let is_get = req.method() == hyper::Method::GET;
         let replay = is_get.then(|| invoke::Replay::of(&req));
-        let resp = invoke::run(&self.workers, worker, req, self.files(access.clone())).await;
+        let mut files = self.files(access.clone());
+        files.reads = lookup.reads.clone();
+        let resp = invoke::run(&self.workers, worker, req, files).await;
         let mut answer = cache::post_process(self.cache.as_ref(), lookup, resp).await;
         // The version the worker chose vanished before anything was sent
         // (replaced or deleted meanwhile): answer from the store as it is
@@ -88,7 +91,14 @@ impl Pipeline {
 
     /// What one run of the worker may do to the store.
     fn files(&self, access: crate::http::WriteAccess) -> FilesCtx {
-        FilesCtx { store: self.store.clone(), site: self.site.clone(), access, max_upload: self.max_upload, progress: None }
+        FilesCtx {
+            store: self.store.clone(),
+            site: self.site.clone(),
+            access,
+            max_upload: self.max_upload,
+            progress: None,
+            reads: None,
+        }
     }
 
     /// Registers the pipeline's metrics.

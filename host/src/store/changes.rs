@@ -95,14 +95,18 @@ impl Store {
                 return Ok(seq);
             }
         }
+        let seq = self.latest_change_uncached().await?;
+        *cached = Some((generation, seq));
+        Ok(seq)
+    }
+
+    pub(super) async fn latest_change_uncached(&self) -> Result<u64, StoreError> {
         let conn = self.conn().await?;
         let rows = query_all(&conn, "SELECT seq FROM sqlite_sequence WHERE name = 'changes'", ())
             .await
-            .map_err(|e| StoreError::read("the change log", e))?;
+            .map_err(|e| StoreError::read("the change log", e));
         self.put_back(conn);
-        let seq = rows.first().map(|r| r.i64(0)).transpose()?.unwrap_or(0).max(0) as u64;
-        *cached = Some((generation, seq));
-        Ok(seq)
+        Ok(rows?.first().map(|r| r.i64(0)).transpose()?.unwrap_or(0).max(0) as u64)
     }
 
     /// The changes after `since` (of paths starting with `prefix`), at

@@ -21,6 +21,8 @@
 //! - `pool`: idle connections kept for reuse.
 //! - `changes`: the change log: pages after a cursor, waking waiters,
 //!   pruning.
+//! - `freshness`: which cached reads a new generation made stale, path by
+//!   path from the change log.
 //! - `schema`: versioned migrations, run through the primary.
 //! - `sql`: rows copied out of statements, with typed getters.
 //! - `paths`: the host's own check of the paths workers write.
@@ -30,6 +32,7 @@ pub(crate) mod changes;
 mod commit;
 mod error;
 mod follow;
+mod freshness;
 mod paths;
 mod pool;
 mod publish;
@@ -44,6 +47,7 @@ mod writes;
 
 pub use changes::{Change, ChangePage, FeedError, Retention, MAX_PAGE as MAX_CHANGES_PAGE};
 pub use error::StoreError;
+pub use freshness::{Invalidation, Reads};
 pub use paths::validate_path;
 pub use reads::Reader;
 pub use replication::{redact_url, SyncSnapshot, SyncStats};
@@ -94,6 +98,8 @@ pub struct Store {
     /// Changes whenever the local database may have changed (a write here,
     /// or a sync that brought frames): what caches of its content check.
     generation: AtomicU64,
+    /// Which cached reads each generation made stale.
+    fresh: freshness::Freshness,
     /// Tells waiters (the change feed) of each new generation.
     notify: tokio::sync::watch::Sender<u64>,
     /// The change log's latest sequence as of a generation.
@@ -123,6 +129,7 @@ impl Store {
             mode,
             stats: SyncStats::default(),
             generation: AtomicU64::new(0),
+            fresh: Default::default(),
             notify: tokio::sync::watch::Sender::new(0),
             latest_change: tokio::sync::Mutex::new(None),
             last_frame: AtomicU64::new(0),
@@ -142,10 +149,6 @@ impl Store {
         self.generation.load(Ordering::Acquire)
     }
 
-    fn changed(&self) {
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.notify.send_replace(generation);
-    }
 
     /// Opens the local database in `data_dir`, creating it if needed.
     pub async fn open_local(data_dir: &Path) -> anyhow::Result<Store> {
@@ -160,6 +163,7 @@ impl Store {
         query_all(&conn, "PRAGMA journal_mode=WAL", ()).await.context("enabling WAL")?;
         schema::migrate(&conn).await?;
         store.put_back(conn);
+        store.start_freshness().await;
         Ok(store)
     }
 

@@ -1,7 +1,7 @@
 //! Reads: metadata, bodies (whole, ranged, chunk by chunk), listings and
 //! the site document, with a cache of metadata and small bodies stamped
-//! with the store's generation, so a hot file costs no SQL and a change is
-//! never served stale.
+//! with the store's generation, so a hot file costs no SQL; an entry goes
+//! stale when its path (or version) changes (see `freshness`).
 
 use super::sql::{query_all, Record};
 use super::{FileMeta, Store, CHUNK_SIZE, MAX_LIST_LIMIT};
@@ -67,7 +67,7 @@ impl Store {
         let generation = self.generation();
         let key = ReadKey::Stat(path.to_string());
         if let Some(ReadEntry::Stat(g, meta)) = self.reads.get(&key) {
-            if g == generation {
+            if self.path_is_fresh(g, path) {
                 return Ok(meta);
             }
         }
@@ -121,7 +121,7 @@ impl Store {
         let key = ReadKey::Body(reader, version, encoding.to_string(), offset, len);
         if small {
             if let Some(ReadEntry::Body(g, bytes)) = self.reads.get(&key) {
-                if g == generation {
+                if self.version_is_fresh(g, version) {
                     return Ok(bytes);
                 }
             }

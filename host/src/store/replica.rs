@@ -91,6 +91,7 @@ impl Store {
             }
         }
         std::fs::write(&marker, url).with_context(|| format!("writing {}", marker.display()))?;
+        store.start_freshness().await;
         Ok(store)
     }
 

@@ -174,7 +174,7 @@ impl Store {
                 self.stats.succeeded(started.elapsed(), r.frame_no());
                 let frame = r.frame_no().unwrap_or(0);
                 if self.last_frame.swap(frame, Ordering::AcqRel) != frame {
-                    self.changed();
+                    self.advance().await;
                 }
                 Ok(r.frame_no())
             }
@@ -235,7 +235,7 @@ impl Store {
     /// sync catches up.
     pub(crate) async fn written(&self) {
         match self.mode {
-            Mode::Local => self.changed(),
+            Mode::Local => self.advance().await,
             Mode::Replica { .. } => {
                 let Some(position) = self.write_position() else {
                     if let Err(e) = self.sync().await {

@@ -12,7 +12,7 @@ use super::bindings::files::{self, Encoded, Error, Expectation, Listing, Metadat
 use super::instance::Progress;
 use crate::http::tokens::Action;
 use crate::http::{Refusal, WriteAccess};
-use crate::store::{Batch, Expect, FileMeta, Store, StoreError, Upload};
+use crate::store::{Batch, Expect, FileMeta, Reads, Store, StoreError, Upload};
 use turserver_worker::site::SiteRules;
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable, ResourceTableError};
@@ -118,6 +118,9 @@ pub struct FilesCtx {
     pub max_upload: u64,
     /// Store calls count as progress for the instance's deadline.
     pub progress: Option<Arc<Progress>>,
+    /// What the worker read, when its response may be cached: the entry
+    /// goes stale when one of these paths changes.
+    pub reads: Option<Arc<std::sync::Mutex<Reads>>>,
 }
 
 /// Marks progress when a store call starts and again when it ends, so a
@@ -299,6 +302,9 @@ impl files::Host for FilesView<'_> {
             return Err(Error::NotFound.into());
         }
         self.ctx.check_read(&path).await?;
+        if let Some(reads) = &self.ctx.reads {
+            reads.lock().unwrap_or_else(|e| e.into_inner()).paths.push(path.clone());
+        }
         match self.ctx.store.stat(&path).await {
             Ok(Some(m)) => Ok(to_metadata(m)),
             Ok(None) => Err(Error::NotFound.into()),
@@ -353,6 +359,9 @@ impl files::Host for FilesView<'_> {
 
     async fn list_files(&mut self, prefix: String, cursor: Option<String>, limit: u32) -> HostResult<Listing> {
         let _progress = self.progressed();
+        if let Some(reads) = &self.ctx.reads {
+            reads.lock().unwrap_or_else(|e| e.into_inner()).listed = true;
+        }
         let (mut files, next_cursor) =
             self.ctx.store.list(&prefix, cursor.as_deref(), limit).await.map_err(|e| to_wit("list", e))?;
         // Private files are listed only to a request that may read them.
