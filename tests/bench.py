@@ -15,6 +15,7 @@ prints one table with each target marked met or not.
     python3 tests/bench.py --writes-only  # only the concurrent-PUT figures
     python3 tests/bench.py --sync-only    # only the sync lag figures
     python3 tests/bench.py --access-only  # only the signed-token read figures
+    python3 tests/bench.py --feed-only    # only the cache-invalidation and change-feed figures
 
 Needs wrk and nginx (Debian: apt-get install wrk nginx-light).
 """
@@ -141,8 +142,8 @@ def put(url, path, data, content_type="application/octet-stream"):
         raise SystemExit(f"PUT {path}: {status} {body[:200]!r}")
 
 
-def wrk(url, conns, seconds, headers=()):
-    extra = [a for h in headers for a in ("-H", h)]
+def wrk(url, conns, seconds, headers=(), script=None):
+    extra = [a for h in headers for a in ("-H", h)] + (["-s", script] if script else [])
     out = subprocess.run(["wrk", "-t2", f"-c{conns}", f"-d{seconds}s", "--latency", *extra, url],
                          capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -718,6 +719,165 @@ def access_checks(public, private, ratio):
     return [("private 1 KiB with a token >= 0.9x public (64 conns)", ratio >= 0.9, f"{ratio:.2f}x")]
 
 
+def metric(url, name):
+    text = http("GET", url + "/metrics")[1].decode()
+    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else 0.0
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def invalidation_bench(binary, primary_url, work, seconds, rounds):
+    """1 KiB GETs at 64 connections over 100 hot files on a replica edge
+    (response cache on) while another edge writes 20 other files per second
+    through the primary: req/s and cache hit rate with per-path
+    invalidation, against the same edge with no writes and an edge that
+    drops its whole cache on every change (`--cache-invalidation
+    everything`, the behaviour before the change log)."""
+    paths_edge, paths_url = start_turserver(binary, os.path.join(work, "inv-paths"), "--primary-url", primary_url)
+    whole_edge, whole_url = start_turserver(binary, os.path.join(work, "inv-whole"), "--primary-url", primary_url,
+                                            "--cache-invalidation", "everything")
+    writer, writer_url = start_turserver(binary, os.path.join(work, "inv-writer"), "--primary-url", primary_url)
+    for i in range(100):
+        put(writer_url, f"hot/{i}.bin", os.urandom(1024))
+    put(writer_url, "hot/ready.bin", b"x")
+    for url in (paths_url, whole_url):
+        deadline = time.time() + 30
+        while http("GET", url + "/hot/ready.bin")[0] != 200:
+            if time.time() > deadline:
+                raise SystemExit("the hot files did not reach the edges")
+            time.sleep(0.1)
+    script = os.path.join(work, "hot.lua")
+    with open(script, "w") as f:
+        f.write('n = 0\nrequest = function()\n  n = n + 1\n  return wrk.format("GET", "/hot/" .. (n % 100) .. ".bin")\nend\n')
+
+    stop = threading.Event()
+    written = [0]
+
+    def write_20_per_second():
+        i = 0
+        while not stop.is_set():
+            started = time.time()
+            put(writer_url, f"other/{i % 1000}.bin", os.urandom(1024))
+            i += 1
+            written[0] += 1
+            time.sleep(max(0.0, 0.05 - (time.time() - started)))
+
+    def measure(url):
+        hits, misses = metric(url, "turserver_response_cache_hits_total"), metric(url, "turserver_response_cache_misses_total")
+        rps = wrk(url + "/", 64, seconds, script=script)[0]
+        dh = metric(url, "turserver_response_cache_hits_total") - hits
+        dm = metric(url, "turserver_response_cache_misses_total") - misses
+        return rps, dh / max(1.0, dh + dm)
+
+    quiet, busy, whole = [], [], []
+    for r in range(rounds):
+        quiet.append(measure(paths_url))
+        stop.clear()
+        t = threading.Thread(target=write_20_per_second, daemon=True)
+        t.start()
+        started, before = time.time(), written[0]
+        runs = [(busy, paths_url), (whole, whole_url)]
+        for out, url in runs[r % 2:] + runs[:r % 2]:
+            out.append(measure(url))
+        rate = (written[0] - before) / (time.time() - started)
+        stop.set()
+        t.join()
+    result = {
+        "quiet_rps": statistics.median(x[0] for x in quiet),
+        "quiet_hits": statistics.median(x[1] for x in quiet),
+        "busy_rps": statistics.median(x[0] for x in busy),
+        "busy_hits": statistics.median(x[1] for x in busy),
+        "whole_rps": statistics.median(x[0] for x in whole),
+        "whole_hits": statistics.median(x[1] for x in whole),
+        "ratio": statistics.median(b[0] / q[0] for b, q in zip(busy, quiet)),
+        "write_rate": rate,
+    }
+    for p in (paths_edge, whole_edge, writer):
+        p.stop()
+    return result
+
+
+def print_invalidation(inv):
+    print(f"cache invalidation, 1 KiB over 100 hot files at 64 conns on a replica edge, another edge writing "
+          f"{inv['write_rate']:.0f} other files/s: no writes {inv['quiet_rps']:.0f} req/s ({inv['quiet_hits']:.1%} hits); "
+          f"per path {inv['busy_rps']:.0f} req/s ({inv['busy_hits']:.1%} hits, {inv['ratio']:.2f}x); "
+          f"whole cache {inv['whole_rps']:.0f} req/s ({inv['whole_hits']:.1%} hits)")
+
+
+def invalidation_checks(inv):
+    return [("hit rate >= 99% while other files are written (per-path invalidation)", inv["busy_hits"] >= 0.99,
+             f"{inv['busy_hits']:.2%}"),
+            ("req/s while other files are written >= 0.9x no writes", inv["ratio"] >= 0.9, f"{inv['ratio']:.2f}x")]
+
+
+def subscribers_bench(binary, work, count):
+    """`count` idle `/_api/events` subscribers on one edge: the memory they
+    hold (anonymous RSS), the CPU the edge spends while nothing changes, and
+    how long one change takes to reach every one of them."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    count = min(count, hard - 512)
+    server, url = start_turserver(binary, os.path.join(work, "subscribers"))
+    put(url, "warm.txt", b"x")
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    time.sleep(1)
+    base = rss_kib(server.p.pid, "RssAnon")
+    socks = []
+    request = f"GET /_api/events HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+    for _ in range(count):
+        s = socket.create_connection((host, int(port)))
+        s.sendall(request)
+        socks.append(s)
+    for s in socks:
+        s.settimeout(30)
+        got = b""
+        while b"following changes" not in got:
+            got += s.recv(4096)
+    time.sleep(2)
+    held = rss_kib(server.p.pid, "RssAnon") - base
+    cpu_before = cpu_seconds(server.p.pid)
+    idle = 10
+    time.sleep(idle)
+    idle_cpu = cpu_seconds(server.p.pid) - cpu_before
+    started = time.time()
+    put(url, "news.txt", b"news")
+    for s in socks:
+        got = b""
+        while b"news.txt" not in got:
+            got += s.recv(65536)
+    fanout = time.time() - started
+    for s in socks:
+        s.close()
+    server.stop()
+    return {"count": count, "held_mib": held / 1024, "per_kib": held / count, "idle_cpu": idle_cpu, "idle": idle,
+            "fanout_s": fanout}
+
+
+def print_subscribers(sub):
+    print(f"{sub['count']} idle event-stream subscribers: {sub['held_mib']:.1f} MiB anonymous RSS "
+          f"({sub['per_kib']:.1f} KiB each), {sub['idle_cpu']:.2f} s CPU over {sub['idle']} s idle, "
+          f"one change reached all in {sub['fanout_s'] * 1000:.0f} ms")
+
+
+def feed_only(binary, sqld, work, seconds, rounds):
+    log("cache invalidation: hot reads while another edge writes")
+    inv = invalidation_bench(binary, start_sqld(sqld, work), work, seconds, rounds)
+    log("10,000 idle event-stream subscribers")
+    sub = subscribers_bench(binary, work, 10_000)
+    print()
+    print_invalidation(inv)
+    print_subscribers(sub)
+    print()
+    for name, ok, figure in invalidation_checks(inv):
+        print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
+
+
 def downloads_only(binary, work, nginx_url, big):
     plain, plain_url = start_turserver(binary, os.path.join(work, "plain"), "--response-cache-mib", "0")
     put(plain_url, "big.bin", big)
@@ -749,11 +909,12 @@ def main():
     ap.add_argument("--sync-only", action="store_true", help="only the sync lag figures (needs sqld, not wrk)")
     ap.add_argument("--downloads-only", action="store_true", help="only the 100 MiB download figures (needs nginx)")
     ap.add_argument("--access-only", action="store_true", help="only the signed-token read figures (needs wrk)")
+    ap.add_argument("--feed-only", action="store_true", help="only the cache-invalidation and change-feed figures (needs wrk, sqld)")
     opts = ap.parse_args()
     seconds = 2 if opts.quick else 4
     rounds = 3 if opts.quick else 5
     lag_writes = 40 if opts.quick else 200
-    for tool in () if opts.deploy_only or opts.sync_only else ("wrk",) if opts.spin_only or opts.writes_only or opts.access_only else ("wrk", "nginx", "curl"):
+    for tool in () if opts.deploy_only or opts.sync_only else ("wrk",) if opts.spin_only or opts.writes_only or opts.access_only or opts.feed_only else ("wrk", "nginx", "curl"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install wrk nginx-light curl")
 
@@ -781,6 +942,8 @@ def main():
         return writes_only(binary, sqld, work, seconds)
     if opts.sync_only:
         return sync_only(binary, sqld, work, lag_writes)
+    if opts.feed_only:
+        return feed_only(binary, sqld, work, seconds, rounds)
     if opts.access_only:
         acc = access_bench(binary, work, seconds, rounds)
         print_access(*acc)
@@ -845,6 +1008,10 @@ def main():
     one_gibs, nginx_gibs, many_gibs, rss_growth, anon_growth = downloads(plain, plain_url, nginx_url, big)
     log("signed-token reads: a private file with a token beside a public one")
     acc = access_bench(binary, work, seconds, rounds)
+    log("cache invalidation: hot reads while another edge writes")
+    inv = invalidation_bench(binary, primary_url, work, seconds, rounds)
+    log("10,000 idle event-stream subscribers")
+    sub = subscribers_bench(binary, work, 10_000)
 
     print()
     print(f"{'test':<16} {'target':<13} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'/nginx':>7} {'/native':>8}")
@@ -860,6 +1027,8 @@ def main():
     print_upload(up)
     print_group_commit(gc)
     print_access(*acc)
+    print_invalidation(inv)
+    print_subscribers(sub)
     if spin_rows:
         print_spin(spin_rows)
     else:
@@ -890,7 +1059,7 @@ def main():
         ("memory growth <= 64 MiB with 16 downloads (anonymous RSS)", anon_growth <= 64,
          f"{anon_growth:.1f} MiB (total RSS {rss_growth:.1f} MiB)"),
         ("edge read p99 < 1 ms at 2 conns (replica)", replica_p99 < 1.0, f"{replica_p99:.2f} ms"),
-    ] + sync_lag_checks(lag) + deploy_checks(dep) + upload_checks(up) + group_commit_checks(gc) + access_checks(*acc) + (spin_checks(spin_rows) if spin_rows else [])
+    ] + sync_lag_checks(lag) + deploy_checks(dep) + upload_checks(up) + group_commit_checks(gc) + access_checks(*acc) + invalidation_checks(inv) + (spin_checks(spin_rows) if spin_rows else [])
     print()
     for name, ok, figure in checks:
         print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")

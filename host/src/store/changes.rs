@@ -78,6 +78,13 @@ pub struct Retention {
 /// Most changes one page returns.
 pub const MAX_PAGE: u32 = 1000;
 
+/// Pages recently read, by (since, latest, prefix, limit).
+pub(super) type Pages = quick_cache::sync::Cache<(u64, u64, String, u32), std::sync::Arc<Vec<Change>>>;
+
+pub(super) fn pages() -> Pages {
+    quick_cache::sync::Cache::new(256)
+}
+
 impl Store {
     /// A receiver that sees a new value whenever the local database may
     /// have changed (a write here, a sync that brought frames).
@@ -118,6 +125,27 @@ impl Store {
             return Ok(ChangePage { changes: Vec::new(), next: since, latest });
         }
         self.check_not_pruned(since).await?;
+        // Subscribers at the same cursor share one read: rows up to
+        // `latest` never change (pruning is checked on every call).
+        let key = (since, latest, prefix.to_string(), limit);
+        let changes = match self.pages.get(&key) {
+            Some(changes) => changes,
+            None => {
+                let changes = std::sync::Arc::new(self.read_changes(since, latest, prefix, limit).await?);
+                self.pages.insert(key, changes.clone());
+                changes
+            }
+        };
+        // Pruning may have run between the check and the read.
+        self.check_not_pruned(since).await?;
+        let next = match changes.last() {
+            Some(last) if changes.len() == limit as usize => last.seq,
+            _ => latest,
+        };
+        Ok(ChangePage { changes: changes.to_vec(), next, latest })
+    }
+
+    async fn read_changes(&self, since: u64, latest: u64, prefix: &str, limit: u32) -> Result<Vec<Change>, StoreError> {
         let conn = self.conn().await?;
         let read = |e| StoreError::read("the change log", e);
         let rows = query_all(
@@ -148,13 +176,7 @@ impl Store {
                 at: row.i64(4)?,
             });
         }
-        // Pruning may have run between the check and the read.
-        self.check_not_pruned(since).await?;
-        let next = match changes.last() {
-            Some(last) if changes.len() == limit as usize => last.seq,
-            _ => latest,
-        };
-        Ok(ChangePage { changes, next, latest })
+        Ok(changes)
     }
 
     /// The oldest sequence pruning kept, when `since` is older than that.
@@ -166,7 +188,20 @@ impl Store {
         Ok(())
     }
 
+    /// The highest sequence pruned, as of the current generation.
     async fn pruned_through(&self) -> Result<u64, StoreError> {
+        let generation = self.generation();
+        if let Some((g, through)) = *self.pruned.lock().expect("poisoned") {
+            if g == generation {
+                return Ok(through);
+            }
+        }
+        let through = self.pruned_through_uncached().await?;
+        *self.pruned.lock().expect("poisoned") = Some((generation, through));
+        Ok(through)
+    }
+
+    async fn pruned_through_uncached(&self) -> Result<u64, StoreError> {
         let conn = self.conn().await?;
         let rows = query_all(&conn, "SELECT through FROM changes_pruned WHERE id = 1", ())
             .await
@@ -195,7 +230,7 @@ impl Store {
         };
         self.put_back(conn);
         let through = by_count.max(by_age);
-        if through <= self.pruned_through().await? as i64 {
+        if through <= self.pruned_through_uncached().await? as i64 {
             return Ok(0);
         }
         let w = |e| StoreError::write("pruning the change log", e);

@@ -104,6 +104,10 @@ pub struct Store {
     notify: tokio::sync::watch::Sender<u64>,
     /// The change log's latest sequence as of a generation.
     latest_change: tokio::sync::Mutex<Option<(u64, u64)>>,
+    /// The change log's pruned sequences as of a generation.
+    pruned: Mutex<Option<(u64, u64)>>,
+    /// Pages of the change log recently read (see `changes`).
+    pages: changes::Pages,
     /// Replication index after the last sync, to tell whether one changed anything.
     last_frame: AtomicU64,
     /// The site-wide documents (site rules, key set) as of a generation:
@@ -132,6 +136,8 @@ impl Store {
             fresh: Default::default(),
             notify: tokio::sync::watch::Sender::new(0),
             latest_change: tokio::sync::Mutex::new(None),
+            pruned: Mutex::new(None),
+            pages: changes::pages(),
             last_frame: AtomicU64::new(0),
             site_cache: Mutex::new((0, Default::default())),
             reads: reads::read_cache(),
