@@ -7,6 +7,7 @@ mod conformance;
 mod deploy;
 mod feed;
 mod hardening;
+mod kv;
 mod local;
 mod operations;
 mod replica;

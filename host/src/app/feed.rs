@@ -13,14 +13,15 @@
 //! sequence kept (an event stream sends a `pruned` event and ends): the
 //! client has missed changes and must resync. A change is shown to whoever
 //! may read its path: private paths (site rules) need a token allowing
-//! `read` there, the host's own (`_turserver/…`: site rules, key set,
-//! worker) the write token.
+//! `read` there, a key-value entry (`_api/kv/{key}`) a token allowing
+//! `read` on that path, the host's own (`_turserver/…`: site rules, key
+//! set, worker) the write token.
 
 use super::App;
 use crate::http::tokens::Action;
 use crate::http::{json_value, text_response, Request, Response, ResponseBody, WriteAccess};
 use crate::pipeline::take_access;
-use crate::store::{Change, ChangePage, FeedError, Store, MAX_CHANGES_PAGE};
+use crate::store::{Change, ChangePage, FeedError, Store, KV_PATH_PREFIX, MAX_CHANGES_PAGE};
 use crate::wasm::SiteRulesCache;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -94,6 +95,9 @@ impl Visibility {
         page.changes
             .into_iter()
             .filter(|c| {
+                if c.path.starts_with(KV_PATH_PREFIX) {
+                    return self.access.check(Action::Read, &c.path).is_ok();
+                }
                 if turserver_protocol::is_reserved(&c.path) {
                     return admin;
                 }

@@ -5,6 +5,7 @@
 //! - `routes`: the host's own endpoints, and the rest to the pipeline.
 //! - `feed`: the change feed (`/_api/changes`, `/_api/events`).
 //! - `keys`: the key set's endpoints and signed links.
+//! - `kv`: the key-value API (`/_api/kv`).
 //! - `client`: the client commands (`deploy`, `put`, `get`, `ls`, `rm`,
 //!   `status`, `worker deploy`), HTTP clients of a running edge.
 
@@ -12,6 +13,7 @@ mod client;
 mod config;
 mod feed;
 mod keys;
+mod kv;
 mod routes;
 
 pub use client::{deploy, deploy_worker, get, keys_add, keys_change, keys_generate, keys_ls, ls, put, rm, status, token_issue, url_sign};

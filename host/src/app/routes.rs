@@ -61,6 +61,7 @@ impl Routes {
             "/_api/links" => super::keys::sign_link(app, req).await,
             "/_api/changes" => super::feed::changes(app, req).await,
             "/_api/events" => super::feed::events(app, req).await,
+            path if path == "/_api/kv" || path.starts_with("/_api/kv/") => super::kv::route(app, req).await,
             path if app.bench_native && path.starts_with("/_turserver/native/") => native(app, req).await,
             _ => app.pipeline.handle(req).await,
         }

@@ -16,6 +16,7 @@ mod consistency;
 mod invoke;
 
 pub use access::{take as take_access, Keys, KEYS_DOCUMENT};
+pub use consistency::{post_process as carry_position, pre_process as wait_for_position};
 pub use cache::ResponseCache;
 
 use crate::http::{Request, Response, TokenDigest};

@@ -175,7 +175,9 @@ impl Store {
             for row in rows {
                 last = row.i64(0).ok()? as u64;
                 let path = row.text(1).ok()?;
-                if turserver_protocol::is_reserved(&path) {
+                // Site-wide documents and the worker change every answer;
+                // a key-value entry only what read it.
+                if turserver_protocol::is_reserved(&path) && !path.starts_with(super::KV_PATH_PREFIX) {
                     return None;
                 }
                 list.push((path, row.opt_i64(2).ok()?.map(|v| v as u64)));

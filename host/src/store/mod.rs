@@ -23,6 +23,7 @@
 //!   pruning.
 //! - `freshness`: which cached reads a new generation made stale, path by
 //!   path from the change log.
+//! - `kv`: key-value entries with expiry and compare-and-set.
 //! - `schema`: versioned migrations, run through the primary.
 //! - `sql`: rows copied out of statements, with typed getters.
 //! - `paths`: the host's own check of the paths workers write.
@@ -33,6 +34,7 @@ mod commit;
 mod error;
 mod follow;
 mod freshness;
+mod kv;
 mod paths;
 mod pool;
 mod publish;
@@ -48,6 +50,7 @@ mod writes;
 pub use changes::{Change, ChangePage, FeedError, Retention, MAX_PAGE as MAX_CHANGES_PAGE};
 pub use error::StoreError;
 pub use freshness::{Invalidation, Reads};
+pub use kv::{validate_key, KvExpect, KV_PATH_PREFIX, MAX_KEYS_PAGE, MAX_VALUE};
 pub use paths::validate_path;
 pub use reads::Reader;
 pub use replication::{redact_url, SyncSnapshot, SyncStats};

@@ -96,6 +96,28 @@ const MIGRATIONS: &[&[&str]] = &[&[
     "CREATE TRIGGER IF NOT EXISTS site_config_delete_logged AFTER DELETE ON site_config BEGIN
         INSERT INTO changes (path, kind) VALUES ('_turserver/config/' || OLD.key, 'delete');
     END",
+], &[
+    // Key-value entries: JSON values (`content_type` NULL) or bytes with a
+    // media type; `version` grows with every write (the ETag); an entry
+    // past `expires_at` reads as absent. Logged as `_api/kv/{key}`.
+    "CREATE TABLE IF NOT EXISTS kv (
+        key TEXT PRIMARY KEY,
+        value BLOB NOT NULL,
+        content_type TEXT,
+        version INTEGER NOT NULL,
+        expires_at INTEGER,
+        updated_at INTEGER NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS kv_expires_at ON kv (expires_at) WHERE expires_at IS NOT NULL",
+    "CREATE TRIGGER IF NOT EXISTS kv_insert_logged AFTER INSERT ON kv BEGIN
+        INSERT INTO changes (path, kind, version) VALUES ('_api/kv/' || NEW.key, 'put', NEW.version);
+    END",
+    "CREATE TRIGGER IF NOT EXISTS kv_update_logged AFTER UPDATE ON kv BEGIN
+        INSERT INTO changes (path, kind, version) VALUES ('_api/kv/' || NEW.key, 'put', NEW.version);
+    END",
+    "CREATE TRIGGER IF NOT EXISTS kv_delete_logged AFTER DELETE ON kv BEGIN
+        INSERT INTO changes (path, kind, version) VALUES ('_api/kv/' || OLD.key, 'delete', OLD.version);
+    END",
 ]];
 
 /// Brings the schema up to date in one transaction, so edges starting

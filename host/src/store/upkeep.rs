@@ -1,6 +1,7 @@
 //! Background upkeep of the store: the replica's syncs with the primary
 //! (following its commits, and on an interval), garbage collection of
-//! uploads whose writer died, and pruning of the change log.
+//! uploads whose writer died, pruning of the change log and of expired
+//! keys.
 
 use super::{follow, redact_url, Mode, Retention, Store};
 use crate::task::AbortOnDrop;
@@ -103,7 +104,8 @@ async fn gc_loop(store: Arc<Store>) {
     }
 }
 
-/// Prunes the change log now and every [`PRUNE_INTERVAL`]; a replica
+/// Prunes the change log and removes expired keys now and every
+/// [`PRUNE_INTERVAL`]; a replica
 /// waits for its first sync, so it judges by what the primary holds.
 async fn prune_loop(store: Arc<Store>, keep: Retention) {
     while !store.is_ready() {
@@ -114,6 +116,11 @@ async fn prune_loop(store: Arc<Store>, keep: Retention) {
             Ok(0) => {}
             Ok(n) => tracing::info!(changes = n, "pruned the change log"),
             Err(e) => tracing::warn!(cause = %format!("{:#}", anyhow::Error::new(e)), "pruning the change log failed"),
+        }
+        match store.kv_remove_expired().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(keys = n, "removed expired keys"),
+            Err(e) => tracing::warn!(cause = %format!("{:#}", anyhow::Error::new(e)), "removing expired keys failed"),
         }
         tokio::time::sleep(PRUNE_INTERVAL).await;
     }

@@ -1,0 +1,259 @@
+//! Key-value entries (`kv`), replicated like files: reads are local to the
+//! edge, writes go to the primary in one transaction with their
+//! compare-and-set check. An entry past its `expires_at` reads as absent
+//! everywhere at once (reads compare with the clock); pruning removes it
+//! later. Writes are logged in the change log as `_api/kv/{key}`.
+
+use super::error::StoreError;
+use super::sql::query_all;
+use super::{unix_now, Store};
+use libsql::Value;
+
+/// Longest key, in bytes.
+pub const MAX_KEY: usize = 512;
+/// Largest value, in bytes.
+pub const MAX_VALUE: usize = 1 << 20;
+/// Most keys one listing page returns.
+pub const MAX_KEYS_PAGE: u32 = 1000;
+/// Where the change log and token rules name a key.
+pub const KV_PATH_PREFIX: &str = "_api/kv/";
+
+/// One entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KvEntry {
+    pub key: String,
+    pub value: Vec<u8>,
+    /// None: the value is JSON.
+    pub content_type: Option<String>,
+    /// Grows with every write of the key: its ETag.
+    pub version: u64,
+    pub expires_at: Option<i64>,
+}
+
+/// What a write expects to find (`If-Match`, `If-None-Match: *`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KvExpect {
+    Absent,
+    /// Any live entry (`If-Match: *`).
+    Present,
+    Version(u64),
+}
+
+/// A key the store accepts: 1 to [`MAX_KEY`] bytes, no control characters.
+pub fn validate_key(key: &str) -> Result<(), String> {
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(format!("a key is 1 to {MAX_KEY} bytes (got {})", key.len()));
+    }
+    if key.chars().any(char::is_control) {
+        return Err("a key may not contain control characters".into());
+    }
+    Ok(())
+}
+
+impl Store {
+    /// The live entry at `key`.
+    pub async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
+        let conn = self.conn().await?;
+        let rows = query_all(
+            &conn,
+            "SELECT key, value, content_type, version, expires_at FROM kv \
+             WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+            vec![Value::Text(key.to_string()), Value::Integer(unix_now())],
+        )
+        .await
+        .map_err(|e| StoreError::read("a key-value read", e));
+        self.put_back(conn);
+        let Some(mut row) = rows?.into_iter().next() else { return Ok(None) };
+        Ok(Some(KvEntry {
+            key: row.text(0)?,
+            value: row.take_blob(1)?.unwrap_or_default(),
+            content_type: row.opt_text(2)?,
+            version: row.i64(3)? as u64,
+            expires_at: row.opt_i64(4)?,
+        }))
+    }
+
+    /// Live keys starting with `prefix`, after `cursor`, in order; the
+    /// cursor of the next page.
+    pub async fn kv_list(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: u32,
+    ) -> Result<(Vec<KvEntry>, Option<String>), StoreError> {
+        let limit = limit.clamp(1, MAX_KEYS_PAGE);
+        let conn = self.conn().await?;
+        let rows = query_all(
+            &conn,
+            "SELECT key, version, expires_at FROM kv \
+             WHERE substr(key, 1, length(?1)) = ?1 AND key > ?2 AND (expires_at IS NULL OR expires_at > ?3) \
+             ORDER BY key LIMIT ?4",
+            vec![
+                Value::Text(prefix.to_string()),
+                Value::Text(cursor.unwrap_or_default().to_string()),
+                Value::Integer(unix_now()),
+                Value::Integer(i64::from(limit) + 1),
+            ],
+        )
+        .await
+        .map_err(|e| StoreError::read("a key-value listing", e));
+        self.put_back(conn);
+        let mut out = Vec::new();
+        for row in rows? {
+            out.push(KvEntry {
+                key: row.text(0)?,
+                value: Vec::new(),
+                content_type: None,
+                version: row.i64(1)? as u64,
+                expires_at: row.opt_i64(2)?,
+            });
+        }
+        let next = (out.len() > limit as usize).then(|| {
+            out.truncate(limit as usize);
+            out.last().map(|e| e.key.clone())
+        });
+        Ok((out, next.flatten()))
+    }
+
+    /// Writes `value` at `key` if `expect` holds; the new version and
+    /// whether the key was created (absent or expired before).
+    pub async fn kv_put(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        content_type: Option<&str>,
+        ttl: Option<u64>,
+        expect: Option<&KvExpect>,
+    ) -> Result<(u64, bool), StoreError> {
+        if value.len() > MAX_VALUE {
+            return Err(StoreError::TooLarge(MAX_VALUE as u64));
+        }
+        let w = |e| StoreError::write("a key-value write", e);
+        let now = unix_now();
+        let expires_at = ttl.map(|t| now.saturating_add(t.min(i64::MAX as u64) as i64));
+        let conn = self.conn().await?;
+        let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.map_err(w)?;
+        let (stored, current) = versions(&tx, key, now).await?;
+        if let Err(e) = check(expect, current) {
+            tx.rollback().await.map_err(w)?;
+            self.put_back(conn);
+            return Err(e);
+        }
+        // Versions keep growing past an expiry, so an old ETag never matches.
+        let version = stored.unwrap_or(0) + 1;
+        tx.execute(
+            "INSERT INTO kv (key, value, content_type, version, expires_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, content_type = excluded.content_type, \
+             version = excluded.version, expires_at = excluded.expires_at, updated_at = excluded.updated_at",
+            vec![
+                Value::Text(key.to_string()),
+                Value::Blob(value),
+                content_type.map_or(Value::Null, |c| Value::Text(c.to_string())),
+                Value::Integer(version as i64),
+                expires_at.map_or(Value::Null, Value::Integer),
+                Value::Integer(now),
+            ],
+        )
+        .await
+        .map_err(w)?;
+        tx.commit().await.map_err(w)?;
+        self.put_back(conn);
+        self.written().await;
+        Ok((version, current.is_none()))
+    }
+
+    /// Deletes the live entry at `key` if `expect` holds; false when there
+    /// was none.
+    pub async fn kv_delete(&self, key: &str, expect: Option<&KvExpect>) -> Result<bool, StoreError> {
+        let w = |e| StoreError::write("a key-value delete", e);
+        let now = unix_now();
+        let conn = self.conn().await?;
+        let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.map_err(w)?;
+        let (_, current) = versions(&tx, key, now).await?;
+        let outcome = match check(expect, current) {
+            Err(e) => Err(e),
+            Ok(()) if current.is_none() => Ok(false),
+            Ok(()) => tx.execute("DELETE FROM kv WHERE key = ?1", [key]).await.map(|_| true).map_err(w),
+        };
+        match outcome {
+            Ok(true) => tx.commit().await.map_err(w)?,
+            _ => tx.rollback().await.map_err(w)?,
+        }
+        self.put_back(conn);
+        if let Ok(true) = outcome {
+            self.written().await;
+        }
+        outcome
+    }
+
+    /// Removes entries that expired; how many.
+    pub async fn kv_remove_expired(&self) -> Result<u64, StoreError> {
+        let now = unix_now();
+        let conn = self.conn().await?;
+        let rows = query_all(&conn, "SELECT COUNT(*) FROM kv WHERE expires_at <= ?1", [now])
+            .await
+            .map_err(|e| StoreError::read("expired keys", e));
+        let expired = match rows {
+            Ok(rows) => rows.first().map(|r| r.i64(0)).transpose()?.unwrap_or(0),
+            Err(e) => {
+                self.put_back(conn);
+                return Err(e);
+            }
+        };
+        if expired == 0 {
+            self.put_back(conn);
+            return Ok(0);
+        }
+        let removed = conn
+            .execute("DELETE FROM kv WHERE expires_at <= ?1", [now])
+            .await
+            .map_err(|e| StoreError::write("removing expired keys", e));
+        self.put_back(conn);
+        let removed = removed?;
+        self.written().await;
+        Ok(removed)
+    }
+}
+
+/// The version stored at `key` (expired or not), and the live one, inside
+/// a write transaction.
+async fn versions(conn: &libsql::Connection, key: &str, now: i64) -> Result<(Option<u64>, Option<u64>), StoreError> {
+    let rows = query_all(conn, "SELECT version, expires_at FROM kv WHERE key = ?1", [key])
+        .await
+        .map_err(|e| StoreError::write("reading the current key", e))?;
+    let Some(row) = rows.first() else { return Ok((None, None)) };
+    let version = row.i64(0)? as u64;
+    let live = row.opt_i64(1)?.is_none_or(|at| at > now);
+    Ok((Some(version), live.then_some(version)))
+}
+
+fn check(expect: Option<&KvExpect>, current: Option<u64>) -> Result<(), StoreError> {
+    match (expect, current) {
+        (None, _) | (Some(KvExpect::Absent), None) | (Some(KvExpect::Present), Some(_)) => Ok(()),
+        (Some(KvExpect::Version(v)), Some(c)) if *v == c => Ok(()),
+        _ => Err(StoreError::PreconditionFailed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked() {
+        assert!(validate_key("flags/beta").is_ok());
+        assert!(validate_key("").is_err());
+        assert!(validate_key(&"k".repeat(MAX_KEY + 1)).is_err());
+        assert!(validate_key("a\nb").is_err());
+    }
+
+    #[test]
+    fn compare_and_set() {
+        assert!(check(None, Some(3)).is_ok());
+        assert!(check(Some(&KvExpect::Absent), None).is_ok());
+        assert!(check(Some(&KvExpect::Absent), Some(1)).is_err());
+        assert!(check(Some(&KvExpect::Version(2)), Some(2)).is_ok());
+        assert!(check(Some(&KvExpect::Version(2)), Some(3)).is_err());
+        assert!(check(Some(&KvExpect::Version(2)), None).is_err());
+    }
+}
