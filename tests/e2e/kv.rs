@@ -156,3 +156,43 @@ fn an_entry_written_on_one_edge_is_read_on_another_without_dropping_its_cache() 
     // ... and a key-value write leaves the file cache as it was.
     assert_eq!(b.get("/page.txt").headers()["turserver-cache"], "hit");
 }
+
+#[test]
+fn a_worker_reads_and_writes_entries_through_the_wit() {
+    let dir = TempDir::new("kv-worker");
+    let worker = test_worker("v1");
+    let s = Server::start(&dir.path().join("data"), &["--worker", worker.to_str().unwrap()], None);
+
+    // Concurrent increments through the worker's compare-and-set: none lost.
+    let url = s.url("/kv/incr/hits");
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || {
+                for _ in 0..10 {
+                    let r = client().get(&url).send().unwrap();
+                    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let r = kv(reqwest::Method::GET, &s, "hits").send().unwrap();
+    let doc: serde_json::Value = r.json().unwrap();
+    assert_eq!(doc["value"], 40, "{doc}");
+    assert_eq!(doc["version"], 40, "{doc}");
+
+    // An entry written over HTTP is what the worker reads; its cached
+    // answer goes stale when the entry changes.
+    assert_eq!(s.get("/kv/get/flag").status(), 404);
+    assert_eq!(json_put(&s, "flag", r#"{"value": "on"}"#).send().unwrap().status(), 201);
+    assert_eq!(s.get("/kv/get/flag").text().unwrap(), "\"on\"");
+    let r = s.get("/kv/get/flag");
+    assert_eq!(r.headers()["turserver-cache"], "hit");
+    assert_eq!(json_put(&s, "flag", r#"{"value": "off"}"#).send().unwrap().status(), 204);
+    let r = s.get("/kv/get/flag");
+    assert_eq!(r.headers()["turserver-cache"], "miss");
+    assert_eq!(r.text().unwrap(), "\"off\"");
+}

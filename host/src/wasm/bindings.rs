@@ -1,10 +1,10 @@
-//! The one `bindgen!` of the host: the `turserver:store/files` interface the
-//! worker imports. The worker's `wasi:http` export is driven through
+//! The one `bindgen!` of the host: the `turserver:store/files` and
+//! `turserver:store/kv` interfaces the worker imports. The worker's `wasi:http` export is driven through
 //! `wasmtime_wasi_http`'s own bindings.
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    interfaces: "import turserver:store/files@0.1.4;",
+    interfaces: "import turserver:store/files@0.1.5; import turserver:store/kv@0.1.5;",
     imports: { default: async | trappable },
     // The sidecar carries these values as JSON.
     additional_derives: [serde::Serialize, serde::Deserialize],
@@ -21,4 +21,4 @@ wasmtime::component::bindgen!({
     },
 });
 
-pub use turserver::store::files;
+pub use turserver::store::{files, kv};

@@ -9,7 +9,7 @@
 //! `deadline` without progress (see [`super::instance`]).
 
 use super::artifacts::ArtifactCache;
-use super::bindings::files;
+use super::bindings::{files, kv};
 use super::files::FilesView;
 use super::instance::{declares_stateless, RequestState, Worker};
 use prometheus_client::metrics::counter::Counter;
@@ -146,6 +146,11 @@ impl Runtime {
             table: &mut s.table,
         })
         .context("linking turserver:store/files")?;
+        kv::add_to_linker::<_, FilesData>(&mut linker, |s: &mut RequestState| FilesView {
+            ctx: &mut s.files,
+            table: &mut s.table,
+        })
+        .context("linking turserver:store/kv")?;
         let cache = cache_dir.map(|dir| ArtifactCache::new(dir, &engine));
         Ok(Runtime {
             engine,

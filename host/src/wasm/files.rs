@@ -125,7 +125,7 @@ pub struct FilesCtx {
 
 /// Marks progress when a store call starts and again when it ends, so a
 /// slow database never counts against the worker's deadline.
-struct ProgressGuard(Option<Arc<Progress>>);
+pub(super) struct ProgressGuard(Option<Arc<Progress>>);
 
 impl Drop for ProgressGuard {
     fn drop(&mut self) {
@@ -136,7 +136,7 @@ impl Drop for ProgressGuard {
 }
 
 impl FilesView<'_> {
-    fn progressed(&self) -> ProgressGuard {
+    pub(super) fn progressed(&self) -> ProgressGuard {
         if let Some(p) = &self.ctx.progress {
             p.touch();
         }

@@ -1,6 +1,6 @@
 //! The wasm layer: the engine, compiled workers and their on-disk cache,
 //! instances (pooled slots, deadlines, reuse), the active worker and its
-//! swaps, and the host side of `turserver:store/files` with its bindings.
+//! swaps, and the host side of `turserver:store/files` and `kv` with their bindings.
 //! It runs a request through a worker and says why one failed; what status
 //! that gives is the request pipeline's business.
 //!
@@ -9,6 +9,7 @@
 //! - `instance`: per-request Stores, instance reuse, deadlines, [`Invoked`].
 //! - `workers`: the active worker, hot swaps (file, database), deploys.
 //! - `files`: the host side of `turserver:store/files`.
+//! - `kv`: the host side of `turserver:store/kv` (key-value entries).
 //! - `bindings`: the only `bindgen!`.
 
 mod artifacts;
@@ -16,6 +17,7 @@ mod bindings;
 mod engine;
 mod files;
 mod instance;
+mod kv;
 mod workers;
 
 /// The generated `turserver:store/files` interface (its types and host traits).

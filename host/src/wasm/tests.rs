@@ -40,7 +40,7 @@ const ERROR: &str = "variant error { not-found, unauthorized, forbidden, too-lar
 fn workers_built_against_earlier_files_versions_still_link() {
     let runtime = Runtime::new(test_config(16 << 20)).unwrap();
     // 0.1.0 had no `authorize`; 0.1.1 added it; 0.1.2 added `send`; 0.1.3 `check-write`;
-    // 0.1.4 `batch.remove`.
+    // 0.1.4 `batch.remove`; 0.1.5 the `kv` interface.
     let v010 = worker_importing(
         "0.1.0",
         &format!("{ERROR} read: func(version: u64, encoding: string, offset: u64, len: u64) -> result<list<u8>, error>;"),
@@ -57,6 +57,15 @@ fn workers_built_against_earlier_files_versions_still_link() {
     runtime.load(&v010).expect("a 0.1.0 worker links");
     runtime.load(&v011).expect("a 0.1.1 worker links");
     runtime.load(&v013).expect("a 0.1.3 worker links");
+    // A 0.1.4 worker imports no `kv` at all.
+    let v014 = worker_importing(
+        "0.1.4",
+        &format!(
+            "{ERROR} resource batch {{ remove: func(path: string) -> result<_, error>; }} \
+             begin-batch: func() -> result<batch, error>;"
+        ),
+    );
+    runtime.load(&v014).expect("a 0.1.4 worker links");
 
     // The checks can fail: another major version, or a function this
     // host lacks, is refused.

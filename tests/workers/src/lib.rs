@@ -7,6 +7,10 @@
 //! - `/count`: how many requests this instance has served (it keeps a
 //!   global: built as `stateless*`, it declares itself stateless all the
 //!   same, which shows when the host reuses an instance);
+//! - `/kv/get/{key}`: the key-value entry's value (404 when absent);
+//! - `/kv/incr/{key}`: adds one to the entry (a JSON number), with a
+//!   compare-and-set that retries when another request got there first,
+//!   and answers the new count (not cached);
 //! - anything else: 200 `ok`.
 
 #[cfg(target_arch = "wasm32")]
@@ -18,6 +22,25 @@ mod wasm {
     });
 
     use exports::wasi::http::incoming_handler::Guest;
+    use turserver::store::kv;
+
+    /// Adds one to the counter at `key`; retries while other writers win.
+    fn increment(key: &str) -> Result<u64, turserver::store::files::Error> {
+        loop {
+            let (next, expect) = match kv::get(key)? {
+                Some(e) => {
+                    let n: u64 = String::from_utf8_lossy(&e.value).trim().parse().unwrap_or(0);
+                    (n + 1, kv::Expectation::Version(e.version))
+                }
+                None => (1, kv::Expectation::Absent),
+            };
+            match kv::set(key, next.to_string().as_bytes(), None, None, Some(expect)) {
+                Ok(_) => return Ok(next),
+                Err(turserver::store::files::Error::PreconditionFailed) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
     use wasi::http::types::{Fields, IncomingRequest, OutgoingBody, OutgoingResponse, ResponseOutparam};
 
     const VERSION: &str = match option_env!("TEST_WORKER_VERSION") {
@@ -39,7 +62,29 @@ mod wasm {
         fn handle(request: IncomingRequest, out: ResponseOutparam) {
             let path = request.path_with_query().unwrap_or_default();
             let served = SERVED.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let (mut status, mut cache) = (200, "max-age=60");
             let body = match path.as_str() {
+                p if p.starts_with("/kv/get/") => match kv::get(&p["/kv/get/".len()..]) {
+                    Ok(Some(entry)) => String::from_utf8_lossy(&entry.value).to_string(),
+                    Ok(None) => {
+                        status = 404;
+                        "absent".to_string()
+                    }
+                    Err(e) => {
+                        status = 500;
+                        format!("{e:?}")
+                    }
+                },
+                p if p.starts_with("/kv/incr/") => {
+                    cache = "no-store";
+                    match increment(&p["/kv/incr/".len()..]) {
+                        Ok(n) => n.to_string(),
+                        Err(e) => {
+                            status = 500;
+                            format!("{e:?}")
+                        }
+                    }
+                }
                 "/version" => VERSION.to_string(),
                 "/trap" => panic!("trapping on purpose"),
                 "/loop" => loop {
@@ -59,10 +104,11 @@ mod wasm {
                 ("content-type".to_string(), b"text/plain".to_vec()),
                 ("content-length".to_string(), body.len().to_string().into_bytes()),
                 // Cacheable, so the host's response cache is exercised across swaps.
-                ("cache-control".to_string(), b"max-age=60".to_vec()),
+                ("cache-control".to_string(), cache.as_bytes().to_vec()),
             ])
             .unwrap();
             let resp = OutgoingResponse::new(headers);
+            resp.set_status_code(status).unwrap();
             let body_handle = resp.body().unwrap();
             ResponseOutparam::set(out, Ok(resp));
             let stream = body_handle.write().unwrap();
