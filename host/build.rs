@@ -46,6 +46,8 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&spin_dir)?;
     write(&spin_dir.join("turserver-spin.wasm"), &compose(&worker, &adapter_spin)?)?;
     write(&spin_dir.join("turserver-wasi.wasm"), &compose(&worker, &adapter_env)?)?;
+    // For composing other workers with it (the tests' own).
+    write(&spin_dir.join("store-adapter-env.wasm"), &adapter_env)?;
 
     // A prebuilt worker can stand in for the embedded one (e.g. for packaging).
     let embedded = match std::env::var("TURSERVER_WORKER_WASM") {

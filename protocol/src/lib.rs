@@ -109,6 +109,21 @@ pub enum Expectation {
     Hash(String),
 }
 
+/// What a key-value write expects (the WIT `kv.expectation`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvExpectation {
+    Absent,
+    Present,
+    Version(u64),
+}
+
+/// Headers of a `kv-get` answer, whose body is the value (204: absent).
+pub const KV_VERSION_HEADER: &str = "turserver-kv-version";
+/// When the entry expires (Unix seconds), if it does.
+pub const KV_EXPIRES_HEADER: &str = "turserver-kv-expires";
+/// The value's media type; absent for JSON.
+pub const KV_TYPE_HEADER: &str = "turserver-kv-type";
+
 /// One sidecar call, as the adapter sends it and the host parses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -126,17 +141,26 @@ pub enum Request {
     SetSiteConfig,
     /// Whether the client's credentials allow writes.
     CheckWrite,
+    /// Key-value calls (added with kv@0.1.5); a set's body is the value.
+    KvGet { key: String },
+    KvSet { key: String, content_type: Option<String>, ttl: Option<u64>, expect: Option<KvExpectation> },
+    KvDelete { key: String, expect: Option<KvExpectation> },
+    KvList { prefix: String, cursor: Option<String>, limit: u32 },
 }
 
 impl Request {
     pub fn method(&self) -> &'static str {
         match self {
-            Request::Stat { .. } | Request::Read { .. } | Request::List { .. } | Request::SiteConfig | Request::CheckWrite => {
-                "GET"
-            }
-            Request::Upload { .. } | Request::SetSiteConfig => "PUT",
+            Request::Stat { .. }
+            | Request::Read { .. }
+            | Request::List { .. }
+            | Request::SiteConfig
+            | Request::CheckWrite
+            | Request::KvGet { .. }
+            | Request::KvList { .. } => "GET",
+            Request::Upload { .. } | Request::SetSiteConfig | Request::KvSet { .. } => "PUT",
             Request::Batch => "POST",
-            Request::Delete { .. } => "DELETE",
+            Request::Delete { .. } | Request::KvDelete { .. } => "DELETE",
         }
     }
 
@@ -159,6 +183,8 @@ impl Request {
             Request::Delete { .. } => "file",
             Request::SiteConfig | Request::SetSiteConfig => "site-config",
             Request::CheckWrite => "check-write",
+            Request::KvGet { .. } | Request::KvSet { .. } | Request::KvDelete { .. } => "kv",
+            Request::KvList { .. } => "kv-list",
         }
     }
 
@@ -202,6 +228,33 @@ impl Request {
                     query.append_pair("expect", &e);
                 }
             }
+            Request::KvGet { key } => {
+                query.append_pair("key", key);
+            }
+            Request::KvSet { key, content_type, ttl, expect: e } => {
+                query.append_pair("key", key);
+                if let Some(ct) = content_type {
+                    query.append_pair("content-type", ct);
+                }
+                if let Some(t) = ttl {
+                    query.append_pair("ttl", &t.to_string());
+                }
+                if let Some(e) = e {
+                    query.append_pair("expect", &serde_json::to_string(e).unwrap_or_default());
+                }
+            }
+            Request::KvDelete { key, expect: e } => {
+                query.append_pair("key", key);
+                if let Some(e) = e {
+                    query.append_pair("expect", &serde_json::to_string(e).unwrap_or_default());
+                }
+            }
+            Request::KvList { prefix, cursor, limit } => {
+                query.append_pair("prefix", prefix).append_pair("limit", &limit.to_string());
+                if let Some(c) = cursor {
+                    query.append_pair("cursor", c);
+                }
+            }
             Request::Batch | Request::SiteConfig | Request::SetSiteConfig | Request::CheckWrite => {}
         }
         let query = query.finish();
@@ -243,6 +296,19 @@ impl Request {
             ("GET", "/v1/site-config") => Request::SiteConfig,
             ("PUT", "/v1/site-config") => Request::SetSiteConfig,
             ("GET", "/v1/check-write") => Request::CheckWrite,
+            ("GET", "/v1/kv") => Request::KvGet { key: q.text("key")? },
+            ("PUT", "/v1/kv") => Request::KvSet {
+                key: q.text("key")?,
+                content_type: q.get("content-type").map(str::to_string),
+                ttl: q.get("ttl").map(|_| q.number("ttl")).transpose()?,
+                expect: q.json("expect")?,
+            },
+            ("DELETE", "/v1/kv") => Request::KvDelete { key: q.text("key")?, expect: q.json("expect")? },
+            ("GET", "/v1/kv-list") => Request::KvList {
+                prefix: q.get("prefix").unwrap_or_default().to_string(),
+                cursor: q.get("cursor").map(str::to_string),
+                limit: q.number("limit")?.min(u64::from(u32::MAX)) as u32,
+            },
             _ => return Err(Error::Invalid(format!("no sidecar call {method} {path}"))),
         })
     }
@@ -272,8 +338,12 @@ impl Query {
     }
 
     fn expect(&self) -> Result<Option<Expectation>, Error> {
-        self.get("expect")
-            .map(|e| serde_json::from_str(e).map_err(|e| Error::Invalid(format!("bad expect: {e}"))))
+        self.json("expect")
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, Error> {
+        self.get(name)
+            .map(|e| serde_json::from_str(e).map_err(|e| Error::Invalid(format!("bad {name}: {e}"))))
             .transpose()
     }
 }
@@ -470,6 +540,17 @@ mod tests {
             Request::SiteConfig,
             Request::SetSiteConfig,
             Request::CheckWrite,
+            Request::KvGet { key: "flags/a b&c".into() },
+            Request::KvSet {
+                key: "k".into(),
+                content_type: Some("image/png".into()),
+                ttl: Some(60),
+                expect: Some(KvExpectation::Version(3)),
+            },
+            Request::KvSet { key: "k".into(), content_type: None, ttl: None, expect: Some(KvExpectation::Present) },
+            Request::KvDelete { key: "k".into(), expect: Some(KvExpectation::Absent) },
+            Request::KvDelete { key: "k".into(), expect: None },
+            Request::KvList { prefix: "a/".into(), cursor: Some("a/b".into()), limit: 10 },
         ];
         for call in calls {
             let target = call.target("/store");

@@ -396,3 +396,22 @@ fn spin_manifest_names_what_its_build_makes() {
         }
     }
 }
+
+#[test]
+fn a_worker_reaches_key_value_entries_through_the_adapter() {
+    let edge = sidecar_server("kv-sidecar", &[]);
+    let composed = with_adapter(&test_worker("v1"));
+    let url = format!("http://{}", edge.sidecar_addr());
+    let worker = WasmtimeServe::start(&composed, &[("TURSERVER_SIDECAR_URL", &url), ("TURSERVER_SIDECAR_TOKEN", SIDECAR_TOKEN)]);
+    let c = client();
+    let counts: Vec<String> = (0..3).map(|_| c.get(worker.url("/kv/incr/visits")).send().unwrap().text().unwrap()).collect();
+    assert_eq!(counts, ["1", "2", "3"]);
+    // The edge's own API sees what the worker wrote, and the other way round.
+    let doc: serde_json::Value = c.get(edge.url("/_api/kv/visits")).bearer_auth(TOKEN).send().unwrap().json().unwrap();
+    assert_eq!((doc["value"].as_u64(), doc["version"].as_u64()), (Some(3), Some(3)), "{doc}");
+    let r = c.put(edge.url("/_api/kv/cfg")).bearer_auth(TOKEN).body(r#"{"value": {"mode": "dark"}}"#).send().unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(c.get(worker.url("/kv/get/cfg")).send().unwrap().text().unwrap(), r#"{"mode":"dark"}"#);
+    let r = c.get(worker.url("/kv/get/none")).send().unwrap();
+    assert_eq!(r.status(), 404);
+}

@@ -500,6 +500,23 @@ pub fn test_worker(version: &str) -> PathBuf {
     out
 }
 
+/// `worker` with its store imports satisfied by the store adapter that is
+/// configured by environment variables (what the build does for the
+/// default worker), written beside it.
+pub fn with_adapter(worker: &Path) -> PathBuf {
+    use wac_graph::{types::Package, CompositionGraph, EncodeOptions};
+    let adapter = std::fs::read(target_dir().join("spin/store-adapter-env.wasm")).expect("the build wrote the adapter");
+    let mut graph = CompositionGraph::new();
+    let w = Package::from_bytes("test:worker", None, std::fs::read(worker).unwrap(), graph.types_mut()).unwrap();
+    let w = graph.register_package(w).unwrap();
+    let a = Package::from_bytes("turserver:store-adapter", None, adapter, graph.types_mut()).unwrap();
+    let a = graph.register_package(a).unwrap();
+    wac_graph::plug(&mut graph, vec![a], w).expect("plugging the adapter into the worker");
+    let out = worker.with_extension("composed.wasm");
+    std::fs::write(&out, graph.encode(EncodeOptions::default()).unwrap()).unwrap();
+    out
+}
+
 /// Replaces `dest` atomically with the content of `src` (write, then rename).
 pub fn install_file(src: &Path, dest: &Path) {
     let tmp = dest.with_extension("tmp");

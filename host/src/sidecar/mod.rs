@@ -1,4 +1,4 @@
-//! The replica sidecar: `turserver:store/files` over HTTP, for workers that
+//! The replica sidecar: `turserver:store/files` and `kv` over HTTP, for workers that
 //! run in another runtime (Spin) and reach this host's replica through the
 //! store adapter (`worker/adapter`).
 //!
@@ -17,6 +17,7 @@
 use crate::http::{self, no_content, response, Handler, RequestBody, Response, TokenDigest};
 use crate::pipeline::Keys;
 use crate::store::Store;
+use crate::wasm::kv_wit;
 use crate::wasm::wit::{self, Error, HostBatch, HostUpload};
 use crate::wasm::{FilesCtx, FilesError, FilesView, SiteRulesCache};
 use http_body_util::BodyExt;
@@ -25,7 +26,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
-use turserver_protocol::{FrameReader, Piece, Request as Call, StatAnswer, CLIENT_AUTHORIZATION};
+use turserver_protocol::{
+    FrameReader, Piece, Request as Call, StatAnswer, CLIENT_AUTHORIZATION, KV_EXPIRES_HEADER, KV_TYPE_HEADER,
+    KV_VERSION_HEADER,
+};
 use wasmtime::component::{Resource, ResourceTable};
 
 /// What the sidecar shares between requests.
@@ -113,7 +117,45 @@ impl Sidecar {
                 check(wit::Host::set_site_config(&mut view, json).await)?;
                 Ok(no_content())
             }
+            Call::KvGet { key } => Ok(match check(kv_wit::Host::get(&mut view, key).await)? {
+                Some(entry) => {
+                    let mut resp = response(200, Some("application/octet-stream"), entry.value);
+                    let h = resp.headers_mut();
+                    h.insert(KV_VERSION_HEADER, ::http::HeaderValue::from(entry.version));
+                    if let Some(at) = entry.expires {
+                        h.insert(KV_EXPIRES_HEADER, ::http::HeaderValue::from(at));
+                    }
+                    if let Some(ct) = entry.content_type.and_then(|ct| ::http::HeaderValue::from_str(&ct).ok()) {
+                        h.insert(KV_TYPE_HEADER, ct);
+                    }
+                    resp
+                }
+                None => no_content(),
+            }),
+            Call::KvSet { key, content_type, ttl, expect } => {
+                let limited = http_body_util::Limited::new(body, crate::store::MAX_VALUE);
+                let value = match limited.collect().await {
+                    Ok(b) => b.to_bytes().to_vec(),
+                    Err(_) => return Err(Error::TooLarge(crate::store::MAX_VALUE as u64)),
+                };
+                let version = check(kv_wit::Host::set(&mut view, key, value, content_type, ttl, expect.map(kv_expect)).await)?;
+                Ok(http::json_value(200, &version))
+            }
+            Call::KvDelete { key, expect } => {
+                Ok(http::json_value(200, &check(kv_wit::Host::delete(&mut view, key, expect.map(kv_expect)).await)?))
+            }
+            Call::KvList { prefix, cursor, limit } => {
+                Ok(http::json_value(200, &check(kv_wit::Host::list_keys(&mut view, prefix, cursor, limit).await)?))
+            }
         }
+    }
+}
+
+fn kv_expect(e: turserver_protocol::KvExpectation) -> kv_wit::Expectation {
+    match e {
+        turserver_protocol::KvExpectation::Absent => kv_wit::Expectation::Absent,
+        turserver_protocol::KvExpectation::Present => kv_wit::Expectation::Present,
+        turserver_protocol::KvExpectation::Version(v) => kv_wit::Expectation::Version(v),
     }
 }
 

@@ -22,6 +22,7 @@ mod workers;
 
 /// The generated `turserver:store/files` interface (its types and host traits).
 pub use bindings::files as wit;
+pub use bindings::kv as kv_wit;
 pub use engine::{Runtime, RuntimeConfig};
 pub use files::{FilesCtx, FilesError, FilesView, SiteRulesCache};
 pub use instance::{InvokeError, Invoked, Worker};

@@ -26,6 +26,7 @@ use turserver_protocol::{self as protocol, Request as Call};
 use exports::turserver::store::files::{
     self as api, Error, Expectation, Guest, GuestBatch, GuestUpload, Listing, Metadata, Written,
 };
+use exports::turserver::store::kv;
 use std::cell::RefCell;
 use wasi::http::outgoing_handler;
 use wasi::http::types::{
@@ -345,6 +346,58 @@ impl Guest for Adapter {
 
     fn check_write() -> Result<(), Error> {
         call(Call::CheckWrite).map(drop)
+    }
+}
+
+fn wire_kv_expect(expect: Option<kv::Expectation>) -> Option<protocol::KvExpectation> {
+    expect.map(|e| match e {
+        kv::Expectation::Absent => protocol::KvExpectation::Absent,
+        kv::Expectation::Present => protocol::KvExpectation::Present,
+        kv::Expectation::Version(v) => protocol::KvExpectation::Version(v),
+    })
+}
+
+impl kv::Guest for Adapter {
+    fn get(key: String) -> Result<Option<kv::Entry>, Error> {
+        let pending = start(&Call::KvGet { key }, false)?;
+        let sidecar = pending.sidecar.clone();
+        let (status, headers, body) = pending.answer(true)?;
+        let header = |name: &str| {
+            headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).and_then(|(_, v)| std::str::from_utf8(v).ok())
+        };
+        match status {
+            204 => Ok(None),
+            200 => Ok(Some(kv::Entry {
+                value: body,
+                content_type: header(protocol::KV_TYPE_HEADER).map(str::to_string),
+                version: header(protocol::KV_VERSION_HEADER)
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| Error::Internal("the sidecar's entry has no version".into()))?,
+                expires: header(protocol::KV_EXPIRES_HEADER).and_then(|v| v.parse().ok()),
+            })),
+            _ => Err(serde_json::from_slice::<Error>(&body)
+                .unwrap_or_else(|_| Error::Unavailable(format!("the store sidecar at {sidecar} answered {status}")))),
+        }
+    }
+
+    fn set(
+        key: String,
+        value: Vec<u8>,
+        content_type: Option<String>,
+        ttl: Option<u64>,
+        expect: Option<kv::Expectation>,
+    ) -> Result<u64, Error> {
+        let pending = start(&Call::KvSet { key, content_type, ttl, expect: wire_kv_expect(expect) }, false)?;
+        let sent = pending.send(&value).is_ok();
+        json(decode(pending, sent)?.1)
+    }
+
+    fn delete(key: String, expect: Option<kv::Expectation>) -> Result<bool, Error> {
+        json(call_body(Call::KvDelete { key, expect: wire_kv_expect(expect) })?)
+    }
+
+    fn list_keys(prefix: String, cursor: Option<String>, limit: u32) -> Result<(Vec<String>, Option<String>), Error> {
+        json(call_body(Call::KvList { prefix, cursor, limit })?)
     }
 }
 
