@@ -21,6 +21,7 @@ Needs wrk and nginx (Debian: apt-get install wrk nginx-light).
 """
 
 import argparse
+import base64
 import collections
 import io
 import json
@@ -733,24 +734,23 @@ def cpu_seconds(pid):
 
 def invalidation_bench(binary, primary_url, work, seconds, rounds):
     """1 KiB GETs at 64 connections over 100 hot files on a replica edge
-    (response cache on) while another edge writes 20 other files per second
-    through the primary: req/s and cache hit rate with per-path
+    (response cache on) while a client of the primary writes 20 other files
+    per second into it: req/s and cache hit rate with per-path
     invalidation, against the same edge with no writes and an edge that
     drops its whole cache on every change (`--cache-invalidation
     everything`, the behaviour before the change log)."""
     paths_edge, paths_url = start_turserver(binary, os.path.join(work, "inv-paths"), "--primary-url", primary_url)
     whole_edge, whole_url = start_turserver(binary, os.path.join(work, "inv-whole"), "--primary-url", primary_url,
                                             "--cache-invalidation", "everything")
-    writer, writer_url = start_turserver(binary, os.path.join(work, "inv-writer"), "--primary-url", primary_url)
     # A control: the same files on an edge whose data no write touches, so
     # what the writes cost the machine (the writer, sqld) shows apart from
     # what they cost the cache.
     control, control_url = start_turserver(binary, os.path.join(work, "inv-control"))
     for i in range(100):
         data = os.urandom(1024)
-        put(writer_url, f"hot/{i}.bin", data)
+        put(paths_url, f"hot/{i}.bin", data)
         put(control_url, f"hot/{i}.bin", data)
-    put(writer_url, "hot/ready.bin", b"x")
+    put(paths_url, "hot/ready.bin", b"x")
     for url in (paths_url, whole_url):
         deadline = time.time() + 30
         while http("GET", url + "/hot/ready.bin")[0] != 200:
@@ -765,10 +765,17 @@ def invalidation_bench(binary, primary_url, work, seconds, rounds):
     written = [0]
 
     def write_20_per_second():
+        # Straight to the primary (its HTTP API), as any client of it would.
         i = 0
         while not stop.is_set():
             started = time.time()
-            put(writer_url, f"other/{i % 1000}.bin", os.urandom(1024))
+            stmt = {"sql": "INSERT OR REPLACE INTO files (path, content, content_type) VALUES (?, ?, 'application/octet-stream')",
+                    "args": [{"type": "text", "value": f"other/{i % 1000}.bin"},
+                             {"type": "blob", "base64": base64.b64encode(os.urandom(1024)).decode()}]}
+            body = json.dumps({"requests": [{"type": "execute", "stmt": stmt}, {"type": "close"}]}).encode()
+            status, answer, _ = http("POST", primary_url + "/v2/pipeline", body, {"Content-Type": "application/json"})
+            if status != 200 or b'"error"' in answer:
+                raise SystemExit(f"writing to the primary: {status} {answer[:200]!r}")
             i += 1
             written[0] += 1
             time.sleep(max(0.0, 0.05 - (time.time() - started)))
@@ -805,13 +812,13 @@ def invalidation_bench(binary, primary_url, work, seconds, rounds):
         "control_ratio": statistics.median(b[0] / q[0] for b, q in zip(control_busy, control_quiet)),
         "write_rate": rate,
     }
-    for p in (paths_edge, whole_edge, writer, control):
+    for p in (paths_edge, whole_edge, control):
         p.stop()
     return result
 
 
 def print_invalidation(inv):
-    print(f"cache invalidation, 1 KiB over 100 hot files at 64 conns on a replica edge, another edge writing "
+    print(f"cache invalidation, 1 KiB over 100 hot files at 64 conns on a replica edge, a client of the primary writing "
           f"{inv['write_rate']:.0f} other files/s: no writes {inv['quiet_rps']:.0f} req/s ({inv['quiet_hits']:.1%} hits); "
           f"per path {inv['busy_rps']:.0f} req/s ({inv['busy_hits']:.1%} hits, {inv['ratio']:.2f}x); "
           f"whole cache {inv['whole_rps']:.0f} req/s ({inv['whole_hits']:.1%} hits); an edge the writes do not "
@@ -824,6 +831,27 @@ def invalidation_checks(inv):
             ("req/s while other files are written >= 0.9x no writes", inv["ratio"] >= 0.9, f"{inv['ratio']:.2f}x"),
             ("the same, against an edge the writes do not reach (the machine's share) >= 0.9x",
              inv["ratio"] / inv["control_ratio"] >= 0.9, f"{inv['ratio'] / inv['control_ratio']:.2f}x")]
+
+
+def kv_read_bench(binary, primary_url, work, seconds):
+    """Key-value reads on a replica edge at 2 connections: p50 and p99."""
+    edge, url = start_turserver(binary, os.path.join(work, "kv-edge"), "--primary-url", primary_url)
+    auth = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+    status, body, _ = http("PUT", f"{url}/_api/kv/flags/site", b'{"value": {"beta": true, "pct": 25}}', auth)
+    if status not in (201, 204):
+        raise SystemExit(f"kv PUT: {status} {body[:200]!r}")
+    rps, p50, p99 = wrk(f"{url}/_api/kv/flags/site", 2, seconds, (f"Authorization: Bearer {TOKEN}",))
+    edge.stop()
+    return {"rps": rps, "p50": p50, "p99": p99}
+
+
+def print_kv(kv):
+    print(f"key-value reads on a replica edge, 2 conns: {kv['rps']:.0f} req/s, p50 {kv['p50']:.2f} ms, "
+          f"p99 {kv['p99']:.2f} ms")
+
+
+def kv_checks(kv):
+    return [("key-value read p99 < 1 ms at 2 conns (replica)", kv["p99"] < 1.0, f"{kv['p99']:.2f} ms")]
 
 
 def subscribers_bench(binary, work, count):
@@ -877,15 +905,19 @@ def print_subscribers(sub):
 
 
 def feed_only(binary, sqld, work, seconds, rounds):
-    log("cache invalidation: hot reads while another edge writes")
-    inv = invalidation_bench(binary, start_sqld(sqld, work), work, seconds, rounds)
+    primary_url = start_sqld(sqld, work)
+    log("cache invalidation: hot reads while other files are written on the primary")
+    inv = invalidation_bench(binary, primary_url, work, seconds, rounds)
+    log("key-value reads")
+    kv = kv_read_bench(binary, primary_url, work, seconds)
     log("10,000 idle event-stream subscribers")
     sub = subscribers_bench(binary, work, 10_000)
     print()
     print_invalidation(inv)
+    print_kv(kv)
     print_subscribers(sub)
     print()
-    for name, ok, figure in invalidation_checks(inv):
+    for name, ok, figure in invalidation_checks(inv) + kv_checks(kv):
         print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
 
 
@@ -1019,8 +1051,10 @@ def main():
     one_gibs, nginx_gibs, many_gibs, rss_growth, anon_growth = downloads(plain, plain_url, nginx_url, big)
     log("signed-token reads: a private file with a token beside a public one")
     acc = access_bench(binary, work, seconds, rounds)
-    log("cache invalidation: hot reads while another edge writes")
+    log("cache invalidation: hot reads while other files are written on the primary")
     inv = invalidation_bench(binary, primary_url, work, seconds, rounds)
+    log("key-value reads")
+    kv = kv_read_bench(binary, primary_url, work, seconds)
     log("10,000 idle event-stream subscribers")
     sub = subscribers_bench(binary, work, 10_000)
 
@@ -1039,6 +1073,7 @@ def main():
     print_group_commit(gc)
     print_access(*acc)
     print_invalidation(inv)
+    print_kv(kv)
     print_subscribers(sub)
     if spin_rows:
         print_spin(spin_rows)
@@ -1070,7 +1105,7 @@ def main():
         ("memory growth <= 64 MiB with 16 downloads (anonymous RSS)", anon_growth <= 64,
          f"{anon_growth:.1f} MiB (total RSS {rss_growth:.1f} MiB)"),
         ("edge read p99 < 1 ms at 2 conns (replica)", replica_p99 < 1.0, f"{replica_p99:.2f} ms"),
-    ] + sync_lag_checks(lag) + deploy_checks(dep) + upload_checks(up) + group_commit_checks(gc) + access_checks(*acc) + invalidation_checks(inv) + (spin_checks(spin_rows) if spin_rows else [])
+    ] + sync_lag_checks(lag) + deploy_checks(dep) + upload_checks(up) + group_commit_checks(gc) + access_checks(*acc) + invalidation_checks(inv) + kv_checks(kv) + (spin_checks(spin_rows) if spin_rows else [])
     print()
     for name, ok, figure in checks:
         print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")

@@ -68,7 +68,12 @@ fn entries_have_versions_expiry_and_compare_and_set() {
 
     // Expiry: absent once the ttl passes, to reads, listings and
     // create-only writes alike.
-    let r = json_put(&edge, "session/x", r#"{"value": "s", "ttl": 1}"#).send().unwrap();
+    // As `curl --data` sends it: the form type it adds on its own is JSON here.
+    let r = kv(reqwest::Method::PUT, &edge, "session/x")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(r#"{"value": "s", "ttl": 1}"#)
+        .send()
+        .unwrap();
     assert_eq!(r.status(), 201);
     let doc: serde_json::Value = kv(reqwest::Method::GET, &edge, "session/x").send().unwrap().json().unwrap();
     assert!(doc["expires"].as_i64().is_some(), "{doc}");

@@ -2,8 +2,9 @@
 //! every edge (Workers KV's shape, over REST).
 //!
 //! - `PUT /_api/kv/{key}` with `{"value": <any JSON>, "ttl"?: seconds}`
-//!   (`Content-Type: application/json` or none), or raw bytes with any
-//!   other `Content-Type` (`?ttl=` then): 201 created, 204 replaced.
+//!   (`Content-Type: application/json`, none, or curl's default form
+//!   type), or raw bytes with any other `Content-Type` (`?ttl=` then): 201
+//!   created, 204 replaced.
 //!   `If-Match: "<version>"` (or `*`) and `If-None-Match: *` make it a
 //!   compare-and-set, checked in the writing transaction: 412 otherwise.
 //! - `GET /_api/kv/{key}`: `{"key", "value", "found": true}` (a raw value
@@ -184,8 +185,10 @@ async fn put(app: &App, key: &str, req: Request) -> Response {
         .headers()
         .get(hyper::header::CONTENT_TYPE)
         .map(|v| v.to_str().map(str::to_string).unwrap_or_default());
+    // curl's `--data` sends the form type on its own: taken as JSON too.
     let json = content_type.as_deref().is_none_or(|ct| {
-        ct.split(';').next().unwrap_or_default().trim().eq_ignore_ascii_case("application/json")
+        let ct = ct.split(';').next().unwrap_or_default().trim();
+        ct.eq_ignore_ascii_case("application/json") || ct.eq_ignore_ascii_case("application/x-www-form-urlencoded")
     });
     let query_ttl = match ttl_param(&req) {
         Ok(t) => t,
