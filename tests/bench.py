@@ -904,14 +904,19 @@ def print_subscribers(sub):
           f"one change reached all in {sub['fanout_s'] * 1000:.0f} ms")
 
 
-def feed_only(binary, sqld, work, seconds, rounds):
-    primary_url = start_sqld(sqld, work)
+def change_log_figures(binary, primary_url, work, seconds, rounds):
+    """The change log's figures: invalidation, key-value reads, subscribers."""
     log("cache invalidation: hot reads while other files are written on the primary")
     inv = invalidation_bench(binary, primary_url, work, seconds, rounds)
     log("key-value reads")
     kv = kv_read_bench(binary, primary_url, work, seconds)
     log("10,000 idle event-stream subscribers")
     sub = subscribers_bench(binary, work, 10_000)
+    return inv, kv, sub
+
+
+def feed_only(binary, sqld, work, seconds, rounds):
+    inv, kv, sub = change_log_figures(binary, start_sqld(sqld, work), work, seconds, rounds)
     print()
     print_invalidation(inv)
     print_kv(kv)
@@ -1051,12 +1056,7 @@ def main():
     one_gibs, nginx_gibs, many_gibs, rss_growth, anon_growth = downloads(plain, plain_url, nginx_url, big)
     log("signed-token reads: a private file with a token beside a public one")
     acc = access_bench(binary, work, seconds, rounds)
-    log("cache invalidation: hot reads while other files are written on the primary")
-    inv = invalidation_bench(binary, primary_url, work, seconds, rounds)
-    log("key-value reads")
-    kv = kv_read_bench(binary, primary_url, work, seconds)
-    log("10,000 idle event-stream subscribers")
-    sub = subscribers_bench(binary, work, 10_000)
+    inv, kv, sub = change_log_figures(binary, primary_url, work, seconds, rounds)
 
     print()
     print(f"{'test':<16} {'target':<13} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'/nginx':>7} {'/native':>8}")
