@@ -282,10 +282,14 @@ fn the_feed_shows_a_change_only_to_whoever_may_read_its_path() {
         assert_eq!(status, 200, "{page}");
         rows(&page).into_iter().map(|c| c.2).collect()
     };
+    // A deployed worker is logged too (it is a row under `_turserver/`).
+    let worker = std::fs::read(test_worker("v1")).unwrap();
+    let r = client().put(edge.url("/_turserver/worker")).bearer_auth(TOKEN).body(worker).send().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
     assert_eq!(paths(None), ["public.txt"]);
     let reader = issue(&key, &["members/**:read"], "10m");
     assert_eq!(paths(Some(&reader)), ["members/a.txt", "public.txt"]);
-    assert_eq!(paths(Some(TOKEN)), ["_turserver/config/site", "members/a.txt", "public.txt"]);
+    assert_eq!(paths(Some(TOKEN)), ["_turserver/config/site", "members/a.txt", "public.txt", "_turserver/worker.wasm"]);
     // A token that is not the write token sees what anyone sees; a signed
     // token that fails verification is refused with the reason.
     assert_eq!(paths(Some("not-a-token")), ["public.txt"]);
