@@ -200,4 +200,12 @@ fn a_worker_reads_and_writes_entries_through_the_wit() {
     let r = s.get("/kv/get/flag");
     assert_eq!(r.headers()["turserver-cache"], "miss");
     assert_eq!(r.text().unwrap(), "\"off\"");
+
+    // An entry set with a ttl through the WIT expires for the worker too,
+    // cached answer included, though no write marks it.
+    assert_eq!(s.get("/kv/set-briefly/brief").status(), 200);
+    assert_eq!(s.get("/kv/get/brief").text().unwrap(), "\"short\"");
+    assert_eq!(s.get("/kv/get/brief").headers()["turserver-cache"], "hit");
+    eventually(Duration::from_secs(10), || (s.get("/kv/get/brief").status() == 404).then_some(()))
+        .expect("the entry expires, and the cached answer with it");
 }

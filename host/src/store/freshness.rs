@@ -26,6 +26,19 @@ pub struct Reads {
     pub paths: Vec<String>,
     /// A listing was read: any change of a path makes it stale.
     pub listed: bool,
+    /// The earliest expiry (Unix seconds) of the key-value entries read:
+    /// stale from then on, though no write marks it.
+    pub expires: Option<i64>,
+}
+
+impl Reads {
+    /// Records a key-value entry read, with its expiry if it has one.
+    pub fn read_entry(&mut self, path: String, expires: Option<i64>) {
+        self.paths.push(path);
+        if let Some(at) = expires {
+            self.expires = Some(self.expires.map_or(at, |e| e.min(at)));
+        }
+    }
 }
 
 /// How caches are invalidated (`--cache-invalidation`).
@@ -103,6 +116,9 @@ impl Store {
 
     /// Whether an entry stamped at `stamp` that read `reads` is fresh.
     pub fn is_fresh(&self, stamp: u64, reads: &Reads) -> bool {
+        if reads.expires.is_some_and(|at| super::unix_now() >= at) {
+            return false;
+        }
         if stamp == self.generation() {
             return true;
         }
@@ -201,7 +217,7 @@ mod tests {
         let mut s = State::default();
         s.mark(2, Changed::Some(vec![("a".into(), Some(7))]));
         let fresh = |s: &State, stamp: u64, paths: &[&str], listed: bool| {
-            s.is_fresh(stamp, &Reads { paths: paths.iter().map(|p| p.to_string()).collect(), listed })
+            s.is_fresh(stamp, &Reads { paths: paths.iter().map(|p| p.to_string()).collect(), listed, expires: None })
         };
         assert!(!fresh(&s, 1, &["a"], false));
         assert!(!fresh(&s, 1, &["b", "a"], false));

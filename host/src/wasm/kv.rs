@@ -1,7 +1,7 @@
 //! The `turserver:store/kv` host side: key-value entries for workers. A
 //! worker is the site's own code, so its calls are not checked against the
 //! request's token (the HTTP API at `/_api/kv` is). What a worker reads
-//! makes its cached response stale when the entry changes.
+//! makes its cached response stale when the entry changes or expires.
 
 use super::bindings::files::Error;
 use super::bindings::kv::{self, Entry, Expectation};
@@ -26,10 +26,11 @@ impl kv::Host for FilesView<'_> {
     async fn get(&mut self, key: String) -> HostResult<Option<Entry>> {
         let _progress = self.progressed();
         checked(&key)?;
-        if let Some(reads) = &self.ctx.reads {
-            reads.lock().unwrap_or_else(|e| e.into_inner()).paths.push(format!("{KV_PATH_PREFIX}{key}"));
-        }
         let entry = self.ctx.store.kv_get(&key).await.map_err(|e| to_wit("kv get", e))?;
+        if let Some(reads) = &self.ctx.reads {
+            let expires = entry.as_ref().and_then(|e| e.expires_at);
+            reads.lock().unwrap_or_else(|e| e.into_inner()).read_entry(format!("{KV_PATH_PREFIX}{key}"), expires);
+        }
         Ok(entry.map(|e| Entry {
             value: e.value,
             content_type: e.content_type,

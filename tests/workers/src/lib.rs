@@ -8,6 +8,7 @@
 //!   global: built as `stateless*`, it declares itself stateless all the
 //!   same, which shows when the host reuses an instance);
 //! - `/kv/get/{key}`: the key-value entry's value (404 when absent);
+//! - `/kv/set-briefly/{key}`: sets the entry to `"short"` for three seconds;
 //! - `/kv/incr/{key}`: adds one to the entry (a JSON number), with a
 //!   compare-and-set that retries when another request got there first,
 //!   and answers the new count (not cached);
@@ -75,6 +76,16 @@ mod wasm {
                         format!("{e:?}")
                     }
                 },
+                p if p.starts_with("/kv/set-briefly/") => {
+                    cache = "no-store";
+                    match kv::set(&p["/kv/set-briefly/".len()..], b"\"short\"", None, Some(3), None) {
+                        Ok(version) => version.to_string(),
+                        Err(e) => {
+                            status = 500;
+                            format!("{e:?}")
+                        }
+                    }
+                }
                 p if p.starts_with("/kv/incr/") => {
                     cache = "no-store";
                     match increment(&p["/kv/incr/".len()..]) {
