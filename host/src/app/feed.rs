@@ -224,7 +224,7 @@ pub(super) async fn events(app: &App, mut req: Request) -> Response {
         },
     };
     // A cursor already pruned is refused before the stream starts.
-    match store.changes_after(cursor, 1, &q.prefix).await {
+    match store.check_cursor(cursor).await {
         Ok(_) => {}
         Err(FeedError::Pruned { oldest }) => return pruned(oldest),
         Err(FeedError::Store(e)) => return failed(e),

@@ -108,12 +108,8 @@ impl Store {
     }
 
     pub(super) async fn latest_change_uncached(&self) -> Result<u64, StoreError> {
-        let conn = self.conn().await?;
-        let rows = query_all(&conn, "SELECT seq FROM sqlite_sequence WHERE name = 'changes'", ())
-            .await
-            .map_err(|e| StoreError::read("the change log", e));
-        self.put_back(conn);
-        Ok(rows?.first().map(|r| r.i64(0)).transpose()?.unwrap_or(0).max(0) as u64)
+        let seq = self.read_i64("the change log", "SELECT seq FROM sqlite_sequence WHERE name = 'changes'", ()).await?;
+        Ok(seq.max(0) as u64)
     }
 
     /// The changes after `since` (of paths starting with `prefix`), at
@@ -124,7 +120,7 @@ impl Store {
         if since >= latest {
             return Ok(ChangePage { changes: Vec::new(), next: since, latest });
         }
-        self.check_not_pruned(since).await?;
+        self.check_cursor(since).await?;
         // Subscribers at the same cursor share one read: rows up to
         // `latest` never change (pruning is checked on every call).
         let key = (since, latest, prefix.to_string(), limit);
@@ -137,7 +133,7 @@ impl Store {
             }
         };
         // Pruning may have run between the check and the read.
-        self.check_not_pruned(since).await?;
+        self.check_cursor(since).await?;
         let next = match changes.last() {
             Some(last) if changes.len() == limit as usize => last.seq,
             _ => latest,
@@ -179,8 +175,9 @@ impl Store {
         Ok(changes)
     }
 
-    /// The oldest sequence pruning kept, when `since` is older than that.
-    async fn check_not_pruned(&self, since: u64) -> Result<(), FeedError> {
+    /// Whether changes after `since` are all still kept: `Pruned` with the
+    /// oldest sequence kept when they are not.
+    pub async fn check_cursor(&self, since: u64) -> Result<(), FeedError> {
         let through = self.pruned_through().await?;
         if since < through {
             return Err(FeedError::Pruned { oldest: through + 1 });
@@ -201,13 +198,9 @@ impl Store {
         Ok(through)
     }
 
-    async fn pruned_through_uncached(&self) -> Result<u64, StoreError> {
-        let conn = self.conn().await?;
-        let rows = query_all(&conn, "SELECT through FROM changes_pruned WHERE id = 1", ())
-            .await
-            .map_err(|e| StoreError::read("the change log", e));
-        self.put_back(conn);
-        Ok(rows?.first().map(|r| r.i64(0)).transpose()?.unwrap_or(0).max(0) as u64)
+    pub(super) async fn pruned_through_uncached(&self) -> Result<u64, StoreError> {
+        let through = self.read_i64("the change log", "SELECT through FROM changes_pruned WHERE id = 1", ()).await?;
+        Ok(through.max(0) as u64)
     }
 
     /// Removes changes older than `keep.age`, and all but the latest
@@ -218,17 +211,7 @@ impl Store {
         let latest = self.latest_change().await? as i64;
         let by_count = latest.saturating_sub(keep.rows.min(i64::MAX as u64) as i64);
         let cutoff_at = unix_now().saturating_sub(keep.age.as_secs().min(i64::MAX as u64) as i64);
-        let conn = self.conn().await?;
-        let read = |e| StoreError::read("the change log", e);
-        let rows = query_all(&conn, "SELECT COALESCE(MAX(seq), 0) FROM changes WHERE at < ?1", [cutoff_at]).await.map_err(read);
-        let by_age = match rows {
-            Ok(rows) => rows.first().map(|r| r.i64(0)).transpose()?.unwrap_or(0),
-            Err(e) => {
-                self.put_back(conn);
-                return Err(e);
-            }
-        };
-        self.put_back(conn);
+        let by_age = self.read_i64("the change log", "SELECT MAX(seq) FROM changes WHERE at < ?1", [cutoff_at]).await?;
         let through = by_count.max(by_age);
         if through <= self.pruned_through_uncached().await? as i64 {
             return Ok(0);

@@ -171,8 +171,8 @@ impl Store {
     /// The paths the log says changed after `seen`, and the new `seen`.
     async fn changed_since(&self, seen: u64) -> (Changed, u64) {
         let described = async {
+            let pruned = self.pruned_through_uncached().await.ok()?;
             let conn = self.conn().await.ok()?;
-            let pruned = query_all(&conn, "SELECT through FROM changes_pruned WHERE id = 1", ()).await;
             let rows = query_all(
                 &conn,
                 "SELECT seq, path, version FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
@@ -180,10 +180,9 @@ impl Store {
             )
             .await;
             self.put_back(conn);
-            let pruned = pruned.ok()?.first().map(|r| r.i64(0)).transpose().ok()?.unwrap_or(0);
             let rows = rows.ok()?;
             // Changes this edge never saw were pruned, or too many to list.
-            if pruned > seen as i64 || rows.len() > MAX_DESCRIBED as usize {
+            if pruned > seen || rows.len() > MAX_DESCRIBED as usize {
                 return None;
             }
             let mut last = seen;

@@ -82,14 +82,17 @@ impl Store {
         limit: u32,
     ) -> Result<(Vec<KvEntry>, Option<String>), StoreError> {
         let limit = limit.clamp(1, MAX_KEYS_PAGE);
+        // A range on the key (as file listings do), so the index serves it.
+        let upper = super::reads::prefix_upper_bound(prefix);
         let conn = self.conn().await?;
         let rows = query_all(
             &conn,
             "SELECT key, version, expires_at FROM kv \
-             WHERE substr(key, 1, length(?1)) = ?1 AND key > ?2 AND (expires_at IS NULL OR expires_at > ?3) \
-             ORDER BY key LIMIT ?4",
+             WHERE key >= ?1 AND (?2 IS NULL OR key < ?2) AND key > ?3 AND (expires_at IS NULL OR expires_at > ?4) \
+             ORDER BY key LIMIT ?5",
             vec![
                 Value::Text(prefix.to_string()),
+                upper.map_or(Value::Null, Value::Text),
                 Value::Text(cursor.unwrap_or_default().to_string()),
                 Value::Integer(unix_now()),
                 Value::Integer(i64::from(limit) + 1),
@@ -108,11 +111,9 @@ impl Store {
                 expires_at: row.opt_i64(2)?,
             });
         }
-        let next = (out.len() > limit as usize).then(|| {
-            out.truncate(limit as usize);
-            out.last().map(|e| e.key.clone())
-        });
-        Ok((out, next.flatten()))
+        out.retain(|e| e.key.starts_with(prefix));
+        let next = super::reads::split_page(&mut out, limit, |e| e.key.clone());
+        Ok((out, next))
     }
 
     /// Writes `value` at `key` if `expect` holds; the new version and
@@ -175,35 +176,17 @@ impl Store {
             Ok(()) if current.is_none() => Ok(false),
             Ok(()) => tx.execute("DELETE FROM kv WHERE key = ?1", [key]).await.map(|_| true).map_err(w),
         };
-        match outcome {
-            Ok(true) => tx.commit().await.map_err(w)?,
-            _ => tx.rollback().await.map_err(w)?,
-        }
-        self.put_back(conn);
-        if let Ok(true) = outcome {
-            self.written().await;
-        }
-        outcome
+        self.end_delete(conn, tx, "a key-value delete", outcome).await
     }
 
     /// Removes entries that expired; how many.
     pub async fn kv_remove_expired(&self) -> Result<u64, StoreError> {
         let now = unix_now();
-        let conn = self.conn().await?;
-        let rows = query_all(&conn, "SELECT COUNT(*) FROM kv WHERE expires_at <= ?1", [now])
-            .await
-            .map_err(|e| StoreError::read("expired keys", e));
-        let expired = match rows {
-            Ok(rows) => rows.first().map(|r| r.i64(0)).transpose()?.unwrap_or(0),
-            Err(e) => {
-                self.put_back(conn);
-                return Err(e);
-            }
-        };
-        if expired == 0 {
-            self.put_back(conn);
+        // Asked locally first: an edge with nothing expired writes nothing.
+        if self.read_i64("expired keys", "SELECT COUNT(*) FROM kv WHERE expires_at <= ?1", [now]).await? == 0 {
             return Ok(0);
         }
+        let conn = self.conn().await?;
         let removed = conn
             .execute("DELETE FROM kv WHERE expires_at <= ?1", [now])
             .await

@@ -181,12 +181,7 @@ impl Store {
         self.put_back(conn);
         let mut files = rows.iter().map(meta_from_row).collect::<Result<Vec<_>, _>>()?;
         files.retain(|f| f.path.starts_with(prefix));
-        let next = if files.len() > limit as usize {
-            files.truncate(limit as usize);
-            files.last().map(|f| f.path.clone())
-        } else {
-            None
-        };
+        let next = split_page(&mut files, limit, |f| f.path.clone());
         Ok((files, next))
     }
 
@@ -341,6 +336,16 @@ pub(super) fn parse_encodings(list: &str) -> Vec<(String, u64)> {
         .collect()
 }
 
+
+/// Cuts a listing read with one row past `limit` down to `limit`; the
+/// cursor of the next page (the last kept name) when there is one.
+pub(super) fn split_page<T>(items: &mut Vec<T>, limit: u32, name: impl Fn(&T) -> String) -> Option<String> {
+    if items.len() <= limit as usize {
+        return None;
+    }
+    items.truncate(limit as usize);
+    items.last().map(name)
+}
 
 /// The smallest string greater than every string that starts with `prefix`,
 /// or None when there is none (empty prefix, or it ends in U+10FFFF).

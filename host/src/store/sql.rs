@@ -57,6 +57,22 @@ fn blob(i: usize, value: Value) -> Result<Option<Vec<u8>>, StoreError> {
     }
 }
 
+impl super::Store {
+    /// The first column of a read's first row (0 when there is no row or
+    /// it is NULL), on a pooled connection.
+    pub(crate) async fn read_i64(
+        &self,
+        op: &'static str,
+        sql: &str,
+        params: impl libsql::params::IntoParams,
+    ) -> Result<i64, StoreError> {
+        let conn = self.conn().await?;
+        let rows = query_all(&conn, sql, params).await.map_err(|e| StoreError::read(op, e));
+        self.put_back(conn);
+        Ok(rows?.first().map(|r| r.opt_i64(0)).transpose()?.flatten().unwrap_or(0))
+    }
+}
+
 /// Runs a query and reads every row: a `Rows` left unfinished keeps a read
 /// snapshot open on its connection, hiding later syncs.
 pub(crate) async fn query_all(

@@ -24,6 +24,19 @@ impl Store {
             (None, Ok(())) => Ok(false),
             (Some(c), Ok(())) => remove_files(&tx, &[c.id]).await.map(|()| true),
         };
+        self.end_delete(conn, tx, "delete", outcome).await
+    }
+
+    /// Ends a delete's transaction: committed when it removed something,
+    /// else rolled back; a removal is made visible here before it returns.
+    pub(super) async fn end_delete(
+        &self,
+        conn: Connection,
+        tx: libsql::Transaction,
+        op: &'static str,
+        outcome: Result<bool, StoreError>,
+    ) -> Result<bool, StoreError> {
+        let w = |e| StoreError::write(op, e);
         match outcome {
             Ok(true) => tx.commit().await.map_err(w)?,
             _ => tx.rollback().await.map_err(w)?,
