@@ -19,7 +19,7 @@
 
 use super::App;
 use crate::http::tokens::Action;
-use crate::http::{json_value, text_response, Request, Response, ResponseBody, WriteAccess};
+use crate::http::{json_value, method_not_allowed, text_response, Request, Response, ResponseBody, WriteAccess};
 use crate::pipeline::take_access;
 use crate::store::{Change, ChangePage, FeedError, Store, KV_PATH_PREFIX, MAX_CHANGES_PAGE};
 use crate::wasm::SiteRulesCache;
@@ -130,11 +130,7 @@ fn failed(e: crate::store::StoreError) -> Response {
 }
 
 fn only_get(req: &Request) -> Option<Response> {
-    (req.method() != hyper::Method::GET).then(|| {
-        let mut r = text_response(405, "method not allowed");
-        r.headers_mut().insert(hyper::header::ALLOW, ::http::HeaderValue::from_static("GET"));
-        r
-    })
+    (req.method() != hyper::Method::GET).then(|| method_not_allowed("GET", "method not allowed"))
 }
 
 /// A long poll answers, and an event stream speaks, well within the

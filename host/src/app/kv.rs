@@ -19,7 +19,9 @@
 
 use super::App;
 use crate::http::tokens::Action;
-use crate::http::{json_value, response, retry_later, text_response, Refusal, Request, Response, WriteAccess};
+use crate::http::{
+    json_value, method_not_allowed, response, retry_later, text_response, Refusal, Request, Response, WriteAccess,
+};
 use crate::pipeline::{carry_position, take_access, wait_for_position};
 use crate::store::{validate_key, KvExpect, StoreError, KV_PATH_PREFIX, MAX_KEYS_PAGE, MAX_VALUE};
 use http_body_util::BodyExt;
@@ -45,7 +47,7 @@ pub(super) async fn route(app: &App, mut req: Request) -> Response {
     if rest.is_empty() || rest == "/" {
         return match method {
             hyper::Method::GET | hyper::Method::HEAD => list(app, &access, &req).await,
-            _ => allow(405, "GET, HEAD", "list keys with GET /_api/kv?prefix=; an entry is /_api/kv/{key}"),
+            _ => method_not_allowed("GET, HEAD", "list keys with GET /_api/kv?prefix=; an entry is /_api/kv/{key}"),
         };
     }
     let key = match percent_encoding::percent_decode_str(&rest[1..]).decode_utf8() {
@@ -60,7 +62,7 @@ pub(super) async fn route(app: &App, mut req: Request) -> Response {
         hyper::Method::GET | hyper::Method::HEAD => Action::Read,
         hyper::Method::PUT => Action::Write,
         hyper::Method::DELETE => Action::Delete,
-        _ => return allow(405, "GET, HEAD, PUT, DELETE", "method not allowed"),
+        _ => return method_not_allowed("GET, HEAD, PUT, DELETE", "method not allowed"),
     };
     if let Err(r) = access.check(action, &path) {
         return refused(r, action);
@@ -75,12 +77,6 @@ pub(super) async fn route(app: &App, mut req: Request) -> Response {
     } else {
         carry_position(&app.pipeline.store, resp)
     }
-}
-
-fn allow(status: u16, methods: &'static str, message: &str) -> Response {
-    let mut r = text_response(status, message);
-    r.headers_mut().insert(hyper::header::ALLOW, ::http::HeaderValue::from_static(methods));
-    r
 }
 
 fn refused(r: Refusal, action: Action) -> Response {

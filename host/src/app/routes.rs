@@ -71,9 +71,7 @@ impl Routes {
 /// `PUT /_turserver/worker`: deploy a worker component to every edge.
 async fn deploy_worker(app: &App, mut req: Request) -> Response {
     if req.method() != hyper::Method::PUT {
-        let mut r = text_response(405, "method not allowed");
-        r.headers_mut().insert(hyper::header::ALLOW, ::http::HeaderValue::from_static("PUT"));
-        return r;
+        return http::method_not_allowed("PUT", "method not allowed");
     }
     if let Err(refused) = admin(app, &mut req, "deploy a worker").await {
         return refused;

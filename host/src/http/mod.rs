@@ -21,7 +21,8 @@ pub use auth::{bearer_token, Refusal, TokenDigest, WriteAccess};
 pub use linger::RequestBody;
 pub use listener::{raise_fd_limit, serve, shutdown_signal, ConnectionQuota, Connections, Handler, Limits};
 pub use response::{
-    full_body, json_response, json_value, no_content, response, retry_later, text_response, Response, ResponseBody,
+    full_body, json_response, json_value, method_not_allowed, no_content, response, retry_later, text_response,
+    Response, ResponseBody,
 };
 
 /// A request as the servers hand it on.

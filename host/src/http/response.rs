@@ -46,6 +46,13 @@ pub fn retry_later(status: u16, message: &str) -> Response {
     r
 }
 
+/// 405 with the methods the resource allows (`Allow`) and what to do.
+pub fn method_not_allowed(allow: &'static str, message: &str) -> Response {
+    let mut r = text_response(405, message);
+    r.headers_mut().insert(hyper::header::ALLOW, http::HeaderValue::from_static(allow));
+    r
+}
+
 pub fn no_content() -> Response {
     response(204, None, Bytes::new())
 }

@@ -101,8 +101,9 @@ pub struct Lookup {
     key: Option<Key>,
     generation: u64,
     is_get: bool,
-    /// What the worker reads, recorded while it runs.
-    pub reads: Option<Arc<std::sync::Mutex<Reads>>>,
+    /// What the worker reads, recorded while it runs (set up only once the
+    /// cache could not answer: a hit allocates nothing for it).
+    reads: Option<Arc<std::sync::Mutex<Reads>>>,
 }
 
 fn header_text(req: &Request, name: http::header::HeaderName) -> String {
@@ -122,8 +123,16 @@ impl Lookup {
             origin: header_text(req, http::header::ORIGIN),
             worker: worker.hash.clone(),
         });
-        let reads = key.as_ref().map(|_| Default::default());
-        Lookup { key, generation, is_get: req.method() == http::Method::GET, reads }
+        Lookup { key, generation, is_get: req.method() == http::Method::GET, reads: None }
+    }
+
+    /// Where the worker's run records what it reads, when its response may
+    /// be kept.
+    pub fn track_reads(&mut self) -> Option<Arc<std::sync::Mutex<Reads>>> {
+        if self.key.is_some() {
+            self.reads = Some(Default::default());
+        }
+        self.reads.clone()
     }
 }
 

@@ -53,7 +53,7 @@ impl Pipeline {
             }
         }
         let worker = self.workers.current();
-        let lookup = cache::Lookup::new(self.cache.as_ref(), &req, &worker, self.store.generation());
+        let mut lookup = cache::Lookup::new(self.cache.as_ref(), &req, &worker, self.store.generation());
         let fresh = |e: &cache::Entry| self.store.is_fresh(e.generation, &e.reads);
         if let Some(hit) = cache::hit(self.cache.as_ref(), &lookup, req.method() == hyper::Method::HEAD, fresh) {
             return hit;
@@ -65,7 +65,7 @@ impl Pipeline {
         let is_get = req.method() == hyper::Method::GET;
         let replay = is_get.then(|| invoke::Replay::of(&req));
         let mut files = self.files(access.clone());
-        files.reads = lookup.reads.clone();
+        files.reads = lookup.track_reads();
         let resp = invoke::run(&self.workers, worker, req, files).await;
         let mut answer = cache::post_process(self.cache.as_ref(), lookup, resp).await;
         // The version the worker chose vanished before anything was sent

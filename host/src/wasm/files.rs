@@ -164,6 +164,13 @@ fn refused(r: Refusal) -> Error {
 }
 
 impl FilesCtx {
+    /// Records something the worker read, when its response may be cached.
+    pub(super) fn note_read(&self, note: impl FnOnce(&mut Reads)) {
+        if let Some(reads) = &self.reads {
+            note(&mut reads.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+    }
+
     /// Whether the request may write (or delete) somewhere; each path is
     /// checked again when it is named.
     fn check_write(&self) -> Result<(), Error> {
@@ -302,9 +309,7 @@ impl files::Host for FilesView<'_> {
             return Err(Error::NotFound.into());
         }
         self.ctx.check_read(&path).await?;
-        if let Some(reads) = &self.ctx.reads {
-            reads.lock().unwrap_or_else(|e| e.into_inner()).paths.push(path.clone());
-        }
+        self.ctx.note_read(|r| r.paths.push(path.clone()));
         match self.ctx.store.stat(&path).await {
             Ok(Some(m)) => Ok(to_metadata(m)),
             Ok(None) => Err(Error::NotFound.into()),
@@ -359,9 +364,7 @@ impl files::Host for FilesView<'_> {
 
     async fn list_files(&mut self, prefix: String, cursor: Option<String>, limit: u32) -> HostResult<Listing> {
         let _progress = self.progressed();
-        if let Some(reads) = &self.ctx.reads {
-            reads.lock().unwrap_or_else(|e| e.into_inner()).listed = true;
-        }
+        self.ctx.note_read(|r| r.listed = true);
         let (mut files, next_cursor) =
             self.ctx.store.list(&prefix, cursor.as_deref(), limit).await.map_err(|e| to_wit("list", e))?;
         // Private files are listed only to a request that may read them.

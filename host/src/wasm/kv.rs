@@ -27,10 +27,8 @@ impl kv::Host for FilesView<'_> {
         let _progress = self.progressed();
         checked(&key)?;
         let entry = self.ctx.store.kv_get(&key).await.map_err(|e| to_wit("kv get", e))?;
-        if let Some(reads) = &self.ctx.reads {
-            let expires = entry.as_ref().and_then(|e| e.expires_at);
-            reads.lock().unwrap_or_else(|e| e.into_inner()).read_entry(format!("{KV_PATH_PREFIX}{key}"), expires);
-        }
+        let expires = entry.as_ref().and_then(|e| e.expires_at);
+        self.ctx.note_read(|r| r.read_entry(format!("{KV_PATH_PREFIX}{key}"), expires));
         Ok(entry.map(|e| Entry {
             value: e.value,
             content_type: e.content_type,
@@ -73,9 +71,7 @@ impl kv::Host for FilesView<'_> {
 
     async fn list_keys(&mut self, prefix: String, cursor: Option<String>, limit: u32) -> HostResult<(Vec<String>, Option<String>)> {
         let _progress = self.progressed();
-        if let Some(reads) = &self.ctx.reads {
-            reads.lock().unwrap_or_else(|e| e.into_inner()).listed = true;
-        }
+        self.ctx.note_read(|r| r.listed = true);
         let limit = limit.clamp(1, MAX_KEYS_PAGE);
         let (entries, next) =
             self.ctx.store.kv_list(&prefix, cursor.as_deref(), limit).await.map_err(|e| to_wit("kv list", e))?;
