@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Installs what the tests and benchmarks need: the wasm target, a
+# Installs what the tests and benchmarks need: the wasm target; in .tools/ a
 # checksum-verified sqld primary, a checksum-verified `wasmtime` CLI (for
-# `wasmtime serve`) and, where ../shared/tools/spin exists, Spin, in .tools/. Prints nothing else on
-# success but the sqld path on its last line.
+# `wasmtime serve`) and, where ../shared/tools/spin exists, Spin; and
+# Debian's chromium and chromium-driver (for the dashboard's browser tests).
+# Prints nothing else on success but the sqld path on its last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +35,16 @@ if [ ! -x "$WASMTIME" ] || [ "$(cat .tools/wasmtime/version 2>/dev/null)" != "$W
   echo "$WASMTIME_VERSION" > .tools/wasmtime/version
 fi
 "$WASMTIME" --version >&2
+
+# Chromium and its WebDriver, for the dashboard's tests in a real browser
+# (Debian's packages; nothing is downloaded at test time).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium chromium-driver >&2
+fi
+/usr/bin/chromedriver --version >&2
 
 # Spin, for the tests under real `spin up`: installed from the checksummed
 # build kept in ../shared/tools/spin when that folder exists (it is not in

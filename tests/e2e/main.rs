@@ -4,6 +4,7 @@
 mod access;
 mod cache;
 mod conformance;
+mod dashboard;
 mod deploy;
 mod feed;
 mod hardening;

@@ -71,7 +71,7 @@ fn sqld_binary() -> PathBuf {
 
 /// A port the OS says is free. sqld does not report the port it bound, so
 /// it cannot be given port 0; the OS picks one here instead.
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 

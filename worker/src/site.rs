@@ -68,7 +68,12 @@ fn default_cors_methods() -> Vec<String> {
 impl SiteRules {
     /// Parses and validates a rules document; the error says what is wrong.
     pub fn parse(json: &str) -> Result<SiteRules, String> {
-        let rules: SiteRules = serde_json::from_str(json).map_err(|e| format!("invalid site rules: {e}"))?;
+        // The error names the field it is about (`cors.allow_origins[0]: …`).
+        let rules: SiteRules = serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(json))
+            .map_err(|e| match e.path().to_string() {
+                path if path == "." => format!("invalid site rules: {}", e.inner()),
+                path => format!("invalid site rules: {path}: {}", e.inner()),
+            })?;
         rules.validate()?;
         Ok(rules)
     }
@@ -238,6 +243,8 @@ mod tests {
             (r#"{"cors": {"allow_origins": ["example.com"]}}"#, "origin"),
             (r#"{"cors": {"allow_origins": ["*"], "allow_credentials": true}}"#, "credentials"),
             ("not json", "invalid site rules"),
+            (r#"{"spa_fallback": 5}"#, "invalid site rules: spa_fallback: invalid type: integer `5`"),
+            (r#"{"cors": {"allow_origins": [1]}}"#, "cors.allow_origins[0]"),
         ] {
             let e = SiteRules::parse(bad).unwrap_err();
             assert!(e.contains(why), "{bad}: {e}");

@@ -470,6 +470,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TURSERVER_CHANGES_KEEP", default_value_t = 1_000_000)]
     pub changes_keep: u64,
 
+    /// How often `/_turserver/usage` (and the dashboard's charts) gain a
+    /// point; the last hour of points is kept.
+    #[arg(long, env = "TURSERVER_USAGE_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub usage_interval: Duration,
+
     /// Most concurrent h2 streams on one connection.
     #[arg(long, env = "TURSERVER_H2_MAX_STREAMS", default_value_t = DEFAULT_H2_STREAMS)]
     pub h2_max_streams: u32,
@@ -510,6 +515,9 @@ impl ServeArgs {
         }
         if matches!(&self.write_token, Some(t) if t.trim().is_empty()) {
             bail!("--write-token must not be empty");
+        }
+        if !(Duration::from_secs(1)..=Duration::from_secs(600)).contains(&self.usage_interval) {
+            bail!("--usage-interval must be between 1s and 10m");
         }
         if self.worker_deadline < Duration::from_millis(50) {
             bail!("--worker-deadline must be at least 50ms");

@@ -79,8 +79,9 @@ impl Query {
     }
 }
 
-/// Which changes a request may see.
-struct Visibility {
+/// Which paths a request may see: in the feed, and in the usage document's
+/// most requested paths.
+pub(super) struct Visibility {
     access: WriteAccess,
     site: Arc<SiteRulesCache>,
     store: Arc<Store>,
@@ -89,24 +90,30 @@ struct Visibility {
 impl Visibility {
     /// The changes of `page` this request may see.
     async fn filter(&self, page: ChangePage) -> Vec<Change> {
+        let may_see = self.judge().await;
+        page.changes.into_iter().filter(|c| may_see(&c.path)).collect()
+    }
+
+    /// Whether this request may see a store path: a private path (site
+    /// rules) needs a token allowing `read` on it, a key-value entry a token
+    /// allowing `read` on `_api/kv/{key}`, any other reserved path the write
+    /// token.
+    pub(super) async fn judge(&self) -> impl Fn(&str) -> bool + '_ {
         let admin = self.access.check_admin().is_ok();
         // Rules that cannot be read hide every private path.
         let rules = self.site.rules(&self.store).await.ok();
-        page.changes
-            .into_iter()
-            .filter(|c| {
-                if c.path.starts_with(KV_PATH_PREFIX) {
-                    return self.access.check(Action::Read, &c.path).is_ok();
-                }
-                if turserver_protocol::is_reserved(&c.path) {
-                    return admin;
-                }
-                match &rules {
-                    Some(r) if !r.is_private(&c.path) => true,
-                    _ => self.access.check(Action::Read, &c.path).is_ok(),
-                }
-            })
-            .collect()
+        move |path: &str| {
+            if path.starts_with(KV_PATH_PREFIX) {
+                return self.access.check(Action::Read, path).is_ok();
+            }
+            if turserver_protocol::is_reserved(path) {
+                return admin;
+            }
+            match &rules {
+                Some(r) if !r.is_private(path) => true,
+                _ => self.access.check(Action::Read, path).is_ok(),
+            }
+        }
     }
 }
 
@@ -139,7 +146,7 @@ fn within_idle(app: &App, most: Duration) -> Duration {
     most.min(app.idle_timeout * 2 / 3).max(Duration::from_millis(500))
 }
 
-async fn visibility(app: &App, req: &mut Request) -> Result<Visibility, Response> {
+pub(super) async fn visibility(app: &App, req: &mut Request) -> Result<Visibility, Response> {
     let access = take_access(req, app.pipeline.write_token.as_ref(), &app.pipeline.keys).await?;
     Ok(Visibility { access, site: app.pipeline.site.clone(), store: app.pipeline.store.clone() })
 }

@@ -3,6 +3,8 @@
 //!
 //! - `config`: command line and environment, validated up front.
 //! - `routes`: the host's own endpoints, and the rest to the pipeline.
+//! - `dashboard`: the browser dashboard's embedded files
+//!   (`/_turserver/ui/`) and the usage document (`/_turserver/usage`).
 //! - `feed`: the change feed (`/_api/changes`, `/_api/events`).
 //! - `keys`: the key set's endpoints and signed links.
 //! - `kv`: the key-value API (`/_api/kv`).
@@ -11,6 +13,7 @@
 
 mod client;
 mod config;
+mod dashboard;
 mod feed;
 mod keys;
 mod kv;
@@ -20,7 +23,7 @@ pub use client::{deploy, deploy_worker, get, keys_add, keys_change, keys_generat
 pub use config::{Cli, Command, KeysCommand, ServeArgs, TokenCommand, UrlCommand, WorkerCommand};
 
 use crate::http::{self, Connections, Limits, TokenDigest};
-use crate::ops::Metrics;
+use crate::ops::{Metrics, Usage, UsageSources};
 use crate::pipeline::{Keys, Pipeline, ResponseCache};
 use crate::sidecar::Sidecar;
 use crate::store::{redact_url, Mode, Retention, Store, SyncPlan, Upkeep};
@@ -42,6 +45,9 @@ pub(crate) struct App {
     /// How long a connection may stay silent: long polls answer, and event
     /// streams send a heartbeat, well within it.
     pub idle_timeout: std::time::Duration,
+    /// The last hour's usage, and how often it gains a point.
+    pub usage: Arc<Usage>,
+    pub usage_interval: std::time::Duration,
 }
 
 /// What keeps running while the host serves; dropped, it stops.
@@ -50,6 +56,7 @@ struct Running {
     _watch: AbortOnDrop,
     _sweep: AbortOnDrop,
     _jwks: Option<AbortOnDrop>,
+    _usage: AbortOnDrop,
     /// The sidecar's serve loop, drained on shutdown.
     sidecar: Option<tokio::task::JoinHandle<()>>,
 }
@@ -182,8 +189,17 @@ async fn start(
     let watch = workers.watch(args.worker.clone(), args.sync_interval);
     let sweep = workers.sweep_idle();
     let jwks = pipeline.keys.refresh_jwks();
-    let app = Arc::new(App { pipeline, bench_native: args.bench_native, stopping, idle_timeout: args.idle_timeout });
-    Ok((app, Running { _upkeep: upkeep, _watch: watch, _sweep: sweep, _jwks: jwks, sidecar }))
+    let cache = pipeline.cache.as_ref().map(|c| (c.hits.clone(), c.misses.clone()));
+    let usage = metrics.usage.start(UsageSources { store: store.clone(), cache }, args.usage_interval);
+    let app = Arc::new(App {
+        pipeline,
+        bench_native: args.bench_native,
+        stopping,
+        idle_timeout: args.idle_timeout,
+        usage: metrics.usage.clone(),
+        usage_interval: args.usage_interval,
+    });
+    Ok((app, Running { _upkeep: upkeep, _watch: watch, _sweep: sweep, _jwks: jwks, _usage: usage, sidecar }))
 }
 
 /// The connection limit: `--max-connections`, else what the file descriptor

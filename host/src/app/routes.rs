@@ -22,8 +22,11 @@ impl Handler for Routes {
     async fn handle(&self, req: Request) -> Response {
         let started = std::time::Instant::now();
         let method = req.method().clone();
+        // Cheap: the URI's parts are shared, not copied.
+        let uri = req.uri().clone();
         let resp = self.route(req).await;
-        self.metrics.observe(method.as_str(), resp, started.elapsed().as_secs_f64())
+        let ranked = Some(uri.path()).filter(|p| !p.starts_with("/_turserver/") && *p != "/metrics");
+        self.metrics.observe(method.as_str(), ranked, resp, started.elapsed().as_secs_f64())
     }
 }
 
@@ -57,6 +60,9 @@ impl Routes {
                 http::json_response(200, render_status(&app.pipeline.store, &app.pipeline.workers))
             }
             "/_turserver/worker" => deploy_worker(app, req).await,
+            "/_turserver/usage" => super::dashboard::usage(app, req).await,
+            "/_turserver/token" => super::dashboard::token(app, req).await,
+            path if path == "/_turserver/ui" || path.starts_with(super::dashboard::PREFIX) => super::dashboard::asset(&req),
             path if path == "/_turserver/keys" || path.starts_with("/_turserver/keys/") => super::keys::route(app, req).await,
             "/_api/links" => super::keys::sign_link(app, req).await,
             "/_api/changes" => super::feed::changes(app, req).await,

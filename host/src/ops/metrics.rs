@@ -11,7 +11,8 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use super::Usage;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -30,6 +31,8 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<MethodLabels, Histogram>,
     bytes_served: Counter,
+    /// The last hour, for the dashboard.
+    pub usage: Arc<Usage>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -46,7 +49,7 @@ impl Default for Metrics {
         registry.register("request_duration_seconds", "Time to the response head, by method", latency.clone());
         let bytes_served = Counter::default();
         registry.register("response_body_bytes", "Response body bytes sent", bytes_served.clone());
-        Metrics { registry: Mutex::new(registry), requests, latency, bytes_served }
+        Metrics { registry: Mutex::new(registry), requests, latency, bytes_served, usage: Arc::default() }
     }
 }
 
@@ -57,8 +60,9 @@ impl Metrics {
     }
 
     /// Records an answered request; its body's bytes are counted as they
-    /// are sent.
-    pub fn observe(&self, method: &str, resp: crate::http::Response, seconds: f64) -> crate::http::Response {
+    /// are sent. `path` ranks it among the most requested (`None`: the
+    /// host's own endpoints).
+    pub fn observe(&self, method: &str, path: Option<&str>, resp: crate::http::Response, seconds: f64) -> crate::http::Response {
         // Static labels: recording a request allocates nothing.
         let method = match method {
             "GET" => "GET",
@@ -78,8 +82,18 @@ impl Metrics {
         };
         self.requests.get_or_create(&RequestLabels { method, status }).inc();
         self.latency.get_or_create(&MethodLabels { method }).observe(seconds);
+        let body_bytes = match (method, resp.status().as_u16()) {
+            ("HEAD", _) | (_, 204 | 304) => 0,
+            _ => resp
+                .headers()
+                .get(hyper::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse().ok())
+                .unwrap_or_else(|| http_body::Body::size_hint(resp.body()).lower()),
+        };
+        self.usage.record(path, resp.status().as_u16(), seconds, body_bytes);
         let counter = self.bytes_served.clone();
-        resp.map(|inner| CountingBody { inner, counter }.boxed_unsync())
+        let usage = self.usage.clone();
+        resp.map(|inner| CountingBody { inner, counter, usage }.boxed_unsync())
     }
 
     pub fn render(&self) -> String {
@@ -96,6 +110,7 @@ impl Metrics {
 struct CountingBody {
     inner: ResponseBody,
     counter: Counter,
+    usage: Arc<Usage>,
 }
 
 impl http_body::Body for CountingBody {
@@ -110,6 +125,7 @@ impl http_body::Body for CountingBody {
         if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 self.counter.inc_by(data.len() as u64);
+                self.usage.sent(data.len() as u64);
             }
         }
         polled

@@ -24,6 +24,8 @@ pub struct SyncStats {
     /// Unix milliseconds of the last successful sync (0: never).
     pub last_success_ms: AtomicU64,
     pub last_duration_us: AtomicU64,
+    /// Time spent in successful syncs, all told.
+    pub total_duration_us: AtomicU64,
     /// The replica's replication index (frame number) after the last sync.
     pub replication_index: AtomicU64,
     pub last_error: Mutex<Option<String>>,
@@ -46,6 +48,7 @@ impl Default for SyncStats {
             ok: AtomicU64::new(0),
             last_success_ms: AtomicU64::new(0),
             last_duration_us: AtomicU64::new(0),
+            total_duration_us: AtomicU64::new(0),
             replication_index: AtomicU64::new(0),
             last_error: Mutex::new(None),
             // 1 ms to ~16 s.
@@ -69,6 +72,7 @@ impl SyncStats {
         self.ok.fetch_add(1, Ordering::Relaxed);
         self.last_success_ms.store(unix_ms(SystemTime::now()), Ordering::Relaxed);
         self.last_duration_us.store(took.as_micros() as u64, Ordering::Relaxed);
+        self.total_duration_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         if let Some(f) = frame {
             self.replication_index.store(f, Ordering::Relaxed);
         }

@@ -338,6 +338,8 @@ pub(crate) struct FileEntry<'a> {
     content_type: &'a str,
     etag: String,
     last_modified: String,
+    /// Stored content codings and their sizes, e.g. `{"br": 1234}`.
+    encodings: std::collections::BTreeMap<&'a str, u64>,
 }
 
 impl<'a> From<&'a Metadata> for FileEntry<'a> {
@@ -348,6 +350,7 @@ impl<'a> From<&'a Metadata> for FileEntry<'a> {
             content_type: &m.content_type,
             etag: format!("\"{}\"", m.hash),
             last_modified: crate::http::rfc3339(m.last_modified),
+            encodings: m.encodings.iter().map(|(name, size)| (name.as_str(), *size)).collect(),
         }
     }
 }

@@ -346,6 +346,46 @@ fn changed_site_rules_apply_to_the_next_request() {
 }
 
 #[test]
+fn list_by_folder_names_each_subfolder_once_and_pages() {
+    let mut s = Fake::with(&["a.txt", "d/1", "d/2", "d/e/3", "f/9", "z.txt"]);
+    let page = |s: &mut Fake, query: &str| -> serde_json::Value {
+        let r = respond(handle(&req("GET", &format!("/_api/files?{query}")), s));
+        assert_eq!(r.status, 200, "{query}");
+        let Body::Bytes(b) = r.body else { panic!() };
+        serde_json::from_slice(&b).unwrap()
+    };
+    let names = |v: &serde_json::Value| -> (Vec<String>, Vec<String>) {
+        let files = v["files"].as_array().unwrap().iter().map(|f| f["path"].as_str().unwrap().to_string()).collect();
+        let folders = v["folders"].as_array().unwrap().iter().map(|f| f.as_str().unwrap().to_string()).collect();
+        (files, folders)
+    };
+    let v = page(&mut s, "delimiter=/");
+    assert_eq!(names(&v), (vec!["a.txt".into(), "z.txt".into()], vec!["d/".into(), "f/".into()]));
+    assert!(v["next_cursor"].is_null());
+    assert_eq!(v["files"][0]["encodings"], serde_json::json!({}));
+    let v = page(&mut s, "delimiter=/&prefix=d/");
+    assert_eq!(names(&v), (vec!["d/1".into(), "d/2".into()], vec!["d/e/".into()]));
+    // Pages of two: the cursor resumes after a folder without repeating it.
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let v = page(&mut s, &format!("delimiter=/&limit=2&cursor={}", percent_encoding::utf8_percent_encode(&cursor, percent_encoding::NON_ALPHANUMERIC)));
+        let (files, folders) = names(&v);
+        assert!(files.len() + folders.len() <= 2);
+        seen.extend(folders);
+        seen.extend(files);
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = c.to_string(),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["a.txt", "d/", "f/", "z.txt"]);
+    let r = respond(handle(&req("GET", "/_api/files?delimiter=,"), &mut s));
+    assert_eq!(r.status, 400);
+}
+
+#[test]
 fn list_pages_with_cursor() {
     let mut s = Fake::with(&["a/1", "a/2", "a/3", "b/1"]);
     let r = respond(handle(&req("GET", "/_api/files?prefix=a%2F&limit=2"), &mut s));
