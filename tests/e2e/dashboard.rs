@@ -224,6 +224,17 @@ fn the_dashboard_signs_in_browses_uploads_previews_edits_rules_and_deletes() {
     assert_eq!(b.js("return sessionStorage.getItem('turserver-token')", vec![]), json!(TOKEN));
     assert!(!b.js("return location.href", vec![]).as_str().unwrap().contains(TOKEN));
 
+    // Filter by the start of a name; then keyboard only: focus a file's
+    // name and press Enter to open it.
+    b.type_into("#filter", "ho");
+    b.click(".filter button");
+    b.wait_text("#listing", |t| t.contains("home.html") && !t.contains("docs/"));
+    let name = b.find("button[data-path='home.html']");
+    b.js("document.querySelector(\"button[data-path='home.html']\").focus()", vec![]);
+    b.rt.block_on(name.send_keys("\u{E007}")).expect("press Enter");
+    b.wait_text("#preview-text", |t| t == "<h1>home page</h1>");
+    b.goto(&server.url("/_turserver/ui/#/files"));
+
     // Browse into a folder and preview an image.
     b.click("#listing a[href='#/files?prefix=img%2F']");
     b.wait_text(".crumbs", |t| t.contains("img"));
@@ -307,19 +318,6 @@ fn the_dashboard_signs_in_browses_uploads_previews_edits_rules_and_deletes() {
     b.wait_text("#usage", |t| t.contains("req/s:"));
     b.shot("usage");
 
-    // Worker: the active version, and a refused deploy with its reason.
-    let version = status(&server)["worker"]["version"].as_str().unwrap().to_string();
-    b.goto(&server.url("/_turserver/ui/#/worker"));
-    b.wait_text("#worker-version", |t| t == version);
-    let junk = upload.path().join("junk.wasm");
-    std::fs::write(&junk, b"not a component").unwrap();
-    let input = b.find("#worker-file");
-    b.rt.block_on(input.send_keys(junk.to_str().unwrap())).expect("choose the worker");
-    b.click("#worker-deploy");
-    b.wait_text("#worker-result", |t| t.starts_with("Refused: 400"));
-    b.shot("worker-refused");
-    assert_eq!(status(&server)["worker"]["version"], json!(version));
-
     // Narrow screens: nothing wider than the window.
     b.rt.block_on(b.c().set_window_size(390, 844)).unwrap();
     b.goto(&server.url("/_turserver/ui/#/files?prefix=docs%2F"));
@@ -331,6 +329,31 @@ fn the_dashboard_signs_in_browses_uploads_previews_edits_rules_and_deletes() {
     // Loading the page, on loopback: reported, not asserted.
     let load = b.js("const n = performance.getEntriesByType('navigation')[0]; return n.loadEventEnd - n.startTime", vec![]);
     eprintln!("dashboard page load: {load} ms");
+
+    // Worker (last: the test worker deployed here serves no dashboard
+    // listing): the active version, a refused deploy with its reason, then
+    // a real one.
+    let version = status(&server)["worker"]["version"].as_str().unwrap().to_string();
+    b.goto(&server.url("/_turserver/ui/#/worker"));
+    b.wait_text("#worker-version", |t| t == version);
+    let junk = upload.path().join("junk.wasm");
+    std::fs::write(&junk, b"not a component").unwrap();
+    let input = b.find("#worker-file");
+    b.rt.block_on(input.send_keys(junk.to_str().unwrap())).expect("choose the worker");
+    b.click("#worker-deploy");
+    b.wait_text("#worker-result", |t| t.starts_with("Refused: 400"));
+    b.shot("worker-refused");
+    assert_eq!(status(&server)["worker"]["version"], json!(version));
+    // A real component: deployed, and the page shows the new version.
+    let component = test_worker("v1");
+    let deployed = sha256_hex(&std::fs::read(&component).unwrap());
+    let input = b.find("#worker-file");
+    b.rt.block_on(input.send_keys(component.to_str().unwrap())).expect("choose the worker");
+    b.click("#worker-deploy");
+    b.wait_text("#worker-result", |t| t.starts_with(&format!("Deployed version {deployed}")));
+    b.wait_text("#worker-version", |t| t == deployed);
+    b.shot("worker-deployed");
+    assert!(eventually(Duration::from_secs(10), || (status(&server)["worker"]["version"] == json!(deployed)).then_some(())).is_some());
 }
 
 #[test]
