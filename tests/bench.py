@@ -16,6 +16,7 @@ prints one table with each target marked met or not.
     python3 tests/bench.py --sync-only    # only the sync lag figures
     python3 tests/bench.py --access-only  # only the signed-token read figures
     python3 tests/bench.py --feed-only    # only the cache-invalidation and change-feed figures
+    python3 tests/bench.py --dashboard-only  # only the dashboard's load time (needs chromium, chromedriver)
 
 Needs wrk and nginx (Debian: apt-get install wrk nginx-light).
 """
@@ -915,6 +916,82 @@ def change_log_figures(binary, primary_url, work, seconds, rounds):
     return inv, kv, sub
 
 
+def webdriver(base, method, path, body=None):
+    req = urllib.request.Request(base + path, method=method, data=None if body is None else json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=60) as r:
+        return json.loads(r.read() or b"null").get("value")
+
+
+def dashboard_bench(binary, work, rounds):
+    """The dashboard in headless Chromium on loopback: from navigation to
+    the first page (a folder of 100 files, listed in one call) on screen,
+    cold (first visit) and warm (assets revalidated)."""
+    server, url = start_turserver(binary, os.path.join(work, "dashboard"))
+    entries = [(f"site/page-{i:03}.html", b"<p>page</p>" * 50) for i in range(150)]
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in entries:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    http("POST", url + "/_api/batch", buf.getvalue(), {"Authorization": f"Bearer {TOKEN}"})
+    port = free_port()
+    driver = Proc(["chromedriver", f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    profile = temp_dir("turserver-chromium-")
+    args = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
+            "--window-size=1280,900"]
+    caps = {"capabilities": {"alwaysMatch": {"goog:chromeOptions": {"binary": "/usr/bin/chromium", "args": args}}}}
+    for _ in range(100):
+        try:
+            session = webdriver(base, "POST", "/session", caps)["sessionId"]
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        raise SystemExit("chromedriver did not start")
+    page = f"{url}/_turserver/ui/#/files?prefix=site%2F"
+    timings = []
+    try:
+        for i in range(rounds + 1):
+            webdriver(base, "POST", f"/session/{session}/url", {"url": "about:blank"})
+            webdriver(base, "POST", f"/session/{session}/url", {"url": page})
+            for _ in range(500):
+                got = webdriver(base, "POST", f"/session/{session}/execute/sync", {"script": """
+                    const m = performance.getEntriesByName('turserver:rendered')[0];
+                    const n = performance.getEntriesByType('navigation')[0];
+                    return m ? [m.startTime, document.querySelectorAll('#listing tbody tr').length, n.loadEventEnd] : null;""",
+                                                                                   "args": []})
+                if got:
+                    break
+                time.sleep(0.01)
+            else:
+                raise SystemExit("the dashboard never rendered its first page")
+            rendered, rows, load = got
+            assert rows == 100, f"the first page lists {rows} rows, not 100"
+            timings.append((rendered, load))
+    finally:
+        webdriver(base, "DELETE", f"/session/{session}")
+        driver.stop()
+        server.stop()
+    cold = timings[0]
+    warm = timings[1:]
+    return {"cold_ms": cold[0], "cold_load_ms": cold[1], "warm_ms": statistics.median(t[0] for t in warm),
+            "warm_max_ms": max(t[0] for t in warm)}
+
+
+def print_dashboard(d):
+    print(f"dashboard, first page (100 of 150 files) on screen: cold {d['cold_ms']:.0f} ms (load event {d['cold_load_ms']:.0f} ms), "
+          f"warm median {d['warm_ms']:.0f} ms (max {d['warm_max_ms']:.0f} ms)")
+
+
+def dashboard_checks(d):
+    return [("dashboard loads in < 300 ms on loopback (cold, first page on screen)", d["cold_ms"] < 300, f"{d['cold_ms']:.0f} ms"),
+            ("dashboard loads in < 300 ms on loopback (warm, slowest)", d["warm_max_ms"] < 300, f"{d['warm_max_ms']:.0f} ms")]
+
+
 def feed_only(binary, sqld, work, seconds, rounds):
     inv, kv, sub = change_log_figures(binary, start_sqld(sqld, work), work, seconds, rounds)
     print()
@@ -958,11 +1035,12 @@ def main():
     ap.add_argument("--downloads-only", action="store_true", help="only the 100 MiB download figures (needs nginx)")
     ap.add_argument("--access-only", action="store_true", help="only the signed-token read figures (needs wrk)")
     ap.add_argument("--feed-only", action="store_true", help="only the cache-invalidation and change-feed figures (needs wrk, sqld)")
+    ap.add_argument("--dashboard-only", action="store_true", help="only the dashboard's load time (needs chromium, chromedriver)")
     opts = ap.parse_args()
     seconds = 2 if opts.quick else 4
     rounds = 3 if opts.quick else 5
     lag_writes = 40 if opts.quick else 200
-    for tool in () if opts.deploy_only or opts.sync_only else ("wrk",) if opts.spin_only or opts.writes_only or opts.access_only or opts.feed_only else ("wrk", "nginx", "curl"):
+    for tool in () if opts.deploy_only or opts.sync_only or opts.dashboard_only else ("wrk",) if opts.spin_only or opts.writes_only or opts.access_only or opts.feed_only else ("wrk", "nginx", "curl"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install wrk nginx-light curl")
 
@@ -992,6 +1070,12 @@ def main():
         return sync_only(binary, sqld, work, lag_writes)
     if opts.feed_only:
         return feed_only(binary, sqld, work, seconds, rounds)
+    if opts.dashboard_only:
+        dash = dashboard_bench(binary, work, rounds)
+        print_dashboard(dash)
+        for name, ok, figure in dashboard_checks(dash):
+            print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
+        return
     if opts.access_only:
         acc = access_bench(binary, work, seconds, rounds)
         print_access(*acc)
@@ -1057,6 +1141,8 @@ def main():
     log("signed-token reads: a private file with a token beside a public one")
     acc = access_bench(binary, work, seconds, rounds)
     inv, kv, sub = change_log_figures(binary, primary_url, work, seconds, rounds)
+    log("the dashboard in headless Chromium")
+    dash = dashboard_bench(binary, work, rounds)
 
     print()
     print(f"{'test':<16} {'target':<13} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'/nginx':>7} {'/native':>8}")
@@ -1075,6 +1161,7 @@ def main():
     print_invalidation(inv)
     print_kv(kv)
     print_subscribers(sub)
+    print_dashboard(dash)
     if spin_rows:
         print_spin(spin_rows)
     else:
@@ -1105,7 +1192,7 @@ def main():
         ("memory growth <= 64 MiB with 16 downloads (anonymous RSS)", anon_growth <= 64,
          f"{anon_growth:.1f} MiB (total RSS {rss_growth:.1f} MiB)"),
         ("edge read p99 < 1 ms at 2 conns (replica)", replica_p99 < 1.0, f"{replica_p99:.2f} ms"),
-    ] + sync_lag_checks(lag) + deploy_checks(dep) + upload_checks(up) + group_commit_checks(gc) + access_checks(*acc) + invalidation_checks(inv) + kv_checks(kv) + (spin_checks(spin_rows) if spin_rows else [])
+    ] + sync_lag_checks(lag) + deploy_checks(dep) + upload_checks(up) + group_commit_checks(gc) + access_checks(*acc) + invalidation_checks(inv) + kv_checks(kv) + dashboard_checks(dash) + (spin_checks(spin_rows) if spin_rows else [])
     print()
     for name, ok, figure in checks:
         print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")

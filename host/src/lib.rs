@@ -7,13 +7,14 @@
 //! by a test below), so a request's path reads top to bottom:
 //!
 //! - [`app`]: wires every layer: configuration, startup, the public port's
-//!   routes (host endpoints, the key set's, the change feed), shutdown;
+//!   routes (host endpoints, the key set's, the change feed, the dashboard
+//!   at `/_turserver/ui/`, embedded from `host/ui/`), shutdown;
 //!   the client commands
 //!   (`deploy`, `put`, `get`, `ls`, `rm`, `status`, `worker deploy`, `keys`,
 //!   `token issue`, `url sign`).
 //! - `sidecar`: the store over HTTP for workers on Spin (`--sidecar-listen`).
-//! - `ops`: `/_turserver/status` and `/metrics` (one registry, metrics
-//!   registered by each owner).
+//! - `ops`: `/_turserver/status`, `/metrics` (one registry, metrics
+//!   registered by each owner) and the last hour's usage for the dashboard.
 //! - `pipeline`: the request's steps before and after the worker:
 //!   consistency wait, response cache, access (the write token, signed
 //!   tokens and links checked against the key set), invoke.

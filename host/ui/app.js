@@ -191,6 +191,8 @@ async function render() {
   main.replaceChildren();
   try {
     await show(params);
+    // For the benchmark: when the first page had its data on screen.
+    if (!performance.getEntriesByName("turserver:rendered").length) performance.mark("turserver:rendered");
   } catch (error) {
     fail(error);
   }
