@@ -188,9 +188,12 @@ async function render() {
     else link.removeAttribute("aria-current");
   }
   const show = pages[page] || files;
-  main.replaceChildren();
+  // A page still loading when another is shown adds to its own view, which
+  // is no longer on screen, and its timers stop at their next tick.
+  const view = document.createElement("div");
+  main.replaceChildren(view);
   try {
-    await show(params);
+    await show(params, view);
     // For the benchmark: when the first page had its data on screen.
     if (!performance.getEntriesByName("turserver:rendered").length) performance.mark("turserver:rendered");
   } catch (error) {
@@ -200,7 +203,7 @@ async function render() {
 
 // ---- files -----------------------------------------------------------------
 
-async function files(params) {
+async function files(params, view) {
   const prefix = params.get("prefix") || "";
   const filter = params.get("filter") || "";
   const cursor = params.get("cursor") || "";
@@ -225,7 +228,7 @@ async function files(params) {
     h("button", { type: "submit" }, "Filter"),
   );
   const detail = h("section", { id: "detail", class: "detail", "aria-live": "polite" });
-  main.append(
+  view.append(
     h("h1", {}, "Files"),
     h("nav", { class: "crumbs", "aria-label": "Folder" }, crumbs),
     h("div", { class: "toolbar" }, filterForm, h("a", { class: "button", href: "#/upload" }, "Upload here"), prefix ? h("button", { id: "delete-folder", type: "button", onclick: () => deleteFolder(prefix) }, "Delete folder") : null),
@@ -267,7 +270,7 @@ async function files(params) {
     cursor ? h("a", { class: "button", href: `#/files?${new URLSearchParams({ prefix, ...(filter ? { filter } : {}) })}` }, "First page") : null,
     listing.next_cursor ? h("a", { class: "button", id: "next-page", href: `#/files?${new URLSearchParams({ prefix, ...(filter ? { filter } : {}), cursor: listing.next_cursor })}` }, "Next page") : null,
   );
-  main.append(h("div", { class: "split" }, h("div", {}, table, pager), detail));
+  view.append(h("div", { class: "split" }, h("div", {}, table, pager), detail));
 }
 
 async function showFile(file, detail) {
@@ -396,7 +399,7 @@ async function deleteFolder(prefix) {
 
 // ---- upload ----------------------------------------------------------------
 
-async function upload(params) {
+async function upload(params, view) {
   const target = h("input", { id: "upload-folder", value: params.get("prefix") ?? currentFolder, placeholder: "folder/ (empty: the root)" });
   const pickFiles = h("input", { id: "pick-files", type: "file", multiple: true });
   const pickFolder = h("input", { id: "pick-folder", type: "file", webkitdirectory: true });
@@ -440,7 +443,7 @@ async function upload(params) {
     sendBatch(folder, chosen, list, total, totalText, start);
   });
 
-  main.append(
+  view.append(
     h("h1", {}, "Upload"),
     h("p", {}, "Everything chosen is published as one batch: every edge sees all of it at once, or none of it."),
     h("label", { for: "upload-folder" }, "Into folder "),
@@ -512,7 +515,7 @@ function sendBatch(folder, chosen, list, total, totalText, start) {
 
 // ---- site rules ------------------------------------------------------------
 
-async function site() {
+async function site(params, view) {
   const editor = h("textarea", { id: "site-rules", rows: 18, spellcheck: "false", "aria-describedby": "site-error" });
   const error = h("p", { id: "site-error", class: "field-error", role: "alert" });
   const save = h("button", { type: "submit", id: "site-save" }, "Save");
@@ -548,16 +551,16 @@ async function site() {
     error,
     h("div", { class: "toolbar" }, save, h("button", { type: "button", onclick: () => load().catch(fail) }, "Reload")),
   );
-  main.append(h("h1", {}, "Site rules"), form);
+  view.append(h("h1", {}, "Site rules"), form);
   await load();
 }
 
 // ---- replication -----------------------------------------------------------
 
-async function replication() {
+async function replication(params, view) {
   const facts = h("div", { id: "replication" });
   const charts = h("div", { class: "charts" });
-  main.append(h("h1", {}, "Replication"), facts, charts);
+  view.append(h("h1", {}, "Replication"), facts, charts);
   const refresh = async () => {
     const [status, ready] = await Promise.all([apiJson("/_turserver/status"), api("/_turserver/ready").then(async (r) => ({ ok: r.ok, text: (await r.text()).trim() }))]);
     const sync = status.sync;
@@ -591,14 +594,20 @@ async function replication() {
   leave = every([
     [2000, refresh],
     [10000, refreshCharts],
-  ]);
+  ], view);
 }
 
-/// Runs each [ms, fn] on its timer (errors shown, not fatal); returns the
-/// function that stops them.
-function every(jobs) {
-  const timers = jobs.map(([ms, job]) => setInterval(() => job().then(clearStale, fail), ms));
-  return () => timers.forEach(clearInterval);
+/// Runs each [ms, fn] on its timer while `view` is on screen (errors shown,
+/// not fatal); returns the function that stops them.
+function every(jobs, view) {
+  const stop = () => timers.forEach(clearInterval);
+  const timers = jobs.map(([ms, job]) =>
+    setInterval(() => {
+      if (!view.isConnected) return stop();
+      job().then(clearStale, fail);
+    }, ms),
+  );
+  return stop;
 }
 
 function clearStale() {
@@ -607,9 +616,9 @@ function clearStale() {
 
 // ---- usage -----------------------------------------------------------------
 
-async function usage() {
+async function usage(params, view) {
   const body = h("div", { id: "usage" });
-  main.append(h("h1", {}, "Usage"), body);
+  view.append(h("h1", {}, "Usage"), body);
   const refresh = async () => {
     const doc = await apiJson("/_turserver/usage");
     const points = doc.points;
@@ -639,12 +648,12 @@ async function usage() {
     );
   };
   await refresh();
-  leave = every([[5000, refresh]]);
+  leave = every([[5000, refresh]], view);
 }
 
 // ---- worker ----------------------------------------------------------------
 
-async function worker() {
+async function worker(params, view) {
   const facts = h("div", { id: "worker" });
   const pick = h("input", { id: "worker-file", type: "file", accept: ".wasm,application/wasm" });
   const result = h("p", { id: "worker-result", role: "status" });
@@ -688,9 +697,9 @@ async function worker() {
     deploy,
     result,
   );
-  main.append(h("h1", {}, "Worker"), facts, h("h2", {}, "Deploy a new worker"), form);
+  view.append(h("h1", {}, "Worker"), facts, h("h2", {}, "Deploy a new worker"), form);
   await refresh();
-  leave = every([[5000, refresh]]);
+  leave = every([[5000, refresh]], view);
 }
 
 // ---- start -----------------------------------------------------------------
