@@ -274,6 +274,25 @@ fn the_dashboard_signs_in_browses_uploads_previews_edits_rules_and_deletes() {
     b.wait_text("#preview-text", |t| t == "alpha");
     b.shot("folder-listed");
 
+    // Drop files on the page (a drop made by script: WebDriver cannot drag
+    // files). One name is longer than a tar header holds (a pax record) and
+    // one is not ASCII.
+    let long = format!("{}.txt", "n".repeat(150));
+    b.goto(&server.url("/_turserver/ui/#/upload?prefix=dropped/"));
+    b.find("#drop");
+    b.js(
+        "const dt = new DataTransfer();
+         dt.items.add(new File(['dropped one'], arguments[0], { type: 'text/plain' }));
+         dt.items.add(new File(['{\"two\": 2}'], 'zwei-ü.json', { type: 'application/json' }));
+         document.querySelector('#drop').dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));",
+        vec![json!(long)],
+    );
+    b.wait_text("#upload-start", |t| t == "Upload 2 files");
+    b.click("#upload-start");
+    b.wait_text("#message", |t| t.contains("Uploaded 2 files into dropped/"));
+    assert_eq!(server.get(&format!("/dropped/{long}")).text().unwrap(), "dropped one");
+    assert_eq!(server.get("/dropped/zwei-%C3%BC.json").text().unwrap(), r#"{"two": 2}"#);
+
     // Delete a file, confirming.
     b.click("#delete-file");
     b.accept_alert();
