@@ -274,6 +274,20 @@ fn the_dashboard_signs_in_browses_uploads_previews_edits_rules_and_deletes() {
     b.wait_text("#preview-text", |t| t == "alpha");
     b.shot("folder-listed");
 
+    // Delete a file, confirming.
+    b.click("#delete-file");
+    b.accept_alert();
+    b.wait_text("#message", |t| t.contains("Deleted site/bundle/a.txt"));
+    b.wait_text("#listing", |t| !t.contains("a.txt") && t.contains("sub/"));
+    assert_eq!(server.get("/site/bundle/a.txt").status(), 404);
+
+    // Delete a whole folder: one batch.
+    b.goto(&server.url("/_turserver/ui/#/files?prefix=site%2F"));
+    b.click("#delete-folder");
+    b.accept_alert();
+    b.wait_text("#message", |t| t.contains("Deleted 1 files under site/"));
+    assert_eq!(server.get("/site/bundle/sub/b.html").status(), 404);
+
     // Drop files on the page (a drop made by script: WebDriver cannot drag
     // files). One name is longer than a tar header holds (a pax record) and
     // one is not ASCII.
@@ -292,20 +306,6 @@ fn the_dashboard_signs_in_browses_uploads_previews_edits_rules_and_deletes() {
     b.wait_text("#message", |t| t.contains("Uploaded 2 files into dropped/"));
     assert_eq!(server.get(&format!("/dropped/{long}")).text().unwrap(), "dropped one");
     assert_eq!(server.get("/dropped/zwei-%C3%BC.json").text().unwrap(), r#"{"two": 2}"#);
-
-    // Delete a file, confirming.
-    b.click("#delete-file");
-    b.accept_alert();
-    b.wait_text("#message", |t| t.contains("Deleted site/bundle/a.txt"));
-    b.wait_text("#listing", |t| !t.contains("a.txt") && t.contains("sub/"));
-    assert_eq!(server.get("/site/bundle/a.txt").status(), 404);
-
-    // Delete a whole folder: one batch.
-    b.goto(&server.url("/_turserver/ui/#/files?prefix=site%2F"));
-    b.click("#delete-folder");
-    b.accept_alert();
-    b.wait_text("#message", |t| t.contains("Deleted 1 files under site/"));
-    assert_eq!(server.get("/site/bundle/sub/b.html").status(), 404);
 
     // Site rules: a bad document shows the server's error beside the field
     // and changes nothing; a good one changes what `/` serves.
