@@ -53,11 +53,7 @@ pub(super) fn asset(req: &Request) -> Response {
     };
     let (_, media_type, bytes) = ASSETS[i];
     let etag = &etags()[i];
-    let fresh = req
-        .headers()
-        .get(hyper::header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let fresh = http::headers::none_match(req.headers(), |tag| tag == etag);
     let mut resp = match (fresh, req.method() == hyper::Method::HEAD) {
         (true, _) => http::response(304, None, ""),
         (false, true) => http::response(200, None, ""),

@@ -20,7 +20,7 @@
 use super::App;
 use crate::http::tokens::Action;
 use crate::http::{
-    json_value, method_not_allowed, response, retry_later, text_response, Refusal, Request, Response, WriteAccess,
+    headers, json_value, method_not_allowed, response, retry_later, text_response, Refusal, Request, Response, WriteAccess,
 };
 use crate::pipeline::{carry_position, take_access, wait_for_position};
 use crate::store::{validate_key, KvExpect, StoreError, KV_PATH_PREFIX, MAX_KEYS_PAGE, MAX_VALUE};
@@ -142,9 +142,7 @@ async fn get(app: &App, key: &str, req: &Request) -> Response {
         Err(e) => return failed(e, key),
     };
     let tag = etag(entry.version);
-    let matches = req.headers().get(hyper::header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| {
-        v.split(',').any(|t| t.trim() == "*" || parse_etag(t) == Some(entry.version))
-    });
+    let matches = headers::none_match(req.headers(), |tag| parse_etag(tag) == Some(entry.version));
     let mut resp = if matches {
         response(304, None, bytes::Bytes::new())
     } else {

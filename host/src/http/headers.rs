@@ -12,3 +12,13 @@ pub const CACHE: &str = "turserver-cache";
 pub const WORKER: &str = "x-turserver-worker";
 /// The request's number, also in the log lines about it.
 pub const REQUEST_ID: &str = "x-request-id";
+
+/// Whether the request's `If-None-Match` is `*` or lists an entity tag for
+/// which `current` holds (each tag trimmed, as sent): a GET then answers
+/// 304.
+pub fn none_match(headers: &http::HeaderMap, current: impl Fn(&str) -> bool) -> bool {
+    headers
+        .get(hyper::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').map(str::trim).any(|tag| tag == "*" || current(tag)))
+}

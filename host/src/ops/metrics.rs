@@ -49,7 +49,8 @@ impl Default for Metrics {
         registry.register("request_duration_seconds", "Time to the response head, by method", latency.clone());
         let bytes_served = Counter::default();
         registry.register("response_body_bytes", "Response body bytes sent", bytes_served.clone());
-        Metrics { registry: Mutex::new(registry), requests, latency, bytes_served, usage: Arc::default() }
+        let usage = Arc::new(Usage::new(bytes_served.clone()));
+        Metrics { registry: Mutex::new(registry), requests, latency, bytes_served, usage }
     }
 }
 
@@ -73,13 +74,8 @@ impl Metrics {
             "OPTIONS" => "OPTIONS",
             _ => "other",
         };
-        let status = match resp.status().as_u16() / 100 {
-            1 => "1xx",
-            2 => "2xx",
-            3 => "3xx",
-            4 => "4xx",
-            _ => "5xx",
-        };
+        let class = (resp.status().as_u16() / 100).clamp(1, 5) as usize - 1;
+        let status = ["1xx", "2xx", "3xx", "4xx", "5xx"][class];
         self.requests.get_or_create(&RequestLabels { method, status }).inc();
         self.latency.get_or_create(&MethodLabels { method }).observe(seconds);
         let body_bytes = match (method, resp.status().as_u16()) {
@@ -90,10 +86,9 @@ impl Metrics {
                 .and_then(|v| v.to_str().ok()?.parse().ok())
                 .unwrap_or_else(|| http_body::Body::size_hint(resp.body()).lower()),
         };
-        self.usage.record(path, resp.status().as_u16(), seconds, body_bytes);
+        self.usage.record(path, class, seconds, body_bytes);
         let counter = self.bytes_served.clone();
-        let usage = self.usage.clone();
-        resp.map(|inner| CountingBody { inner, counter, usage }.boxed_unsync())
+        resp.map(|inner| CountingBody { inner, counter }.boxed_unsync())
     }
 
     pub fn render(&self) -> String {
@@ -110,7 +105,6 @@ impl Metrics {
 struct CountingBody {
     inner: ResponseBody,
     counter: Counter,
-    usage: Arc<Usage>,
 }
 
 impl http_body::Body for CountingBody {
@@ -125,7 +119,6 @@ impl http_body::Body for CountingBody {
         if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 self.counter.inc_by(data.len() as u64);
-                self.usage.sent(data.len() as u64);
             }
         }
         polled

@@ -28,7 +28,6 @@ const LATENCY_FIRST_US: f64 = 10.0;
 struct Counters {
     /// By status class: 1xx..5xx.
     status: [AtomicU64; 5],
-    bytes: AtomicU64,
     latency: [AtomicU64; LATENCY_BUCKETS],
 }
 
@@ -90,9 +89,10 @@ struct Reading {
     sync_us: u64,
 }
 
-#[derive(Default)]
 pub struct Usage {
     counters: Counters,
+    /// Response body bytes sent: the `/metrics` counter, read here.
+    bytes: Counter,
     top: Mutex<Top>,
     history: Mutex<VecDeque<Point>>,
 }
@@ -105,20 +105,21 @@ struct Top {
 
 impl Default for Counters {
     fn default() -> Counters {
-        Counters {
-            status: Default::default(),
-            bytes: AtomicU64::new(0),
-            latency: std::array::from_fn(|_| AtomicU64::new(0)),
-        }
+        Counters { status: Default::default(), latency: std::array::from_fn(|_| AtomicU64::new(0)) }
     }
 }
 
 impl Usage {
-    /// Records an answered request: its status, time to the response head,
-    /// and body length (as declared; 0 for HEAD and bodiless statuses).
-    /// `path` is `None` for the host's own endpoints, which are not ranked.
-    pub fn record(&self, path: Option<&str>, status: u16, seconds: f64, body_bytes: u64) {
-        let class = (status / 100).clamp(1, 5) as usize - 1;
+    /// `bytes` counts the response body bytes sent.
+    pub fn new(bytes: Counter) -> Usage {
+        Usage { counters: Counters::default(), bytes, top: Mutex::default(), history: Mutex::default() }
+    }
+
+    /// Records an answered request: its status class (0 for 1xx to 4 for
+    /// 5xx), time to the response head, and body length (as declared; 0 for
+    /// HEAD and bodiless statuses). `path` is `None` for the host's own
+    /// endpoints, which are not ranked.
+    pub fn record(&self, path: Option<&str>, class: usize, seconds: f64, body_bytes: u64) {
         self.counters.status[class].fetch_add(1, Ordering::Relaxed);
         self.counters.latency[latency_bucket(seconds)].fetch_add(1, Ordering::Relaxed);
         if let Some(path) = path {
@@ -128,11 +129,6 @@ impl Usage {
                 top.bytes.add(path, body_bytes);
             }
         }
-    }
-
-    /// Counts body bytes as they are sent.
-    pub fn sent(&self, bytes: u64) {
-        self.counters.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
     /// Starts the sampler: one point every `interval`, the last hour kept.
@@ -162,7 +158,7 @@ impl Usage {
         let stats = sources.store.sync_stats();
         Reading {
             status: std::array::from_fn(|i| c.status[i].load(Ordering::Relaxed)),
-            bytes: c.bytes.load(Ordering::Relaxed),
+            bytes: self.bytes.get(),
             latency: c.latency.iter().map(|b| b.load(Ordering::Relaxed)).collect(),
             cache_hits: sources.cache.as_ref().map_or(0, |(hits, _)| hits.get()),
             cache_misses: sources.cache.as_ref().map_or(0, |(_, misses)| misses.get()),
