@@ -12,6 +12,7 @@ mod kv;
 mod local;
 mod operations;
 mod replica;
+mod sites;
 mod soak;
 mod spin;
 mod swap;

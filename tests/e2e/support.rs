@@ -82,6 +82,7 @@ pub struct Sqld {
     dir: TempDir,
     log: Log,
     extra: Vec<String>,
+    admin_port: Option<u16>,
 }
 
 impl Sqld {
@@ -93,7 +94,7 @@ impl Sqld {
     pub fn start_with(extra: &[&str]) -> Sqld {
         let dir = TempDir::new("sqld");
         let extra = extra.iter().map(|s| s.to_string()).collect();
-        let mut sqld = Sqld { child: None, port: free_port(), dir, log: Log::default(), extra };
+        let mut sqld = Sqld { child: None, port: free_port(), dir, log: Log::default(), extra, admin_port: None };
         sqld.spawn();
         sqld
     }
@@ -153,6 +154,55 @@ impl Sqld {
 
     /// The first column of every row a query on the primary returns.
     pub fn query_column(&self, sql: &str, params: Vec<libsql::Value>) -> Vec<libsql::Value> {
+        self.query_column_in(None, sql, params)
+    }
+
+    /// A primary started with `--enable-namespaces`, its admin API on its
+    /// own port.
+    pub fn with_namespaces() -> Sqld {
+        let admin = free_port();
+        let mut sqld = Sqld::start_with(&["--enable-namespaces", "--admin-listen-addr", &format!("127.0.0.1:{admin}")]);
+        sqld.admin_port = Some(admin);
+        sqld
+    }
+
+    /// Creates an empty database `name` (with `--enable-namespaces`).
+    pub fn create_namespace(&self, name: &str) {
+        let admin = self.admin_port.expect("a primary started with_namespaces");
+        let r = client()
+            .post(format!("http://127.0.0.1:{admin}/v1/namespaces/{name}/create"))
+            .json(&serde_json::json!({}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "creating namespace {name}: {}", r.text().unwrap_or_default());
+    }
+
+    /// The first column of every row a query in one namespace returns
+    /// (`None`: the default database). sqld takes a namespace from the
+    /// first label of the request's host.
+    pub fn query_column_in(&self, namespace: Option<&str>, sql: &str, params: Vec<libsql::Value>) -> Vec<libsql::Value> {
+        let Some(ns) = namespace else { return self.query_default(sql, params) };
+        assert!(params.is_empty(), "query_column_in takes no parameters with a namespace");
+        let body = serde_json::json!({"requests": [{"type": "execute", "stmt": {"sql": sql}}, {"type": "close"}]});
+        let r = client().post(format!("{}/v2/pipeline", self.url())).header("host", format!("{ns}.primary")).json(&body).send().unwrap();
+        assert_eq!(r.status(), 200, "querying namespace {ns}");
+        let doc: serde_json::Value = r.json().unwrap();
+        let result = &doc["results"][0];
+        assert_eq!(result["type"], "ok", "{doc}");
+        result["response"]["result"]["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| match (row[0]["type"].as_str(), &row[0]["value"]) {
+                (Some("integer"), v) => libsql::Value::Integer(v.as_str().unwrap().parse().unwrap()),
+                (Some("text"), v) => libsql::Value::Text(v.as_str().unwrap().to_string()),
+                (Some("null"), _) => libsql::Value::Null,
+                other => panic!("a value of another type: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn query_default(&self, sql: &str, params: Vec<libsql::Value>) -> Vec<libsql::Value> {
         let url = self.url();
         let sql = sql.to_string();
         block_on(async move {
@@ -206,9 +256,12 @@ impl Server {
     }
 
     fn command(data_dir: &Path, extra: &[&str]) -> Command {
+        // With many sites each site's entry has its token.
+        let token: &[&str] = if extra.contains(&"--sites") { &[] } else { &["--write-token", TOKEN] };
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_turserver"));
         cmd.arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--write-token", TOKEN])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(token)
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)

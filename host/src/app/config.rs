@@ -331,9 +331,27 @@ pub struct ServeArgs {
     #[arg(long, env = "TURSERVER_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
-    /// Directory holding the local database or the embedded replica.
+    /// Directory holding the local database or the embedded replica
+    /// (with --sites: one folder per site under `sites/`).
     #[arg(long, env = "TURSERVER_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+
+    /// Serve many sites, each with its own database, routed by the request's
+    /// host: a TOML file, or a folder of `*.toml` files (re-read on SIGHUP
+    /// and when they change). See the README's "Many sites".
+    #[arg(long, env = "TURSERVER_SITES")]
+    pub sites: Option<PathBuf>,
+
+    /// With --sites: a site that has had no request for this long is
+    /// closed (its syncs stop, its memory is freed; its replica stays on
+    /// disk for a fast reopen).
+    #[arg(long, env = "TURSERVER_SITE_IDLE", default_value = "10m", value_parser = parse_duration)]
+    pub site_idle: Duration,
+
+    /// With --sites: most sites open at once; opening one more closes the
+    /// one whose last request is oldest.
+    #[arg(long, env = "TURSERVER_MAX_OPEN_SITES", default_value_t = 100)]
+    pub max_open_sites: usize,
 
     /// URL of the libSQL primary (e.g. `https://db.turso.io` or
     /// `http://127.0.0.1:8081`). Without it the data lives in a local file.
@@ -576,6 +594,27 @@ impl ServeArgs {
         }
         if let Some(w) = &self.worker {
             std::fs::metadata(w).with_context(|| format!("--worker {}", w.display()))?;
+        }
+        if self.sites.is_some() {
+            // What one site's flags set, each site's entry sets.
+            let per_site = "with --sites, set it in each site's entry of the sites file";
+            for (flag, given, instead) in [
+                ("--primary-url", self.primary_url.is_some(), per_site),
+                ("--primary-token", self.primary_token.is_some(), per_site),
+                ("--write-token", self.write_token.is_some(), per_site),
+                ("--sidecar-listen", self.sidecar_listen.is_some(), "the sidecar serves a single site"),
+                ("--rebuild-replica", self.rebuild_replica, "remove the site's folder under DATA_DIR/sites/ instead"),
+            ] {
+                if given {
+                    bail!("{flag} cannot be used with --sites: {instead}");
+                }
+            }
+        }
+        if self.site_idle < Duration::from_secs(1) {
+            bail!("--site-idle must be at least 1s");
+        }
+        if self.max_open_sites == 0 {
+            bail!("--max-open-sites must be at least 1");
         }
         Ok(())
     }

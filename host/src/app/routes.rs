@@ -2,6 +2,7 @@
 //! answered here, and every other request to the pipeline. Every answer is
 //! recorded in the metrics.
 
+use super::sites::Sites;
 use super::App;
 use crate::http::{self, json_value, retry_later, text_response, Handler, Request, Response};
 use crate::ops::{render_status, Metrics};
@@ -11,11 +12,17 @@ use crate::wasm::{DeployError, MAX_WORKER_SIZE};
 use http_body_util::BodyExt;
 use std::sync::{Arc, OnceLock};
 
-/// What the public port answers with: the app once it has started, and
-/// what works before that.
+/// What the public port answers with: the app (or the sites) once started,
+/// and what works before that.
 pub(super) struct Routes {
-    pub app: OnceLock<Arc<App>>,
+    pub target: Target,
     pub metrics: Metrics,
+}
+
+/// One site, or many chosen by host.
+pub(super) enum Target {
+    One(OnceLock<Arc<App>>),
+    Many(OnceLock<Arc<Sites>>),
 }
 
 impl Handler for Routes {
@@ -24,37 +31,67 @@ impl Handler for Routes {
         let method = req.method().clone();
         // Cheap: the URI's parts are shared, not copied.
         let uri = req.uri().clone();
-        let resp = self.route(req).await;
+        let (resp, app) = self.route(req).await;
         let ranked = Some(uri.path()).filter(|p| !p.starts_with("/_turserver/") && *p != "/metrics");
-        self.metrics.observe(method.as_str(), ranked, resp, started.elapsed().as_secs_f64())
+        let usage = app.as_ref().map_or(&self.metrics.usage, |a| &a.usage);
+        self.metrics.observe(method.as_str(), ranked, resp, started.elapsed().as_secs_f64(), usage)
     }
 }
 
 impl Routes {
-    async fn route(&self, req: Request) -> Response {
-        let app = self.app.get();
-        match req.uri().path() {
-            "/_turserver/health" => return text_response(200, "ok"),
-            "/_turserver/ready" => {
-                return match app {
-                    Some(app) if app.pipeline.store.is_ready() => text_response(200, "ready"),
-                    Some(_) => retry_later(503, "not ready: the replica has not completed a sync with the primary yet"),
-                    None => retry_later(503, "not ready: starting"),
-                };
-            }
-            "/metrics" => {
-                return http::response(200, Some("text/plain; version=0.0.4; charset=utf-8"), {
-                    let mut text = self.metrics.render();
-                    text.truncate(text.trim_end().len());
-                    text.push('\n');
-                    text
-                });
-            }
-            _ => {}
+    /// The answer, and the site that gave it.
+    async fn route(&self, req: Request) -> (Response, Option<Arc<App>>) {
+        if let Some(resp) = self.host_wide(&req).await {
+            return (resp, None);
         }
-        let Some(app) = app else {
-            return retry_later(503, "starting: the store and worker are not loaded yet");
+        let app = match &self.target {
+            Target::One(app) => match app.get() {
+                Some(app) => app.clone(),
+                None => return (retry_later(503, "starting: the store and worker are not loaded yet"), None),
+            },
+            Target::Many(sites) => match sites.get() {
+                Some(sites) => match sites.resolve(&req).await {
+                    Ok(app) => app,
+                    Err(refused) => return (refused, None),
+                },
+                None => return (retry_later(503, "starting: the sites are not loaded yet"), None),
+            },
         };
+        (Self::site(&app, req).await, Some(app))
+    }
+
+    /// What the host answers for every site: health, readiness, metrics,
+    /// and with many sites the status of all of them.
+    async fn host_wide(&self, req: &Request) -> Option<Response> {
+        Some(match (req.uri().path(), &self.target) {
+            ("/_turserver/health", _) => text_response(200, "ok"),
+            ("/_turserver/ready", Target::One(app)) => match app.get() {
+                Some(app) if app.pipeline.store.is_ready() => text_response(200, "ready"),
+                Some(_) => retry_later(503, "not ready: the replica has not completed a sync with the primary yet"),
+                None => retry_later(503, "not ready: starting"),
+            },
+            // Sites open on demand: ready once the sites file is loaded.
+            ("/_turserver/ready", Target::Many(sites)) => match sites.get() {
+                Some(_) => text_response(200, "ready"),
+                None => retry_later(503, "not ready: starting"),
+            },
+            ("/_turserver/status", Target::Many(sites)) => match sites.get() {
+                Some(sites) => sites.status().await,
+                None => retry_later(503, "starting: the sites are not loaded yet"),
+            },
+            ("/metrics", _) => http::response(200, Some("text/plain; version=0.0.4; charset=utf-8"), {
+                let mut text = self.metrics.render();
+                text.truncate(text.trim_end().len());
+                text.push('\n');
+                text
+            }),
+            _ => return None,
+        })
+    }
+
+    /// What one site answers.
+    async fn site(app: &Arc<App>, req: Request) -> Response {
+        let app = &**app;
         match req.uri().path() {
             "/_turserver/status" => {
                 http::json_response(200, render_status(&app.pipeline.store, &app.pipeline.workers))

@@ -62,8 +62,15 @@ impl Metrics {
 
     /// Records an answered request; its body's bytes are counted as they
     /// are sent. `path` ranks it among the most requested (`None`: the
-    /// host's own endpoints).
-    pub fn observe(&self, method: &str, path: Option<&str>, resp: crate::http::Response, seconds: f64) -> crate::http::Response {
+    /// host's own endpoints) in `usage`: the host's, or a site's.
+    pub fn observe(
+        &self,
+        method: &str,
+        path: Option<&str>,
+        resp: crate::http::Response,
+        seconds: f64,
+        usage: &Arc<Usage>,
+    ) -> crate::http::Response {
         // Static labels: recording a request allocates nothing.
         let method = match method {
             "GET" => "GET",
@@ -86,9 +93,10 @@ impl Metrics {
                 .and_then(|v| v.to_str().ok()?.parse().ok())
                 .unwrap_or_else(|| http_body::Body::size_hint(resp.body()).lower()),
         };
-        self.usage.record(path, class, seconds, body_bytes);
+        usage.record(path, class, seconds, body_bytes);
         let counter = self.bytes_served.clone();
-        resp.map(|inner| CountingBody { inner, counter }.boxed_unsync())
+        let site = (!Arc::ptr_eq(usage, &self.usage)).then(|| usage.bytes_counter().clone());
+        resp.map(|inner| CountingBody { inner, counter, site }.boxed_unsync())
     }
 
     pub fn render(&self) -> String {
@@ -105,6 +113,8 @@ impl Metrics {
 struct CountingBody {
     inner: ResponseBody,
     counter: Counter,
+    /// A site's own count, when the request was for one of many sites.
+    site: Option<Counter>,
 }
 
 impl http_body::Body for CountingBody {
@@ -119,6 +129,9 @@ impl http_body::Body for CountingBody {
         if let std::task::Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 self.counter.inc_by(data.len() as u64);
+                if let Some(site) = &self.site {
+                    site.inc_by(data.len() as u64);
+                }
             }
         }
         polled

@@ -115,6 +115,11 @@ impl Usage {
         Usage { counters: Counters::default(), bytes, top: Mutex::default(), history: Mutex::default() }
     }
 
+    /// The response body bytes this usage counts.
+    pub fn bytes_counter(&self) -> &Counter {
+        &self.bytes
+    }
+
     /// Records an answered request: its status class (0 for 1xx to 4 for
     /// 5xx), time to the response head, and body length (as declared; 0 for
     /// HEAD and bodiless statuses). `path` is `None` for the host's own

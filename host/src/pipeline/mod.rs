@@ -39,6 +39,9 @@ pub struct Pipeline {
     /// The site rules, for the host's own checks (private files).
     pub site: Arc<SiteRulesCache>,
     pub max_upload: u64,
+    /// The site's `max_file_size`, when it is what limits uploads: a 413
+    /// then says so.
+    pub max_file_size: Option<u64>,
     pub cache: Option<ResponseCache>,
     /// How long a read waits for the position it carries.
     pub consistency_wait: Duration,
@@ -66,7 +69,13 @@ impl Pipeline {
         let replay = is_get.then(|| invoke::Replay::of(&req));
         let mut files = self.files(access.clone());
         files.reads = lookup.track_reads();
+        let limit_refused = is_write.then(Arc::default);
+        files.limit_refused = limit_refused.clone();
         let resp = invoke::run(&self.workers, worker, req, files).await;
+        let resp = match limit_refused {
+            Some(refused) => self.name_limit(&refused, resp),
+            None => resp,
+        };
         let mut answer = cache::post_process(self.cache.as_ref(), lookup, resp).await;
         // The version the worker chose vanished before anything was sent
         // (replaced or deleted meanwhile): answer from the store as it is
@@ -99,6 +108,23 @@ impl Pipeline {
             max_upload: self.max_upload,
             progress: None,
             reads: None,
+            limit_refused: None,
+        }
+    }
+
+    /// A write refused for passing one of the site's limits answers with
+    /// the limit's name: 507 for what the site holds (`max_files`,
+    /// `max_bytes`), 413 for one file's size (`max_file_size`).
+    fn name_limit(&self, refused: &std::sync::OnceLock<crate::store::LimitExceeded>, resp: Response) -> Response {
+        if let Some(limit) = refused.get() {
+            return crate::http::text_response(507, &format!("{limit}; nothing was written"));
+        }
+        match self.max_file_size {
+            Some(max) if resp.status() == hyper::StatusCode::PAYLOAD_TOO_LARGE => crate::http::text_response(
+                413,
+                &format!("files on this site are at most {max} bytes (max_file_size); nothing was written"),
+            ),
+            _ => resp,
         }
     }
 

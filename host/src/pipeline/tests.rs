@@ -34,6 +34,7 @@ async fn pipeline(label: &str, cache_bytes: u64) -> (TempDir, hyper::client::con
         workers,
         write_token: Some(TokenDigest::of(TOKEN)),
         max_upload: 1 << 20,
+        max_file_size: None,
         cache: (cache_bytes > 0).then(|| ResponseCache::new(cache_bytes)),
         consistency_wait: Duration::from_millis(100),
     });

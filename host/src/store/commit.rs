@@ -51,7 +51,7 @@ impl Store {
             Ok(conn) => {
                 let abandoned: Vec<Staged> = abandoned.into_iter().map(|p| p.staged).collect();
                 discard_all(&conn, &abandoned).await;
-                let results = if staged.is_empty() { Vec::new() } else { publish_each(&conn, staged).await };
+                let results = if staged.is_empty() { Vec::new() } else { publish_each(&conn, staged, self.quota()).await };
                 self.put_back(conn);
                 results
             }

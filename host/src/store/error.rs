@@ -7,6 +7,9 @@ pub enum StoreError {
     /// The upload passed the configured size limit (bytes).
     #[error("upload larger than {0} bytes")]
     TooLarge(u64),
+    /// The write would pass one of the site's limits; nothing was written.
+    #[error("{0}")]
+    LimitExceeded(super::quota::LimitExceeded),
     /// A conditional write found something other than what it expected.
     #[error("precondition failed")]
     PreconditionFailed,
@@ -39,6 +42,7 @@ impl StoreError {
         match self {
             StoreError::TooLarge(n) => StoreError::TooLarge(*n),
             StoreError::PreconditionFailed => StoreError::PreconditionFailed,
+            StoreError::LimitExceeded(l) => StoreError::LimitExceeded(l.clone()),
             StoreError::Invalid(s) => StoreError::Invalid(s.clone()),
             StoreError::Unavailable { op, source } => {
                 StoreError::Unavailable { op, source: libsql::Error::ConnectionFailed(source.to_string()) }

@@ -74,12 +74,14 @@ impl Follower {
         let mut headers = reqwest::header::HeaderMap::new();
         headers.insert("content-type", "application/grpc-web+proto".parse()?);
         headers.insert("x-grpc-web", "1".parse()?);
-        // The namespace, chosen as libSQL's own client does: the host's
-        // first label when it has several, else `default`.
+        // The namespace: the one configured, else chosen as libSQL's own
+        // client does: the host's first label when it has several, else
+        // `default`.
         let host = reqwest::Url::parse(url)?.host_str().unwrap_or_default().to_string();
-        let namespace = match host.split_once('.') {
-            Some((ns, _)) if !ns.is_empty() && host.parse::<std::net::IpAddr>().is_err() => ns.to_string(),
-            _ => "default".to_string(),
+        let namespace = match (store.namespace.as_deref(), host.split_once('.')) {
+            (Some(ns), _) => ns.to_string(),
+            (None, Some((ns, _))) if !ns.is_empty() && host.parse::<std::net::IpAddr>().is_err() => ns.to_string(),
+            (None, _) => "default".to_string(),
         };
         let encoded = base64::engine::general_purpose::STANDARD.encode(namespace.as_bytes());
         headers.insert("x-namespace-bin", encoded.parse()?);

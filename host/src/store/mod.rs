@@ -13,6 +13,7 @@
 //! - `writes`: deletes, the site document, conditional-write checks, GC.
 //! - `upload`: staging bodies (and their encodings), uploads and batches.
 //! - `publish`: making staged files visible in one transaction, in groups.
+//! - `quota`: a site's limits on its files and bytes, checked as it publishes.
 //! - `commit`: group commit of single uploads that finish together.
 //! - `replication`: syncs, positions, read-your-writes waits, sync stats.
 //! - `replica`: opening, checking and rebuilding the embedded replica.
@@ -38,6 +39,7 @@ mod kv;
 mod paths;
 mod pool;
 mod publish;
+mod quota;
 mod reads;
 mod replica;
 mod replication;
@@ -52,6 +54,7 @@ pub use error::StoreError;
 pub use freshness::{Invalidation, Reads};
 pub use kv::{validate_key, KvExpect, KV_PATH_PREFIX, MAX_KEYS_PAGE, MAX_VALUE};
 pub use paths::validate_path;
+pub use quota::{LimitExceeded, Quota, Totals};
 pub use reads::Reader;
 pub use replication::{redact_url, SyncSnapshot, SyncStats};
 pub use upkeep::{SyncPlan, Upkeep};
@@ -127,6 +130,10 @@ pub struct Store {
     /// Group commits made, and the uploads they published.
     commit_groups: prometheus_client::metrics::counter::Counter,
     committed_uploads: prometheus_client::metrics::counter::Counter,
+    /// The limits publishing checks.
+    quota: Mutex<Quota>,
+    /// The primary's namespace (sqld `--enable-namespaces`), when set.
+    namespace: Option<String>,
 }
 
 impl Store {
@@ -149,7 +156,26 @@ impl Store {
             max_group: std::sync::atomic::AtomicUsize::new(commit::DEFAULT_MAX_GROUP),
             commit_groups: Default::default(),
             committed_uploads: Default::default(),
+            quota: Mutex::new(Quota::default()),
+            namespace: None,
         }
+    }
+
+    /// Sets the limits later writes are checked against.
+    pub fn set_quota(&self, quota: Quota) {
+        *self.quota.lock().unwrap_or_else(|e| e.into_inner()) = quota;
+    }
+
+    pub fn quota(&self) -> Quota {
+        *self.quota.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The files and bytes the database holds, as counted against the limits.
+    pub async fn totals(&self) -> Result<Totals, StoreError> {
+        let conn = self.conn().await?;
+        let totals = quota::totals(&conn).await;
+        self.put_back(conn);
+        totals
     }
 
     /// See [`Store::generation`]'s field: compare two readings to know

@@ -11,6 +11,7 @@ use super::error::StoreError;
 use super::sql::query_all;
 use super::upload::{Body, Staged};
 use super::writes::{check_expectation, currents, remove_files};
+use super::quota::{self, Quota};
 use super::{unix_now, FileMeta, CHUNK_SIZE};
 use libsql::{Connection, Transaction, Value};
 use std::collections::{BTreeSet, HashMap};
@@ -27,9 +28,10 @@ pub(super) async fn publish(
     conn: &Connection,
     staged: Vec<Staged>,
     removed: BTreeSet<String>,
+    quota: Quota,
 ) -> Result<Vec<(FileMeta, bool)>, StoreError> {
     let now = unix_now();
-    let result = publish_while_locked(conn, &staged, &removed, now, false).await;
+    let result = publish_while_locked(conn, &staged, &removed, now, false, quota).await;
     if result.is_err() {
         discard_all(conn, &staged).await;
     }
@@ -41,9 +43,13 @@ pub(super) async fn publish(
 /// Publishes independent writes together (a group commit): one
 /// transaction, but a write whose precondition fails fails alone and the
 /// others are published. Every write gets its own answer.
-pub(super) async fn publish_each(conn: &Connection, staged: Vec<Staged>) -> Vec<Result<(FileMeta, bool), StoreError>> {
+pub(super) async fn publish_each(
+    conn: &Connection,
+    staged: Vec<Staged>,
+    quota: Quota,
+) -> Vec<Result<(FileMeta, bool), StoreError>> {
     let now = unix_now();
-    match publish_while_locked(conn, &staged, &BTreeSet::new(), now, true).await {
+    match publish_while_locked(conn, &staged, &BTreeSet::new(), now, true, quota).await {
         Err(e) => {
             discard_all(conn, &staged).await;
             staged.iter().map(|_| Err(e.duplicate())).collect()
@@ -102,11 +108,12 @@ async fn publish_while_locked(
     removed: &BTreeSet<String>,
     now: i64,
     each_alone: bool,
+    quota: Quota,
 ) -> Result<Vec<Result<(u64, i64, bool), StoreError>>, StoreError> {
     let mut pause = std::time::Duration::from_millis(25);
     let mut retries = 0;
     loop {
-        match publish_in_transaction(conn, staged, removed, now, each_alone).await {
+        match publish_in_transaction(conn, staged, removed, now, each_alone, quota).await {
             // A connection left inside a transaction is not tried again.
             Err(e) if e.is_locked() && retries < LOCKED_RETRIES && conn.is_autocommit() => {
                 tracing::info!(retry = retries + 1, "the database was locked by another writer; publishing again");
@@ -128,6 +135,7 @@ async fn publish_in_transaction(
     removed: &BTreeSet<String>,
     now: i64,
     each_alone: bool,
+    quota: Quota,
 ) -> Result<Vec<Result<(u64, i64, bool), StoreError>>, StoreError> {
     let w = |e| StoreError::write("publishing an upload", e);
     let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.map_err(w)?;
@@ -141,6 +149,12 @@ async fn publish_in_transaction(
                 return Err(e);
             }
             refused.insert(i, e);
+        }
+    }
+    if quota.is_set() {
+        if let Err(e) = check_quota(&tx, staged, removed, &current, &mut refused, each_alone, quota).await {
+            tx.rollback().await.map_err(w)?;
+            return Err(e);
         }
     }
     let going: Vec<&Staged> = staged.iter().enumerate().filter(|(i, _)| !refused.contains_key(i)).map(|(_, s)| s).collect();
@@ -179,6 +193,61 @@ async fn publish_in_transaction(
             }
         })
         .collect())
+}
+
+/// Refuses the files that would take the site past its limits: in order,
+/// each one alone (a group commit), or the whole transaction (a batch,
+/// whose removals count first).
+async fn check_quota(
+    tx: &Transaction,
+    staged: &[Staged],
+    removed: &BTreeSet<String>,
+    current: &HashMap<String, super::writes::Current>,
+    refused: &mut HashMap<usize, StoreError>,
+    each_alone: bool,
+    quota: Quota,
+) -> Result<(), StoreError> {
+    let mut totals = quota::totals(tx).await?;
+    // The size each path named here counts for as the transaction goes.
+    let mut held: HashMap<&str, u64> = current
+        .iter()
+        .filter(|(path, _)| quota::counted(path))
+        .map(|(path, c)| (path.as_str(), c.size))
+        .collect();
+    for path in removed {
+        if let Some(size) = held.remove(path.as_str()) {
+            totals.files = totals.files.saturating_sub(1);
+            totals.bytes = totals.bytes.saturating_sub(size);
+        }
+    }
+    for (i, s) in staged.iter().enumerate() {
+        if refused.contains_key(&i) || !quota::counted(&s.path) {
+            continue;
+        }
+        let mut after = totals;
+        if let Some(size) = held.get(s.path.as_str()) {
+            after.files = after.files.saturating_sub(1);
+            after.bytes = after.bytes.saturating_sub(*size);
+        }
+        after.files += 1;
+        after.bytes += s.body.size;
+        // Within the limits, or no worse than before (a replacement by a
+        // smaller file is always allowed).
+        let shrinks = after.files <= totals.files && after.bytes <= totals.bytes;
+        match quota.check(after) {
+            Err(e) if !shrinks => {
+                if !each_alone {
+                    return Err(StoreError::LimitExceeded(e));
+                }
+                refused.insert(i, StoreError::LimitExceeded(e));
+            }
+            _ => {
+                totals = after;
+                held.insert(s.path.as_str(), s.body.size);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Inserts the file rows, a group per statement; returns each path's new id.

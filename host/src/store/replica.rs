@@ -38,6 +38,7 @@ impl Store {
         data_dir: &Path,
         url: &str,
         token: Option<&str>,
+        namespace: Option<&str>,
         rebuild: bool,
     ) -> anyhow::Result<Store> {
         let path = data_dir.join(REPLICA_FILE);
@@ -48,24 +49,34 @@ impl Store {
             tracing::warn!(dir = %data_dir.display(), "discarded the replica; copying the primary again");
         }
         let existed = path.exists();
+        // The primary's URL, and its namespace when one is chosen.
+        let origin = match namespace {
+            Some(ns) => format!("{url} namespace={ns}"),
+            None => url.to_string(),
+        };
         match std::fs::read_to_string(&marker) {
-            Ok(owner) if owner.trim() != url => anyhow::bail!(
+            Ok(owner) if owner.trim() != origin => anyhow::bail!(
                 "the replica in {} was made from the primary {}, not {}; {hint}",
                 data_dir.display(),
                 redact_url(owner.trim()),
-                redact_url(url)
+                redact_url(&origin)
             ),
             _ => {}
         }
-        let db = libsql::Builder::new_remote_replica(&path, url.to_string(), token.unwrap_or_default().to_string())
+        let mut builder = libsql::Builder::new_remote_replica(&path, url.to_string(), token.unwrap_or_default().to_string())
             // libSQL's own read-your-writes pulls frames after every delegated
             // statement, once per staged chunk; `written` syncs once per
             // committed write instead.
-            .read_your_writes(false)
+            .read_your_writes(false);
+        if let Some(ns) = namespace {
+            builder = builder.namespace(ns);
+        }
+        let db = builder
             .build()
             .await
             .map_err(|e| anyhow::anyhow!("opening the replica {} failed ({e}); {hint}", path.display()))?;
-        let store = Store::new(db, Mode::Replica { url: url.to_string() });
+        let mut store = Store::new(db, Mode::Replica { url: url.to_string() });
+        store.namespace = namespace.map(str::to_string);
         if existed {
             store.check_integrity().await.map_err(|why| {
                 anyhow::anyhow!("the replica in {} is damaged ({why}); {hint}", data_dir.display())
@@ -90,7 +101,7 @@ impl Store {
                 tracing::warn!(cause = %why, "the primary is unreachable; serving the local replica as it is until a sync succeeds");
             }
         }
-        std::fs::write(&marker, url).with_context(|| format!("writing {}", marker.display()))?;
+        std::fs::write(&marker, &origin).with_context(|| format!("writing {}", marker.display()))?;
         store.start_freshness().await;
         Ok(store)
     }

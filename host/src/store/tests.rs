@@ -15,7 +15,7 @@ fn encodings_list() {
 
 #[test]
 fn expectations() {
-    let c = Current { id: 1, created_at: 0, hash: "abc".into() };
+    let c = Current { id: 1, created_at: 0, hash: "abc".into(), size: 3 };
     assert!(check_expectation(None, Some(&c)).is_ok());
     assert!(check_expectation(Some(&Expect::Absent), None).is_ok());
     assert!(check_expectation(Some(&Expect::Absent), Some(&c)).is_err());

@@ -506,7 +506,7 @@ impl Batch {
         }
         let staged = std::mem::take(&mut self.staged);
         let removed = std::mem::take(&mut self.removed);
-        let published = super::publish::publish(&self.conn, staged, removed).await?;
+        let published = super::publish::publish(&self.conn, staged, removed, self.store.quota()).await?;
         self.store.put_back(self.conn.clone());
         self.store.written().await;
         Ok(published)

@@ -145,6 +145,7 @@ pub(super) struct Current {
     pub id: i64,
     pub created_at: i64,
     pub hash: String,
+    pub size: u64,
 }
 
 pub(super) async fn current(conn: &Connection, path: &str) -> Result<Option<Current>, StoreError> {
@@ -156,7 +157,7 @@ pub(super) async fn currents(conn: &Connection, paths: &[&str]) -> Result<HashMa
     let mut found = HashMap::new();
     for group in paths.chunks(500) {
         let sql = format!(
-            "SELECT path, id, created_at, hash, CASE WHEN hash IS NULL THEN content END FROM files WHERE path IN ({})",
+            "SELECT path, id, created_at, hash, CASE WHEN hash IS NULL THEN content END, size FROM files WHERE path IN ({})",
             placeholders(group.len())
         );
         let params: Vec<Value> = group.iter().map(|p| Value::Text(p.to_string())).collect();
@@ -166,7 +167,7 @@ pub(super) async fn currents(conn: &Connection, paths: &[&str]) -> Result<HashMa
                 Some(h) => h,
                 None => hex::encode(Sha256::digest(row.opt_blob(4)?.unwrap_or_default())),
             };
-            found.insert(row.text(0)?, Current { id: row.i64(1)?, created_at: row.i64(2)?, hash });
+            found.insert(row.text(0)?, Current { id: row.i64(1)?, created_at: row.i64(2)?, hash, size: row.i64(5)?.max(0) as u64 });
         }
     }
     Ok(found)

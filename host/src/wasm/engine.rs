@@ -76,10 +76,17 @@ pub struct RuntimeConfig {
     pub send_timeout: Duration,
 }
 
+/// Most distinct compiled components kept in memory for reuse; past it the
+/// set starts again (each is still on disk).
+const MAX_COMPILED_IN_MEMORY: usize = 32;
+
 pub struct Runtime {
     pub(super) engine: Engine,
     linker: Linker<RequestState>,
     cache: Option<ArtifactCache>,
+    /// Compiled components by hash, so sites running the same worker share
+    /// one compiled copy (their instances stay their own).
+    compiled: std::sync::Mutex<std::collections::HashMap<String, Component>>,
     /// How long an instance may run without progress.
     pub(super) deadline: Duration,
     pub(super) next_request_id: AtomicU64,
@@ -156,6 +163,7 @@ impl Runtime {
             engine,
             linker,
             cache,
+            compiled: Default::default(),
             deadline,
             next_request_id: AtomicU64::new(1),
             instantiations: Counter::default(),
@@ -191,7 +199,8 @@ impl Runtime {
     /// blocking context.
     pub fn load(&self, bytes: &[u8]) -> anyhow::Result<Worker> {
         let hash = component_hash(bytes);
-        let cached = self.cache.as_ref().and_then(|c| c.load(&self.engine, &hash));
+        let in_memory = self.compiled.lock().unwrap_or_else(|e| e.into_inner()).get(&hash).cloned();
+        let cached = in_memory.or_else(|| self.cache.as_ref().and_then(|c| c.load(&self.engine, &hash)));
         let from_cache = cached.is_some();
         let component = match cached {
             Some(c) => c,
@@ -203,6 +212,13 @@ impl Runtime {
                 c
             }
         };
+        {
+            let mut compiled = self.compiled.lock().unwrap_or_else(|e| e.into_inner());
+            if compiled.len() >= MAX_COMPILED_IN_MEMORY && !compiled.contains_key(&hash) {
+                compiled.clear();
+            }
+            compiled.insert(hash.clone(), component.clone());
+        }
         let instance_pre = self.linker.instantiate_pre(&component).context("linking the worker")?;
         let pre = ProxyPre::new(instance_pre).context("the worker does not export wasi:http/incoming-handler")?;
         Ok(Worker::new(pre, hash, from_cache, declares_stateless(bytes))?)

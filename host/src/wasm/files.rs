@@ -12,7 +12,7 @@ use super::bindings::files::{self, Encoded, Error, Expectation, Listing, Metadat
 use super::instance::Progress;
 use crate::http::tokens::Action;
 use crate::http::{Refusal, WriteAccess};
-use crate::store::{Batch, Expect, FileMeta, Reads, Store, StoreError, Upload};
+use crate::store::{Batch, Expect, FileMeta, LimitExceeded, Reads, Store, StoreError, Upload};
 use turserver_worker::site::SiteRules;
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable, ResourceTableError};
@@ -121,6 +121,10 @@ pub struct FilesCtx {
     /// What the worker read, when its response may be cached: the entry
     /// goes stale when one of these paths changes.
     pub reads: Option<Arc<std::sync::Mutex<Reads>>>,
+    /// Set when a write was refused for passing one of the site's limits,
+    /// so the host can answer with the limit's name whatever the worker
+    /// made of it.
+    pub limit_refused: Option<Arc<std::sync::OnceLock<LimitExceeded>>>,
 }
 
 /// Marks progress when a store call starts and again when it ends, so a
@@ -164,6 +168,22 @@ fn refused(r: Refusal) -> Error {
 }
 
 impl FilesCtx {
+    /// `write`, recording a refusal for passing a limit in
+    /// [`FilesCtx::limit_refused`].
+    fn noting_limits<T>(
+        &self,
+        write: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> impl std::future::Future<Output = Result<T, StoreError>> {
+        let cell = self.limit_refused.clone();
+        async move {
+            let result = write.await;
+            if let (Err(StoreError::LimitExceeded(l)), Some(cell)) = (&result, cell) {
+                let _ = cell.set(l.clone());
+            }
+            result
+        }
+    }
+
     /// Records something the worker read, when its response may be cached.
     pub(super) fn note_read(&self, note: impl FnOnce(&mut Reads)) {
         if let Some(reads) = &self.reads {
@@ -220,6 +240,9 @@ fn check_media_type(content_type: &str) -> Result<(), Error> {
 pub fn to_wit(op: &'static str, err: StoreError) -> Error {
     match err {
         StoreError::TooLarge(limit) => Error::TooLarge(limit),
+        // The worker answers 413; the host names the limit (see
+        // `FilesCtx::limit_refused`).
+        StoreError::LimitExceeded(l) => Error::TooLarge(l.max),
         StoreError::PreconditionFailed => Error::PreconditionFailed,
         StoreError::Invalid(why) => Error::Invalid(why),
         e @ StoreError::Unavailable { .. } => {
@@ -454,7 +477,7 @@ impl files::HostUpload for FilesView<'_> {
         let _progress = self.progressed();
         let upload = take(&mut self.table.get_mut(&this)?.0, "upload")?;
         let path = upload.path().to_string();
-        let (meta, created) = bounded("upload finish", upload.finish()).await?;
+        let (meta, created) = bounded("upload finish", self.ctx.noting_limits(upload.finish())).await?;
         tracing::info!(path, size = meta.size, created, "file written");
         Ok(Written { metadata: to_metadata(meta), created })
     }
@@ -495,7 +518,7 @@ impl files::HostBatch for FilesView<'_> {
     async fn commit(&mut self, this: Resource<BatchHandle>) -> HostResult<Vec<Written>> {
         let _progress = self.progressed();
         let batch = take(&mut self.table.get_mut(&this)?.0, "batch")?;
-        let files = bounded("batch commit", batch.commit()).await?;
+        let files = bounded("batch commit", self.ctx.noting_limits(batch.commit())).await?;
         tracing::info!(files = files.len(), "batch written");
         Ok(files.into_iter().map(|(meta, created)| Written { metadata: to_metadata(meta), created }).collect())
     }
