@@ -17,6 +17,7 @@ prints one table with each target marked met or not.
     python3 tests/bench.py --access-only  # only the signed-token read figures
     python3 tests/bench.py --feed-only    # only the cache-invalidation and change-feed figures
     python3 tests/bench.py --dashboard-only  # only the dashboard's load time (needs chromium, chromedriver)
+    python3 tests/bench.py --sites-only   # only the many-sites figures (1,000 sites on one sqld; needs wrk)
 
 Needs wrk and nginx (Debian: apt-get install wrk nginx-light).
 """
@@ -108,8 +109,9 @@ def http(method, url, body=None, headers=None):
 
 
 def start_turserver(binary, data_dir, *extra):
-    args = [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir, "--write-token", TOKEN,
-            "--bench-native", *extra]
+    # With --sites each site's entry has its own token.
+    token = [] if "--sites" in extra else ["--write-token", TOKEN]
+    args = [binary, "serve", "--listen", "127.0.0.1:0", "--data-dir", data_dir, *token, "--bench-native", *extra]
     env = dict(os.environ, RUST_LOG="warn,turserver::app=info")
     p = Proc(args, stderr=subprocess.PIPE, text=True, env=env)
     addr = None
@@ -919,6 +921,151 @@ def change_log_figures(binary, primary_url, work, seconds, rounds):
 FAILED = []
 
 
+def sites_bench(binary, sqld, work, seconds, rounds, count=1000, open_max=100):
+    """`count` sites, one sqld namespace each with three small files, served
+    by one edge that keeps at most `open_max` open. Measures a request to a
+    closed site (its replica on disk, and one never opened on this edge),
+    the edge's RSS with `open_max` open, and 1 KiB GETs spread over the open
+    sites beside a single-site edge (response cache off in both)."""
+    port, admin = free_port(), free_port()
+    Proc([sqld, "--db-path", os.path.join(work, "sites-primary"), "--http-listen-addr", f"127.0.0.1:{port}",
+          "--admin-listen-addr", f"127.0.0.1:{admin}", "--enable-namespaces", "--no-welcome"],
+         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    primary_url = f"http://127.0.0.1:{port}"
+    for _ in range(200):
+        try:
+            if http("GET", primary_url + "/health")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.05)
+    names = [f"s{i}" for i in range(count)]
+
+    def each(fn, items, threads=8):
+        errors = []
+
+        def run(part):
+            for item in part:
+                try:
+                    fn(item)
+                except (Exception, SystemExit) as e:
+                    errors.append(f"{item}: {e}")
+        workers = [threading.Thread(target=run, args=(items[t::threads],)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        if errors:
+            raise SystemExit(f"{len(errors)} failed, e.g. {errors[0]}")
+
+    def create(name):
+        status, body, _ = http("POST", f"http://127.0.0.1:{admin}/v1/namespaces/{name}/create", b"{}",
+                               {"Content-Type": "application/json"})
+        if status != 200:
+            raise SystemExit(f"creating namespace {name}: {status} {body[:200]!r}")
+    started = time.time()
+    each(create, names)
+    log(f"sites: {count} namespaces created in {time.time() - started:.1f} s")
+    sites_file = os.path.join(work, "sites.toml")
+    with open(sites_file, "w") as f:
+        for name in names:
+            f.write(f'[[site]]\nname = "{name}"\nhosts = ["{name}.test"]\nprimary = "{primary_url}"\n'
+                    f'namespace = "{name}"\nwrite_token = "token-{name}"\n\n')
+    edge, url = start_turserver(binary, os.path.join(work, "sites-edge"), "--sites", sites_file,
+                                "--max-open-sites", str(open_max), "--response-cache-mib", "0")
+    data = os.urandom(1024)
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for path, body in (("f1k.bin", data), ("index.html", b"<h1>hello</h1>"), ("a.txt", b"a")):
+            info = tarfile.TarInfo(path)
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    archive = archive.getvalue()
+
+    def populate(name):
+        status, body, _ = http("POST", f"{url}/_api/batch", archive,
+                               {"Host": f"{name}.test", "Authorization": f"Bearer token-{name}"})
+        if status != 200:
+            raise SystemExit(f"batch to {name}: {status} {body[:200]!r}")
+    started = time.time()
+    each(populate, names)
+    log(f"sites: {count} sites opened and given 3 files each in {time.time() - started:.1f} s")
+
+    def timed_get(base, name):
+        t = time.perf_counter()
+        status, body, _ = http("GET", f"{base}/f1k.bin", headers={"Host": f"{name}.test"})
+        if status != 200 or body != data:
+            raise SystemExit(f"GET {name}: {status}")
+        return (time.perf_counter() - t) * 1000
+
+    def closed(base):
+        doc = json.loads(http("GET", f"{base}/_turserver/status")[1])
+        return [s["name"] for s in doc["sites"] if s["state"] == "closed"]
+
+    # A closed site whose replica is on disk, one request at a time.
+    cold = [timed_get(url, name) for name in closed(url)[:200]]
+    # Sites never opened on this edge: a second edge, fresh data directory.
+    fresh_edge, fresh_url = start_turserver(binary, os.path.join(work, "sites-fresh"), "--sites", sites_file,
+                                            "--max-open-sites", str(open_max))
+    first = [timed_get(fresh_url, name) for name in names[:200]]
+    fresh_edge.stop()
+
+    # The open set: the first `open_max` sites.
+    for name in names[:open_max]:
+        timed_get(url, name)
+    doc = json.loads(http("GET", f"{url}/_turserver/status")[1])
+    if doc["open"] != open_max:
+        raise SystemExit(f"{doc['open']} sites open, not {open_max}")
+    rss = rss_kib(edge.p.pid, "VmRSS") / 1024
+
+    script = os.path.join(work, "sites.lua")
+    with open(script, "w") as f:
+        f.write(f"""local i = 0
+request = function()
+  i = (i + 1) % {open_max}
+  return wrk.format("GET", "/f1k.bin", {{["Host"] = "s" .. i .. ".test"}})
+end
+""")
+    single, single_url = start_turserver(binary, os.path.join(work, "sites-single"), "--primary-url",
+                                         start_sqld(sqld, os.path.join(work, "single")), "--response-cache-mib", "0")
+    put(single_url, "f1k.bin", data)
+    runs = {"single": [], "sites": []}
+    for r in range(rounds):
+        pair = [("single", lambda: wrk(f"{single_url}/f1k.bin", 64, seconds)),
+                ("sites", lambda: wrk(f"{url}/f1k.bin", 64, seconds, script=script))]
+        for label, measure in pair[r % 2:] + pair[:r % 2]:
+            runs[label].append(measure()[0])
+    doc = json.loads(http("GET", f"{url}/_turserver/status")[1])
+    single.stop()
+    edge.stop()
+    q = lambda xs, p: sorted(xs)[min(len(xs) - 1, int(len(xs) * p))]
+    return {
+        "count": count, "open": open_max, "open_after": doc["open"],
+        "cold_p50": q(cold, 0.5), "cold_p99": q(cold, 0.99), "cold_n": len(cold),
+        "first_p50": q(first, 0.5), "first_p99": q(first, 0.99), "first_n": len(first),
+        "rss_mib": rss,
+        "single": statistics.median(runs["single"]), "sites": statistics.median(runs["sites"]),
+        "ratio": statistics.median(a / b for a, b in zip(runs["sites"], runs["single"])),
+    }
+
+
+def print_sites(s):
+    print(f"many sites, {s['count']} configured on one sqld, at most {s['open']} open: a closed site's first request "
+          f"p50 {s['cold_p50']:.1f} ms, p99 {s['cold_p99']:.1f} ms ({s['cold_n']} sites, replica on disk); "
+          f"a site never opened on this edge p50 {s['first_p50']:.1f} ms, p99 {s['first_p99']:.1f} ms "
+          f"({s['first_n']} sites); RSS with {s['open']} open {s['rss_mib']:.0f} MiB; 1 KiB GETs over "
+          f"{s['open']} sites at 64 conns {s['sites']:.0f} req/s against one site {s['single']:.0f} "
+          f"({s['ratio']:.2f}x)")
+
+
+def sites_checks(s):
+    return [
+        ("a closed site answers within 100 ms p99", s["cold_p99"] <= 100 and s["first_p99"] <= 100,
+         f"{s['cold_p99']:.1f} ms (replica on disk), {s['first_p99']:.1f} ms (never opened here)"),
+        (f"RSS with {s['count']} configured, {s['open']} open < 512 MiB", s["rss_mib"] < 512, f"{s['rss_mib']:.0f} MiB"),
+        (f"1 KiB GETs over {s['open']} sites >= 0.9x one site (64 conns)", s["ratio"] >= 0.9, f"{s['ratio']:.2f}x"),
+    ]
+
+
 def soft(step, measure, *args):
     """Runs one benchmark step; a failure is logged and recorded (it shows
     as not met) instead of ending the run. None when it failed."""
@@ -1050,11 +1197,12 @@ def main():
     ap.add_argument("--access-only", action="store_true", help="only the signed-token read figures (needs wrk)")
     ap.add_argument("--feed-only", action="store_true", help="only the cache-invalidation and change-feed figures (needs wrk, sqld)")
     ap.add_argument("--dashboard-only", action="store_true", help="only the dashboard's load time (needs chromium, chromedriver)")
+    ap.add_argument("--sites-only", action="store_true", help="only the many-sites figures (needs wrk, sqld)")
     opts = ap.parse_args()
     seconds = 2 if opts.quick else 4
     rounds = 3 if opts.quick else 5
     lag_writes = 40 if opts.quick else 200
-    for tool in () if opts.deploy_only or opts.sync_only or opts.dashboard_only else ("wrk",) if opts.spin_only or opts.writes_only or opts.access_only or opts.feed_only else ("wrk", "nginx", "curl"):
+    for tool in () if opts.deploy_only or opts.sync_only or opts.dashboard_only else ("wrk",) if opts.spin_only or opts.writes_only or opts.access_only or opts.feed_only or opts.sites_only else ("wrk", "nginx", "curl"):
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing: apt-get install wrk nginx-light curl")
 
@@ -1088,6 +1236,12 @@ def main():
         dash = dashboard_bench(binary, work, rounds)
         print_dashboard(dash)
         for name, ok, figure in dashboard_checks(dash):
+            print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
+        return
+    if opts.sites_only:
+        sites = sites_bench(binary, sqld, work, seconds, rounds)
+        print_sites(sites)
+        for name, ok, figure in sites_checks(sites):
             print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
         return
     if opts.access_only:
@@ -1159,6 +1313,8 @@ def main():
     inv, kv, sub = soft("change log", change_log_figures, binary, primary_url, work, seconds, rounds) or (None, None, None)
     log("the dashboard in headless Chromium")
     dash = soft("dashboard", dashboard_bench, binary, work, rounds)
+    log("many sites: 1,000 sites on one sqld, 100 open")
+    many = soft("many sites", sites_bench, binary, sqld, work, seconds, rounds)
 
     print()
     print(f"{'test':<16} {'target':<13} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'/nginx':>7} {'/native':>8}")
@@ -1174,7 +1330,7 @@ def main():
         print(f"writes, 200 x 1 KiB in replica mode: {single_rate:.0f} files/s one PUT each, "
               f"{batch_rate:.0f} files/s in one batch ({batch_rate / single_rate:.1f}x)")
     for figures, show in ((dep, print_deploy), (up, print_upload), (gc, print_group_commit), (inv, print_invalidation),
-                          (kv, print_kv), (sub, print_subscribers), (dash, print_dashboard)):
+                          (kv, print_kv), (sub, print_subscribers), (dash, print_dashboard), (many, print_sites)):
         if figures:
             show(figures)
     if acc:
@@ -1215,7 +1371,8 @@ def main():
              f"{anon_growth:.1f} MiB (total RSS {rss_growth:.1f} MiB)"),
         ]
     for figures, judge in ((lag, sync_lag_checks), (dep, deploy_checks), (up, upload_checks), (gc, group_commit_checks),
-                           (inv, invalidation_checks), (kv, kv_checks), (dash, dashboard_checks), (spin_rows, spin_checks)):
+                           (inv, invalidation_checks), (kv, kv_checks), (dash, dashboard_checks), (many, sites_checks),
+                           (spin_rows, spin_checks)):
         if figures:
             checks += judge(figures)
     if acc:

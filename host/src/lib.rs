@@ -8,7 +8,9 @@
 //!
 //! - [`app`]: wires every layer: configuration, startup, the public port's
 //!   routes (host endpoints, the key set's, the change feed, the dashboard
-//!   at `/_turserver/ui/`, embedded from `host/ui/`), shutdown;
+//!   at `/_turserver/ui/`, embedded from `host/ui/`), many sites on one
+//!   host (`--sites`: the sites file, routing by host, opening and closing
+//!   sites), shutdown;
 //!   the client commands
 //!   (`deploy`, `put`, `get`, `ls`, `rm`, `status`, `worker deploy`, `keys`,
 //!   `token issue`, `url sign`).

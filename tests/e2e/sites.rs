@@ -306,3 +306,25 @@ fn a_broken_sites_file_or_a_single_site_flag_stops_the_start_with_the_reason() {
     let (ok, log) = Server::run_to_exit(&data, &["--sites", arg, "--write-token", "x"]);
     assert!(!ok && log.contains("--write-token cannot be used with --sites"), "{log}");
 }
+
+#[test]
+fn a_worker_deployed_to_one_site_runs_there_only() {
+    let dir = TempDir::new("sites-worker");
+    let site = |name: &str| format!("[[site]]\nname = \"{name}\"\nhosts = [\"{name}.test\"]\nlocal = true\nwrite_token = \"t-{name}\"\n");
+    let edge = serve(&dir, &format!("{}{}{}", site("one"), site("two"), site("three")), &[]);
+    let v1 = std::fs::read(test_worker("v1")).unwrap();
+    let deploy = |host: &str, token: &str| {
+        client().put(edge.url("/_turserver/worker")).header("host", host).bearer_auth(token).body(v1.clone()).send().unwrap()
+    };
+    assert_eq!(deploy("one.test", "t-two").status(), 403);
+    assert_eq!(deploy("one.test", "t-one").status(), 200);
+    assert_eq!(get(&edge, "one.test", "/version").text().unwrap(), "v1");
+    // The others still run the default worker, which has no /version.
+    assert_eq!(get(&edge, "two.test", "/version").status(), 404);
+    assert_eq!(get(&edge, "three.test", "/version").status(), 404);
+    // The same component on a second site: its own instances, one compiled copy.
+    assert_eq!(deploy("two.test", "t-two").status(), 200);
+    assert_eq!(get(&edge, "two.test", "/version").text().unwrap(), "v1");
+    assert_eq!(site_state(&edge, "one")["worker"], site_state(&edge, "two")["worker"]);
+    assert_ne!(site_state(&edge, "one")["worker"], site_state(&edge, "three")["worker"]);
+}

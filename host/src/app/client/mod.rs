@@ -60,11 +60,16 @@ impl Remote {
         if matches!(&args.token, Some(t) if t.trim().is_empty()) {
             bail!("--token is empty");
         }
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .user_agent(concat!("turserver/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .context("starting the HTTP client")?;
+            .user_agent(concat!("turserver/", env!("CARGO_PKG_VERSION")));
+        // `NAME.localhost` is this machine (RFC 6761), as browsers and curl
+        // take it, so one local server's sites can be named without DNS.
+        if let Some(host) = base.host_str().filter(|h| h.ends_with(".localhost")) {
+            let port = base.port_or_known_default().unwrap_or(80);
+            builder = builder.resolve(host, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+        }
+        let http = builder.build().context("starting the HTTP client")?;
         Ok(Remote { base, token: args.token.clone(), http, attempts: args.retries.saturating_add(1) })
     }
 
