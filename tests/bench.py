@@ -929,7 +929,14 @@ def sites_bench(binary, sqld, work, seconds, rounds, count=1000, open_max=100):
     sites beside a single-site edge (response cache off in both)."""
     port, admin = free_port(), free_port()
     Proc([sqld, "--db-path", os.path.join(work, "sites-primary"), "--http-listen-addr", f"127.0.0.1:{port}",
-          "--admin-listen-addr", f"127.0.0.1:{admin}", "--enable-namespaces", "--no-welcome"],
+          "--admin-listen-addr", f"127.0.0.1:{admin}", "--enable-namespaces", "--no-welcome",
+          # Each edge's replica of each open site holds connections of its
+          # own (reads of its sync, its delegated writes): past sqld's
+          # default of 128 a site's first write times out on the primary.
+          "--max-concurrent-connections", "4096", "--max-concurrent-requests", "4096",
+          # sqld evicts namespaces past 100 by default, breaking the
+          # connections of every edge on them.
+          "--max-active-namespaces", str(count + 100)],
          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     primary_url = f"http://127.0.0.1:{port}"
     for _ in range(200):
@@ -982,8 +989,12 @@ def sites_bench(binary, sqld, work, seconds, rounds, count=1000, open_max=100):
     archive = archive.getvalue()
 
     def populate(name):
-        status, body, _ = http("POST", f"{url}/_api/batch", archive,
-                               {"Host": f"{name}.test", "Authorization": f"Bearer token-{name}"})
+        for _ in range(10):
+            status, body, _ = http("POST", f"{url}/_api/batch", archive,
+                                   {"Host": f"{name}.test", "Authorization": f"Bearer token-{name}"})
+            if status != 503:
+                break
+            time.sleep(0.5)  # still opening: as a client would, retry
         if status != 200:
             raise SystemExit(f"batch to {name}: {status} {body[:200]!r}")
     started = time.time()

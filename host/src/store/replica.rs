@@ -48,6 +48,12 @@ impl Store {
             discard_replica(data_dir)?;
             tracing::warn!(dir = %data_dir.display(), "discarded the replica; copying the primary again");
         }
+        if path.exists() && !marker.exists() {
+            // The marker is written once an opening has finished: without
+            // it the replica was left halfway through its first copy.
+            discard_replica(data_dir)?;
+            tracing::warn!(dir = %data_dir.display(), "discarded a replica whose first copy did not finish; copying the primary again");
+        }
         let existed = path.exists();
         // The primary's URL, and its namespace when one is chosen.
         let origin = match namespace {
