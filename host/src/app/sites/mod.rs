@@ -73,6 +73,9 @@ struct Slot {
     known: Mutex<Option<Totals>>,
     /// Removed or changed by a reload: not to be opened again.
     retired: AtomicBool,
+    /// Its series of `site_requests`, looked up once rather than per
+    /// request.
+    requests: Counter,
 }
 
 struct OpenSite {
@@ -116,7 +119,8 @@ impl Table {
 }
 
 impl Slot {
-    fn new(spec: SiteSpec) -> Arc<Slot> {
+    fn new(spec: SiteSpec, metrics: &SiteMetrics) -> Arc<Slot> {
+        let requests = metrics.requests.get_or_create(&SiteLabel { site: spec.name.clone() }).clone();
         Arc::new(Slot {
             spec,
             open: ArcSwapOption::empty(),
@@ -124,6 +128,7 @@ impl Slot {
             last_used: AtomicU64::new(0),
             known: Mutex::new(None),
             retired: AtomicBool::new(false),
+            requests,
         })
     }
 
@@ -137,13 +142,14 @@ impl Sites {
     /// sites file.
     pub fn start(shared: Arc<Shared>, config: SitesConfig, metrics: &Metrics) -> (Arc<Sites>, Tasks) {
         let source = shared.args.sites.clone().unwrap_or_default();
-        let slots = config.sites.into_iter().map(Slot::new).collect();
+        let site_metrics = SiteMetrics::default();
+        let slots = config.sites.into_iter().map(|spec| Slot::new(spec, &site_metrics)).collect();
         let sites = Arc::new(Sites {
             source,
             shared,
             table: ArcSwap::from_pointee(Table::new(slots, config.default.as_deref())),
             epoch: Instant::now(),
-            metrics: SiteMetrics::default(),
+            metrics: site_metrics,
             changing: Mutex::new(()),
         });
         metrics.register(|r| {
@@ -185,7 +191,7 @@ impl Sites {
             Err(why) => return Err(text_response(400, &format!("the request's host is not a host name: {why}"))),
         };
         drop(table);
-        self.metrics.requests.get_or_create(&slot.label()).inc();
+        slot.requests.inc();
         self.app(&slot).await
     }
 
@@ -376,7 +382,7 @@ impl Sites {
                 }
                 None => {
                     added += 1;
-                    slots.push(Slot::new(spec));
+                    slots.push(Slot::new(spec, &self.metrics));
                 }
             }
         }
