@@ -328,3 +328,36 @@ fn a_worker_deployed_to_one_site_runs_there_only() {
     assert_eq!(site_state(&edge, "one")["worker"], site_state(&edge, "two")["worker"]);
     assert_ne!(site_state(&edge, "one")["worker"], site_state(&edge, "three")["worker"]);
 }
+
+#[test]
+fn sites_running_the_same_worker_take_turns_with_its_instances_and_see_only_their_own() {
+    let dir = TempDir::new("sites-shared-instances");
+    let names = ["one", "two", "three", "four"];
+    let site = |name: &str| format!("[[site]]\nname = \"{name}\"\nhosts = [\"{name}.test\"]\nlocal = true\nwrite_token = \"t-{name}\"\n");
+    let edge = serve(&dir, &names.map(site).concat(), &[]);
+    for name in names {
+        let token = format!("t-{name}");
+        assert_eq!(put(&edge, &format!("{name}.test"), &token, "/page.txt", format!("page of {name}")).status(), 201);
+    }
+    // Only site one has site rules: a custom 404 page.
+    let one = ("one.test", "t-one");
+    assert_eq!(put(&edge, one.0, one.1, "/404.html", "missing on one").status(), 201);
+    let r = client().put(edge.url("/_api/site")).header("host", one.0).bearer_auth(one.1).body(r#"{"not_found_page": "404.html"}"#).send().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
+    for _ in 0..10 {
+        for name in names {
+            let host = format!("{name}.test");
+            let r = get(&edge, &host, "/page.txt");
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.text().unwrap(), format!("page of {name}"));
+            let missing = get(&edge, &host, "/nothing-here");
+            assert_eq!(missing.status(), 404);
+            let body = missing.text().unwrap();
+            assert_eq!(body == "missing on one", name == "one", "{name} answered its 404 with {body:?}");
+        }
+    }
+    // One request at a time over four sites running the built-in worker:
+    // its warm instances serve them all, rather than one set per site.
+    let made = edge.metric("turserver_worker_instantiations_total");
+    assert!(made < names.len() as f64, "{made} instances made for 90 requests one at a time over four sites");
+}

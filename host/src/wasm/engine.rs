@@ -11,11 +11,12 @@
 use super::artifacts::ArtifactCache;
 use super::bindings::{files, kv};
 use super::files::FilesView;
-use super::instance::{declares_stateless, RequestState, Worker};
+use super::instance::{declares_stateless, IdlePool, RequestState, Worker};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use sha2::{Digest, Sha256};
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use wasmtime::component::{Component, HasData, Linker};
 use wasmtime::error::Context as _;
@@ -85,8 +86,12 @@ pub struct Runtime {
     linker: Linker<RequestState>,
     cache: Option<ArtifactCache>,
     /// Compiled components by hash, so sites running the same worker share
-    /// one compiled copy (their instances stay their own).
+    /// one compiled copy.
     compiled: std::sync::Mutex<std::collections::HashMap<String, Component>>,
+    /// Idle instances by component hash, while a worker holds them: sites
+    /// running the same stateless worker take turns with its warm
+    /// instances, as one site's requests do.
+    idle: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<IdlePool>>>,
     /// How long an instance may run without progress.
     pub(super) deadline: Duration,
     pub(super) next_request_id: AtomicU64,
@@ -148,22 +153,16 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).context("linking WASI")?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).context("linking wasi:http")?;
-        files::add_to_linker::<_, FilesData>(&mut linker, |s: &mut RequestState| FilesView {
-            ctx: &mut s.files,
-            table: &mut s.table,
-        })
-        .context("linking turserver:store/files")?;
-        kv::add_to_linker::<_, FilesData>(&mut linker, |s: &mut RequestState| FilesView {
-            ctx: &mut s.files,
-            table: &mut s.table,
-        })
-        .context("linking turserver:store/kv")?;
+        files::add_to_linker::<_, FilesData>(&mut linker, RequestState::files_view)
+            .context("linking turserver:store/files")?;
+        kv::add_to_linker::<_, FilesData>(&mut linker, RequestState::files_view).context("linking turserver:store/kv")?;
         let cache = cache_dir.map(|dir| ArtifactCache::new(dir, &engine));
         Ok(Runtime {
             engine,
             linker,
             cache,
             compiled: Default::default(),
+            idle: Default::default(),
             deadline,
             next_request_id: AtomicU64::new(1),
             instantiations: Counter::default(),
@@ -221,7 +220,19 @@ impl Runtime {
         }
         let instance_pre = self.linker.instantiate_pre(&component).context("linking the worker")?;
         let pre = ProxyPre::new(instance_pre).context("the worker does not export wasi:http/incoming-handler")?;
-        Ok(Worker::new(pre, hash, from_cache, declares_stateless(bytes))?)
+        let idle = {
+            let mut pools = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            pools.retain(|_, p| p.strong_count() > 0);
+            match pools.get(&hash).and_then(Weak::upgrade) {
+                Some(p) => p,
+                None => {
+                    let p = Arc::new(IdlePool::default());
+                    pools.insert(hash.clone(), Arc::downgrade(&p));
+                    p
+                }
+            }
+        };
+        Ok(Worker::new(pre, hash, from_cache, declares_stateless(bytes), idle)?)
     }
 }
 

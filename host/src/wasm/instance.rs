@@ -17,7 +17,7 @@
 //! a worker produced no response; the request pipeline picks the status.
 
 use super::engine::Runtime;
-use super::files::FilesCtx;
+use super::files::{FilesCtx, FilesView};
 use crate::http::{ConnectionQuota, Response, ResponseBody};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
@@ -38,7 +38,7 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpVi
 
 /// Requests one instance of a stateless worker serves before it is retired.
 pub const MAX_REUSE: u32 = 1000;
-/// Idle instances kept per worker for reuse.
+/// Idle instances kept per component for reuse.
 const MAX_IDLE: usize = 64;
 /// Name of the custom section by which a worker declares itself stateless.
 pub const STATELESS_SECTION: &str = "turserver:stateless";
@@ -345,9 +345,22 @@ pub struct RequestState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     pub(super) table: ResourceTable,
-    pub(super) files: FilesCtx,
+    /// The request's site: its store, access and limits. Taken away while
+    /// the instance waits, so a parked instance holds no site open.
+    files: Option<FilesCtx>,
     hooks: DenyOutbound,
     progress: Arc<Progress>,
+}
+
+impl RequestState {
+    /// What the store calls act on: the running request's site.
+    pub(super) fn files_view(&mut self) -> FilesView<'_> {
+        FilesView {
+            // Set before the instance is called, taken only once it has returned.
+            ctx: self.files.as_mut().expect("an instance is only called with a request's site set"),
+            table: &mut self.table,
+        }
+    }
 }
 
 impl WasiView for RequestState {
@@ -406,12 +419,19 @@ pub struct Worker {
     pub from_cache: bool,
     /// Declared stateless: instances may serve several requests.
     pub stateless: bool,
-    /// Instances waiting for their next request (stateless workers only).
-    idle: std::sync::Mutex<Vec<Warm>>,
+    /// Instances waiting for their next request (stateless workers only),
+    /// shared by every site running this component.
+    idle: Arc<IdlePool>,
 }
 
+/// Instances of one component waiting for their next request, whichever
+/// site they serve next: a stateless worker keeps nothing from one request
+/// to the next, an instance is parked only once it holds no resource, and
+/// the request's site is taken from it while it waits.
+pub(super) type IdlePool = std::sync::Mutex<Vec<Warm>>;
+
 /// An instance between two requests, with the Store it lives in.
-struct Warm {
+pub(super) struct Warm {
     store: Store<RequestState>,
     proxy: Proxy,
     served: u32,
@@ -420,9 +440,15 @@ struct Warm {
 }
 
 impl Worker {
-    pub(super) fn new(pre: ProxyPre<RequestState>, hash: String, from_cache: bool, stateless: bool) -> anyhow::Result<Worker> {
+    pub(super) fn new(
+        pre: ProxyPre<RequestState>,
+        hash: String,
+        from_cache: bool,
+        stateless: bool,
+        idle: Arc<IdlePool>,
+    ) -> anyhow::Result<Worker> {
         let version_header = http::HeaderValue::from_str(&hash[..16]).context("hex is a valid header value")?;
-        Ok(Worker { pre, hash, version_header, from_cache, stateless, idle: Default::default() })
+        Ok(Worker { pre, hash, version_header, from_cache, stateless, idle })
     }
 
     fn take_idle(&self) -> Option<Warm> {
@@ -432,8 +458,12 @@ impl Worker {
         self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
     }
 
-    fn put_idle(&self, warm: Warm) {
-        if warm.served >= MAX_REUSE {
+    fn put_idle(&self, mut warm: Warm) {
+        let state = warm.store.data_mut();
+        state.files = None;
+        // A handle the worker kept (a stream, an upload) would reach into
+        // the site it was made for: such an instance is not reused.
+        if warm.served >= MAX_REUSE || !state.table.is_empty() {
             return;
         }
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -469,7 +499,7 @@ impl Runtime {
             wasi: WasiCtx::builder().inherit_stderr().build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            files,
+            files: Some(files),
             hooks: DenyOutbound,
             progress,
         };
@@ -515,7 +545,7 @@ impl Runtime {
         let (mut store, proxy, served) = match worker.take_idle() {
             Some(Warm { mut store, proxy, served, .. }) => {
                 let state = store.data_mut();
-                state.files = files;
+                state.files = Some(files);
                 state.progress = progress.clone();
                 (store, Some(proxy), served)
             }
