@@ -4,7 +4,10 @@
 
 use crate::support::*;
 use reqwest::blocking::Response;
+use std::io::{Read, Write};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 const TOKEN_A: &str = "token-of-site-a";
@@ -360,4 +363,74 @@ fn sites_running_the_same_worker_take_turns_with_its_instances_and_see_only_thei
     // its warm instances serve them all, rather than one set per site.
     let made = edge.metric("turserver_worker_instantiations_total");
     assert!(made < names.len() as f64, "{made} instances made for 90 requests one at a time over four sites");
+}
+
+/// A TCP proxy to `upstream` that counts the bytes sent through it (both
+/// ways) and the connections open.
+fn counting_proxy(upstream: &str) -> (String, Arc<AtomicU64>, Arc<AtomicU64>) {
+    let upstream = upstream.trim_start_matches("http://").to_string();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (bytes, open) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (counted, opened) = (bytes.clone(), open.clone());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { return };
+            let Ok(server) = std::net::TcpStream::connect(&upstream) else { continue };
+            opened.fetch_add(1, Ordering::SeqCst);
+            let ends = Arc::new(AtomicU64::new(2));
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                (server, client),
+            ] {
+                let (counted, opened, ends) = (counted.clone(), opened.clone(), ends.clone());
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 64 << 10];
+                    while let Ok(n @ 1..) = from.read(&mut buf) {
+                        counted.fetch_add(n as u64, Ordering::SeqCst);
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                    let _ = from.shutdown(std::net::Shutdown::Both);
+                    if ends.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        opened.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        }
+    });
+    (format!("http://{addr}"), bytes, open)
+}
+
+#[test]
+fn a_closed_site_sends_nothing_to_its_primary() {
+    let primary = primary_with(&["a"]);
+    let (via, bytes, open) = counting_proxy(&primary.url());
+    let dir = TempDir::new("sites-quiet");
+    let sites = format!(
+        "[[site]]\nname = \"a\"\nhosts = [\"a.test\"]\nprimary = \"{via}\"\nnamespace = \"a\"\nwrite_token = \"{TOKEN_A}\"\nsync_interval = \"100ms\"\n"
+    );
+    // Syncs on the interval (no commit stream), so an open site is heard.
+    let edge = serve(&dir, &sites, &["--site-idle", "2s", "--no-commit-stream"]);
+    assert_eq!(put(&edge, "a.test", TOKEN_A, "/page", "hello").status(), 201);
+    let opened = bytes.load(Ordering::SeqCst);
+    for _ in 0..10 {
+        assert_eq!(get(&edge, "a.test", "/page").text().unwrap(), "hello");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(bytes.load(Ordering::SeqCst) > opened, "an open site syncs with its primary");
+
+    let closed = eventually(Duration::from_secs(15), || (site_state(&edge, "a")["state"] == "closed").then_some(()));
+    assert!(closed.is_some(), "{}", edge.log());
+    let quiet = eventually(Duration::from_secs(10), || (open.load(Ordering::SeqCst) == 0).then_some(()));
+    assert!(quiet.is_some(), "{} connections to the primary still open after the site closed", open.load(Ordering::SeqCst));
+    let after_close = bytes.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(bytes.load(Ordering::SeqCst), after_close, "a closed site's edge talked to its primary");
+    assert_eq!(open.load(Ordering::SeqCst), 0);
+    // And it opens again on the next request.
+    assert_eq!(get(&edge, "a.test", "/page").text().unwrap(), "hello");
+    assert!(bytes.load(Ordering::SeqCst) > after_close);
 }
