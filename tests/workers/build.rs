@@ -1,10 +1,16 @@
 //! A version starting with `stateless` builds a worker that declares itself
-//! stateless, so the host reuses its instances.
+//! stateless, so the host reuses its instances; `hello` builds the plain
+//! `wasi:http` baseline.
 
 fn main() {
     println!("cargo:rerun-if-env-changed=TEST_WORKER_VERSION");
     println!("cargo::rustc-check-cfg=cfg(stateless)");
-    if std::env::var("TEST_WORKER_VERSION").is_ok_and(|v| v.starts_with("stateless")) {
+    println!("cargo::rustc-check-cfg=cfg(hello)");
+    let version = std::env::var("TEST_WORKER_VERSION").unwrap_or_default();
+    if version.starts_with("stateless") {
         println!("cargo:rustc-cfg=stateless");
+    }
+    if version == "hello" {
+        println!("cargo:rustc-cfg=hello");
     }
 }
