@@ -362,7 +362,7 @@ fn sites_running_the_same_worker_take_turns_with_its_instances_and_see_only_thei
     // One request at a time over four sites running the built-in worker:
     // its warm instances serve them all, rather than one set per site.
     let made = edge.metric("turserver_worker_instantiations_total");
-    assert!(made < names.len() as f64, "{made} instances made for 90 requests one at a time over four sites");
+    assert!(made < names.len() as f64, "{made} instances made for requests one at a time over four sites");
 }
 
 /// A TCP proxy to `upstream` that counts the bytes sent through it (both

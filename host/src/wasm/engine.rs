@@ -91,7 +91,7 @@ pub struct Runtime {
     /// Idle instances by component hash, while a worker holds them: sites
     /// running the same stateless worker take turns with its warm
     /// instances, as one site's requests do.
-    idle: std::sync::Mutex<std::collections::HashMap<String, std::sync::Weak<IdlePool>>>,
+    idle: std::sync::Mutex<std::collections::HashMap<String, Weak<IdlePool>>>,
     /// How long an instance may run without progress.
     pub(super) deadline: Duration,
     pub(super) next_request_id: AtomicU64,
