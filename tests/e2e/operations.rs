@@ -82,12 +82,74 @@ fn read_your_writes_across_edges() {
     let cookie = r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
     let r = client().get(b.url("/ryw2.txt")).header("cookie", format!("theme=dark; {cookie}")).send().unwrap();
     assert_eq!(r.status(), 200);
-    // A position the primary never reached: 503 with Retry-After, not stale data.
+    // A position past the primary's log (one from before its log was
+    // rebuilt, or made up): B holds all the primary has once it has synced,
+    // which is all any write can have left.
+    let r = a.put("/ryw3.txt", None, b"third".to_vec());
+    assert_eq!(r.status(), 201);
+    let r = client().get(b.url("/ryw3.txt")).header("turserver-position", "999999999").send().unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().unwrap(), "third");
+    // An edge that cannot reach the primary: 503 with Retry-After, not
+    // data that may be stale.
+    let mut primary = primary;
+    primary.stop();
     let started = Instant::now();
     let r = client().get(b.url("/ryw.txt")).header("turserver-position", "999999999").send().unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
     assert!(started.elapsed() < Duration::from_secs(5), "waited {:?}", started.elapsed());
+}
+
+/// sqld killed mid-run rebuilds its replication log from its database file
+/// when it starts again, and the log's frame numbers start again, below the
+/// positions it handed out before. Writes and read-your-writes go on.
+#[test]
+fn read_your_writes_across_a_primary_that_rebuilt_its_log() {
+    let mut primary = Sqld::start();
+    let a = Server::replica(&primary, "60s");
+    let b_dir = TempDir::new("rebuilt-b");
+    let b_data = b_dir.path().to_path_buf();
+    let b = Server::start(
+        &b_data,
+        &["--primary-url", &primary.url(), "--sync-interval", "60s", "--consistency-wait", "2s", "--no-commit-stream"],
+        Some(b_dir),
+    );
+    // Many small rewrites: a long log over a small database.
+    let mut before = 0;
+    for i in 0..60 {
+        let r = a.put(&format!("/rebuilt/{}.txt", i % 3), None, format!("old {i}").into_bytes());
+        assert!(r.status().is_success(), "{}", r.status());
+        before = r.headers()["turserver-position"].to_str().unwrap().parse::<u64>().unwrap();
+    }
+    primary.restart();
+    let r = eventually(Duration::from_secs(20), || {
+        let r = a.put("/rebuilt/new.txt", None, b"after the crash".to_vec());
+        r.status().is_success().then_some(r)
+    })
+    .expect("writes resume after the primary restarts");
+    let position = r.headers()["turserver-position"].to_str().unwrap().to_string();
+    let after: u64 = position.parse().unwrap();
+    assert!(after < before, "positions after the restart count in the rebuilt log (position {before} before, {after} after)");
+
+    // The writing edge reads its write; the other edge, asked for the new
+    // position, catches up and serves it instead of waiting for a frame
+    // number the new log has not reached.
+    assert_eq!(a.get("/rebuilt/new.txt").text().unwrap(), "after the crash");
+    let r = client().get(b.url("/rebuilt/new.txt")).header("turserver-position", &position).send().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+    assert_eq!(r.text().unwrap(), "after the crash");
+    // So does a read still carrying a position from before the crash.
+    let r = a.put("/rebuilt/newer.txt", None, b"and again".to_vec());
+    assert!(r.status().is_success());
+    let r = client().get(b.url("/rebuilt/newer.txt")).header("turserver-position", before.to_string()).send().unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+    assert_eq!(r.text().unwrap(), "and again");
+    // Positions handed out now count in the new log: an edge holding the
+    // write shows an index at least as high.
+    let index = status(&b)["sync"]["replication_index"].as_u64().unwrap();
+    assert!(index >= after, "edge B holds the write at index {index}, but it was handed out as {after}");
+    assert_eq!(b.get("/rebuilt/2.txt").text().unwrap(), "old 59");
 }
 
 #[test]

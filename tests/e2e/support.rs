@@ -40,6 +40,7 @@ struct Log(Arc<Mutex<Vec<String>>>);
 
 impl Log {
     fn capture(&self, stream: impl Read + Send + 'static) {
+        remember_panics();
         let lines = self.0.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -53,9 +54,37 @@ impl Log {
     }
 }
 
+/// Lines of a child's log shown when a test fails.
+const DUMPED_LINES: usize = 400;
+
+thread_local! {
+    /// What the current test panicked with, repeated after the logs (which
+    /// would otherwise bury it).
+    static PANIC_MESSAGE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Keeps each panic's message and place for [`dump_on_panic`].
+fn remember_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let text = format!("{info}");
+            let _ = PANIC_MESSAGE.try_with(|m| *m.borrow_mut() = Some(text));
+            default(info);
+        }));
+    });
+}
+
 fn dump_on_panic(name: &str, log: &Log) {
     if std::thread::panicking() {
-        eprintln!("----- {name} log -----\n{}\n----- end of {name} log -----", log.text());
+        let lines = log.0.lock().unwrap();
+        let shown = &lines[lines.len().saturating_sub(DUMPED_LINES)..];
+        let cut = if shown.len() < lines.len() { format!(" (its last {} lines)", shown.len()) } else { String::new() };
+        eprintln!("----- {name} log{cut} -----\n{}\n----- end of {name} log -----", shown.join("\n"));
+        if let Some(m) = PANIC_MESSAGE.try_with(|m| m.borrow().clone()).ok().flatten() {
+            eprintln!("----- the test failed: {m}");
+        }
     }
 }
 

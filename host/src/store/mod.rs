@@ -114,8 +114,8 @@ pub struct Store {
     pruned: Mutex<Option<(u64, u64)>>,
     /// Pages of the change log recently read (see `changes`).
     pages: changes::Pages,
-    /// Replication index after the last sync, to tell whether one changed anything.
-    last_frame: AtomicU64,
+    /// Syncs as they begin and end, and the positions writes hand out.
+    catchup: replication::Catchup,
     /// The site-wide documents (site rules, key set) as of a generation:
     /// read on every request, so kept.
     site_cache: Mutex<(u64, std::collections::HashMap<String, Option<String>>)>,
@@ -148,7 +148,7 @@ impl Store {
             latest_change: tokio::sync::Mutex::new(None),
             pruned: Mutex::new(None),
             pages: changes::pages(),
-            last_frame: AtomicU64::new(0),
+            catchup: Default::default(),
             site_cache: Mutex::new((0, Default::default())),
             reads: reads::read_cache(),
             idle: Mutex::new(Vec::new()),

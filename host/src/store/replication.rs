@@ -165,21 +165,64 @@ impl SyncStats {
     }
 }
 
+/// What tells a wait for the primary that it is over.
+///
+/// A successful sync holds everything the primary had committed when the
+/// sync began (libsql syncs up to the index the primary names in its
+/// handshake). So a write is visible here, and a read is fresh enough for
+/// any write acknowledged before it arrived, once a sync that *began* after
+/// it has succeeded: syncs are numbered as they begin for that. Frame
+/// numbers alone cannot say so: sqld that restarts after a crash rebuilds
+/// its replication log from its database file, and the log's frame numbers
+/// start again, lower than the ones it handed out before.
+#[derive(Default)]
+pub(super) struct Catchup {
+    /// Held for each sync, so syncs (and what they record) run in order.
+    gate: tokio::sync::Mutex<()>,
+    /// Syncs begun (the last one's number).
+    begun: AtomicU64,
+    /// The number of the latest sync that succeeded.
+    succeeded: AtomicU64,
+    /// The replica's replication index after the last successful sync.
+    frame: AtomicU64,
+    /// libsql's highest write index when the primary's log last restarted
+    /// (0: it has not): positions up to it belong to the old log.
+    stale_through: AtomicU64,
+}
+
 impl Store {
 
     /// Pulls new frames from the primary; a no-op for a local database.
     pub async fn sync(&self) -> Result<Option<u64>, libsql::Error> {
+        self.sync_unless_after(None).await
+    }
+
+    /// A sync, skipped when one begun after `after` (a value of
+    /// `catchup.begun`) has succeeded by the time this one's turn comes.
+    async fn sync_unless_after(&self, after: Option<u64>) -> Result<Option<u64>, libsql::Error> {
         if self.mode == Mode::Local {
             return Ok(None);
         }
+        let _turn = self.catchup.gate.lock().await;
+        if after.is_some_and(|after| self.catchup.succeeded.load(Ordering::Acquire) > after) {
+            return Ok(Some(self.catchup.frame.load(Ordering::Acquire)));
+        }
+        let number = self.catchup.begun.fetch_add(1, Ordering::AcqRel) + 1;
         let started = std::time::Instant::now();
         match self.db.sync().await {
             Ok(r) => {
                 self.stats.succeeded(started.elapsed(), r.frame_no());
                 let frame = r.frame_no().unwrap_or(0);
-                if self.last_frame.swap(frame, Ordering::AcqRel) != frame {
+                let before = self.catchup.frame.swap(frame, Ordering::AcqRel);
+                if frame < before {
+                    self.log_restarted(before, frame);
+                }
+                if before != frame {
                     self.advance().await;
                 }
+                // Only now: a waiter released by this number reads through
+                // caches that already know what the sync brought.
+                self.catchup.succeeded.store(number, Ordering::Release);
                 Ok(r.frame_no())
             }
             Err(e) => {
@@ -187,6 +230,38 @@ impl Store {
                 Err(e)
             }
         }
+    }
+
+    /// The primary's replication log started again (sqld rebuilt it from its
+    /// database file after a crash): positions handed out from now on count
+    /// in the new log's frames.
+    fn log_restarted(&self, before: u64, now: u64) {
+        let stale = self.db.max_write_replication_index().unwrap_or(0).max(before);
+        self.catchup.stale_through.fetch_max(stale, Ordering::AcqRel);
+        tracing::warn!(
+            before,
+            now,
+            "the primary's replication log started again (it was rebuilt after a crash); \
+             positions from before this point are met by the next successful sync"
+        );
+    }
+
+    /// Whether a sync begun after `after` (a value of `catchup.begun`) has
+    /// succeeded, syncing on demand until one has, for at most `bound`.
+    async fn synced_after(&self, after: u64, bound: std::time::Duration) -> bool {
+        let done = || self.catchup.succeeded.load(Ordering::Acquire) > after;
+        let deadline = tokio::time::Instant::now() + bound;
+        while !done() {
+            match tokio::time::timeout_at(deadline, self.sync_unless_after(Some(after))).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) => {
+                    let retry = tokio::time::Instant::now() + std::time::Duration::from_millis(50);
+                    tokio::time::sleep_until(retry.min(deadline)).await;
+                }
+                Err(_) => break,
+            }
+        }
+        done()
     }
 
     /// The frame the replica holds, if it holds any.
@@ -202,61 +277,57 @@ impl Store {
     /// The primary's replication index after this process's latest write:
     /// a position other edges can wait for (None in local mode).
     pub fn write_position(&self) -> Option<u64> {
-        match self.mode {
-            Mode::Local => None,
-            Mode::Replica { .. } => self.db.max_write_replication_index(),
+        if self.mode == Mode::Local {
+            return None;
         }
+        let highest = self.db.max_write_replication_index();
+        let stale = self.catchup.stale_through.load(Ordering::Acquire);
+        if stale == 0 {
+            return highest;
+        }
+        // libsql keeps the highest index ever written, which after a
+        // restarted log counts only once past what the old log reached.
+        // Meanwhile the replica's own index serves: a write is answered
+        // once a sync begun after it brought it here.
+        let highest = highest.filter(|&h| h > stale).unwrap_or(0);
+        Some(highest.max(self.catchup.frame.load(Ordering::Acquire))).filter(|&p| p > 0)
     }
 
-    /// Waits until this replica has caught up with `position`, syncing on
-    /// demand, for at most `bound`. False when it has not caught up.
+    /// Waits until this replica has caught up with `position`, or with
+    /// everything the primary holds (which a position from before the
+    /// primary's log restarted may never be reached by), syncing on demand,
+    /// for at most `bound`. False when it has not.
     pub async fn wait_for(&self, position: u64, bound: std::time::Duration) -> bool {
         if self.mode == Mode::Local {
             return true;
         }
-        let caught_up = |i: Option<u64>| i.is_some_and(|i| i >= position);
-        if caught_up(self.db.replication_index().await.ok().flatten()) {
+        if self.catchup.frame.load(Ordering::Acquire) >= position {
             return true;
         }
-        let deadline = tokio::time::Instant::now() + bound;
-        while tokio::time::Instant::now() < deadline {
-            match tokio::time::timeout_at(deadline, self.sync()).await {
-                Ok(Ok(frame)) if caught_up(frame) => return true,
-                Ok(Ok(_)) => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
-                Ok(Err(_)) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
-                Err(_) => break,
-            }
-        }
-        caught_up(self.db.replication_index().await.ok().flatten())
+        let after = self.catchup.begun.load(Ordering::Acquire);
+        self.synced_after(after, bound).await
     }
 
     /// Read-your-writes: after a write commits on the primary, pull it into
     /// the replica before answering, so the next read on this edge sees it.
     /// A sync that fails meanwhile (the primary compacting its replication
-    /// log refuses syncs for seconds) is retried until the replica holds the
-    /// write, for at most [`WRITE_VISIBLE_WAIT`]. The write itself has
-    /// succeeded either way; past the bound it is logged and the periodic
-    /// sync catches up.
+    /// log refuses syncs for seconds) is retried until one begun after the
+    /// write succeeds, for at most [`WRITE_VISIBLE_WAIT`]. The write itself
+    /// has succeeded either way; past the bound it is logged and the
+    /// periodic sync catches up.
     pub(crate) async fn written(&self) {
-        match self.mode {
-            Mode::Local => self.advance().await,
-            Mode::Replica { .. } => {
-                let Some(position) = self.write_position() else {
-                    if let Err(e) = self.sync().await {
-                        tracing::warn!(cause = %e, "sync after a write failed; the write is on the primary but not yet visible here");
-                    }
-                    return;
-                };
-                if !self.wait_for(position, WRITE_VISIBLE_WAIT).await {
-                    let cause = self.stats.last_error.lock().expect("poisoned").clone().unwrap_or_default();
-                    tracing::warn!(
-                        position,
-                        cause,
-                        "the replica did not catch up with a write within {WRITE_VISIBLE_WAIT:?}; \
-                         the write is on the primary but not yet visible here"
-                    );
-                }
-            }
+        if self.mode == Mode::Local {
+            return self.advance().await;
         }
+        let after = self.catchup.begun.load(Ordering::Acquire);
+        if self.synced_after(after, WRITE_VISIBLE_WAIT).await {
+            return;
+        }
+        let cause = self.stats.last_error.lock().expect("poisoned").clone().unwrap_or_default();
+        tracing::warn!(
+            cause,
+            "the replica did not catch up with a write within {WRITE_VISIBLE_WAIT:?}; \
+             the write is on the primary but not yet visible here"
+        );
     }
 }
