@@ -100,8 +100,9 @@ fn a_deploy_publishes_a_tree_then_sends_only_what_changed() {
     let before = edge.log().matches("batch written files=").count();
     let out = deploy(&edge, dir.path(), &[]);
     assert!(out.contains("deployed: 3 files uploaded"), "{out}");
-    let batches: Vec<String> = edge.log().lines().filter(|l| l.contains("batch written files=")).map(str::to_string).collect();
-    assert_eq!(batches.len(), before + 1);
+    let batches = || -> Vec<String> { edge.log().lines().filter(|l| l.contains("batch written files=")).map(str::to_string).collect() };
+    let batches = eventually(Duration::from_secs(10), || Some(batches()).filter(|b| b.len() == before + 1));
+    let batches = batches.unwrap_or_else(|| panic!("one more batch is logged:\n{}", edge.log()));
     assert!(batches.last().unwrap().contains("batch written files=3"), "{batches:?}");
     let at = position(&out);
     for &i in &changed {

@@ -191,7 +191,7 @@ fn past_the_connection_limit_new_connections_wait_their_turn() {
     });
     assert!(served.is_some(), "once the held connections closed, new ones were served");
     assert!(s.metric("turserver_connection_limit_waits_total") >= 1.0);
-    assert!(s.log().contains("connection limit reached"), "{}", s.log());
+    assert!(s.logged("connection limit reached"), "{}", s.log());
 }
 
 #[test]
@@ -384,7 +384,7 @@ fn h2_streams_that_never_take_their_body_do_not_hold_the_workers() {
     // connections still open and their windows still shut.
     let freed = eventually(std::time::Duration::from_secs(15), || (s.metric("turserver_worker_instances_busy") == 0.0).then_some(()));
     assert!(freed.is_some(), "stalled responses still hold {} instances", s.metric("turserver_worker_instances_busy"));
-    assert!(s.log().contains("took none of the response for the send timeout"), "{}", s.log());
+    assert!(s.logged("took none of the response for the send timeout"), "{}", s.log());
     // A burst the size of the pool is served in full.
     let c = client();
     let burst: Vec<_> = (0..16)

@@ -207,7 +207,7 @@ fn sigterm_drains_in_flight_requests() {
     assert_eq!(sha256_hex(&got[header_end..]), sha256_hex(&body), "the in-flight download completed intact");
     drop(stream);
     assert_eq!(s.wait_exit(std::time::Duration::from_secs(10)), Some(true), "turserver exited cleanly:\n{}", s.log());
-    assert!(s.log().contains("drained"));
+    assert!(s.logged("drained"), "{}", s.log());
 }
 
 #[test]

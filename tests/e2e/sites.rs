@@ -262,7 +262,7 @@ fn the_sites_file_is_read_again_without_dropping_requests_to_other_sites() {
     write(&file, &format!("{}{}[[site]]\nname = \"bad\"\nlocal = true\nmax_files = \"many\"\n", site("keep"), site("gone")));
     let refused = eventually(Duration::from_secs(10), || edge.log().contains("was not reloaded").then_some(()));
     assert!(refused.is_some(), "{}", edge.log());
-    assert!(edge.log().contains("line 14"), "{}", edge.log());
+    assert!(edge.logged("line 14"), "{}", edge.log());
     assert_eq!(get(&edge, "gone.test", "/f").text().unwrap(), "gone");
 
     // A site added, one removed.

@@ -54,6 +54,9 @@ impl Log {
     }
 }
 
+/// How long a test waits for a line to reach a child's captured log.
+const LOG_WAIT: Duration = Duration::from_secs(30);
+
 /// Lines of a child's log shown when a test fails.
 const DUMPED_LINES: usize = 400;
 
@@ -415,6 +418,12 @@ impl Server {
         self.log.text()
     }
 
+    /// Whether the log holds `needle` within a few seconds: a line the server
+    /// wrote before answering can reach the test's reader after the answer.
+    pub fn logged(&self, needle: &str) -> bool {
+        eventually(LOG_WAIT, || self.log.text().contains(needle).then_some(())).is_some()
+    }
+
     pub fn get(&self, path: &str) -> reqwest::blocking::Response {
         client().get(self.url(path)).send().expect("GET")
     }
@@ -629,10 +638,10 @@ fn wasmtime_binary() -> PathBuf {
 
 impl Server {
     /// The sidecar's address, from the line the server logs when it binds.
+    /// The sidecar binds once the worker is ready, after the main listener.
     pub fn sidecar_addr(&self) -> String {
-        let log = self.log.text();
-        let line = log.lines().find_map(|l| l.split("sidecar listening on http://").nth(1));
-        line.unwrap_or_else(|| panic!("no sidecar in the log:\n{log}")).trim().to_string()
+        let find = || self.log.text().lines().find_map(|l| l.split("sidecar listening on http://").nth(1).map(|a| a.trim().to_string()));
+        eventually(LOG_WAIT, find).unwrap_or_else(|| panic!("no sidecar in the log after {LOG_WAIT:?}:\n{}", self.log.text()))
     }
 }
 

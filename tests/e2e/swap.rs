@@ -93,7 +93,7 @@ fn broken_worker_is_refused_and_the_old_one_keeps_serving() {
     assert!(err.contains("compiling the worker"), "{err}");
     assert_eq!(status(&s)["worker"]["version"], hash_of(&v1));
     assert_eq!(s.get("/version").text().unwrap(), "v1");
-    assert!(s.log().contains("worker refused"));
+    assert!(s.logged("worker refused"), "{}", s.log());
     // A good worker afterwards clears the error.
     install_file(&test_worker("v2"), &live);
     assert!(wait_for_version(&s, &hash_of(&test_worker("v2")), Duration::from_secs(30)).is_some());
@@ -106,7 +106,10 @@ fn compiled_workers_are_cached_and_corrupt_entries_rebuilt() {
     let dir = TempDir::new("cache");
     let data = dir.path().join("data");
     let args = ["--worker", v1.to_str().unwrap()];
-    let ready_line = |s: &Server| s.log().lines().find(|l| l.contains("worker ready")).unwrap_or_default().to_string();
+    let ready_line = |s: &Server| {
+        assert!(s.logged("worker ready"), "{}", s.log());
+        s.log().lines().find(|l| l.contains("worker ready")).unwrap().to_string()
+    };
     {
         let s = Server::start(&data, &args, None);
         assert!(ready_line(&s).contains("from_cache=false"), "{}", ready_line(&s));
@@ -125,7 +128,7 @@ fn compiled_workers_are_cached_and_corrupt_entries_rebuilt() {
         std::fs::write(&path, bytes).unwrap();
     }
     let s = Server::start(&data, &args, None);
-    assert!(s.log().contains("ignoring a corrupt compiled-worker cache entry"), "{}", s.log());
+    assert!(s.logged("ignoring a corrupt compiled-worker cache entry"), "{}", s.log());
     assert!(ready_line(&s).contains("from_cache=false"));
     assert_eq!(s.get("/version").text().unwrap(), "v1");
 }
@@ -173,7 +176,7 @@ fn trap_loop_and_memory_bomb_are_contained() {
     assert_eq!(r.status(), 500);
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     assert!(r.text().unwrap().contains(&format!("request {id}")));
-    assert!(s.log().contains(&format!("request_id={id}")), "the trap is logged with its request id");
+    assert!(s.logged(&format!("request_id={id}")), "the trap is logged with its request id");
     assert_eq!(s.get("/version").status(), 200);
 
     // A loop, while other requests go on unaffected.
