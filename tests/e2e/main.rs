@@ -11,6 +11,7 @@ mod hardening;
 mod kv;
 mod local;
 mod operations;
+mod queue;
 mod replica;
 mod sites;
 mod soak;

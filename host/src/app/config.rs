@@ -373,6 +373,14 @@ pub struct ServeArgs {
     #[arg(long, env = "TURSERVER_NO_COMMIT_STREAM")]
     pub no_commit_stream: bool,
 
+    /// Accept PUTs and DELETEs of single files while the primary is
+    /// unreachable: each is kept in a queue on this edge's disk (written
+    /// through before the answer, 202 Accepted with a status URL), shown
+    /// to this edge's reads at once, and applied to the primary in order
+    /// when it returns. Off: such writes get 503, as they do by default.
+    #[arg(long, env = "TURSERVER_WRITE_QUEUE")]
+    pub write_queue: bool,
+
     /// Bearer token that allows writes. Without it, every write is refused.
     #[arg(long, env = "TURSERVER_WRITE_TOKEN", hide_env_values = true)]
     pub write_token: Option<String>,
@@ -527,6 +535,9 @@ impl ServeArgs {
             }
         } else if self.primary_token.is_some() {
             bail!("--primary-token was given without --primary-url");
+        }
+        if self.write_queue && self.primary_url.is_none() && self.sites.is_none() {
+            bail!("--write-queue needs --primary-url: a local database takes every write itself");
         }
         if self.sync_interval < Duration::from_millis(10) {
             bail!("--sync-interval must be at least 10ms");

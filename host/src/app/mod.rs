@@ -64,6 +64,7 @@ pub(crate) struct SiteTasks {
     _sweep: AbortOnDrop,
     _jwks: Option<AbortOnDrop>,
     _usage: AbortOnDrop,
+    _queue: Option<AbortOnDrop>,
 }
 
 /// What keeps running while the host serves; dropped, it stops.
@@ -255,6 +256,11 @@ pub(crate) async fn open_site(shared: &Shared, setup: SiteSetup, usage: Arc<Usag
         Mode::Local => tracing::info!(data_dir = %setup.data_dir.display(), "serving from a local database"),
         Mode::Replica { url } => tracing::info!(primary = %redact_url(url), "serving from an embedded replica"),
     }
+    // With many sites, only those with a primary keep a queue.
+    let queue = match (args.write_queue, store.mode()) {
+        (true, Mode::Replica { .. }) => Some(store.open_write_queue(&setup.data_dir).await?),
+        _ => None,
+    };
     let upkeep = store.start_upkeep(SyncPlan {
         interval: setup.sync_interval,
         follow_commits: !args.no_commit_stream,
@@ -288,7 +294,7 @@ pub(crate) async fn open_site(shared: &Shared, setup: SiteSetup, usage: Arc<Usag
         usage,
         usage_interval: args.usage_interval,
     });
-    Ok((app, SiteTasks { _upkeep: upkeep, _watch: watch, _sweep: sweep, _jwks: jwks, _usage: sampler }))
+    Ok((app, SiteTasks { _upkeep: upkeep, _watch: watch, _sweep: sweep, _jwks: jwks, _usage: sampler, _queue: queue }))
 }
 
 /// The connection limit: `--max-connections`, else what the file descriptor

@@ -105,6 +105,7 @@ impl Routes {
             "/_api/changes" => super::feed::changes(app, req).await,
             "/_api/events" => super::feed::events(app, req).await,
             path if path == "/_api/kv" || path.starts_with("/_api/kv/") => super::kv::route(app, req).await,
+            path if path.starts_with(crate::pipeline::QUEUE_PREFIX) => queued_status(app, req).await,
             path if app.bench_native && path.starts_with("/_turserver/native/") => native(app, req).await,
             _ => app.pipeline.handle(req).await,
         }
@@ -130,6 +131,33 @@ async fn deploy_worker(app: &App, mut req: Request) -> Response {
         Err(DeployError::Store(e)) => {
             let status = turserver_protocol::Error::from(e).status();
             text_response(status, "storing the worker failed; the host log has the cause")
+        }
+    }
+}
+
+/// `GET /_turserver/queue/{id}`: a queued write's outcome. Its path is the
+/// writer's business: any credential that may write somewhere may read it.
+async fn queued_status(app: &App, mut req: Request) -> Response {
+    let Some(queue) = app.pipeline.store.write_queue() else {
+        return text_response(404, "this edge keeps no write queue (start it with --write-queue)");
+    };
+    let access = match take_access(&mut req, app.pipeline.write_token.as_ref(), &app.pipeline.keys).await {
+        Ok(access) => access,
+        Err(refused) => return refused,
+    };
+    if access.check_any(crate::http::tokens::Action::Write).is_err() && access.check_any(crate::http::tokens::Action::Delete).is_err() {
+        return text_response(401, "a token that may write is required to read a queued write's outcome");
+    }
+    let id = req.uri().path().trim_start_matches(crate::pipeline::QUEUE_PREFIX);
+    let Ok(id) = id.parse::<i64>() else {
+        return text_response(400, "a queued write is named by its number, e.g. /_turserver/queue/12");
+    };
+    match queue.status(id).await {
+        Ok(Some(status)) => json_value(200, &status),
+        Ok(None) => text_response(404, "no such queued write (finished ones are kept for the last 10000 writes)"),
+        Err(e) => {
+            tracing::error!(cause = %e, "reading a queued write's outcome failed");
+            text_response(500, "reading the write queue failed; the host log has the cause")
         }
     }
 }

@@ -10,6 +10,16 @@ struct Status {
     primary: Option<String>,
     worker: WorkerStatus,
     sync: Option<SyncSnapshot>,
+    /// With `--write-queue`: the writes waiting for the primary.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    write_queue: Option<QueueStatus>,
+}
+
+#[derive(Serialize)]
+struct QueueStatus {
+    depth: usize,
+    /// How long the oldest waiting write has waited, in seconds.
+    oldest_age_secs: Option<i64>,
 }
 
 #[derive(Serialize)]
@@ -38,6 +48,7 @@ pub fn render(store: &Store, workers: &Workers) -> Vec<u8> {
             last_error: workers.last_error(),
         },
         sync: matches!(store.mode(), Mode::Replica { .. }).then(|| store.sync_stats().snapshot()),
+        write_queue: store.write_queue().map(|q| QueueStatus { depth: q.depth(), oldest_age_secs: q.oldest_age() }),
     };
     serde_json::to_vec_pretty(&status).unwrap_or_default()
 }

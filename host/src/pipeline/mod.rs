@@ -71,6 +71,8 @@ impl Pipeline {
         files.reads = lookup.track_reads();
         let limit_refused = is_write.then(Arc::default);
         files.limit_refused = limit_refused.clone();
+        let queued: Option<Arc<std::sync::OnceLock<i64>>> = (is_write && self.store.write_queue().is_some()).then(Arc::default);
+        files.queued = queued.clone();
         let resp = invoke::run(&self.workers, worker, req, files).await;
         let resp = match limit_refused {
             Some(refused) => self.name_limit(&refused, resp),
@@ -92,7 +94,9 @@ impl Pipeline {
         let resp = answer.unwrap_or_else(|cache::BodyFailed| {
             crate::http::retry_later(503, "the file changed while it was being read; retry")
         });
-        if is_write {
+        if let Some(id) = queued.as_ref().and_then(|q| q.get()).filter(|_| resp.status().is_success()) {
+            queued_answer(*id, resp)
+        } else if is_write {
             consistency::post_process(&self.store, resp)
         } else {
             resp
@@ -109,6 +113,7 @@ impl Pipeline {
             progress: None,
             reads: None,
             limit_refused: None,
+            queued: None,
         }
     }
 
@@ -135,6 +140,29 @@ impl Pipeline {
         }
     }
 }
+
+/// A write kept in the queue while the primary is away: 202 Accepted, with
+/// where its outcome can be read (the worker's validator kept).
+fn queued_answer(id: i64, worker: Response) -> Response {
+    let status_url = format!("{QUEUE_PREFIX}{id}");
+    let body = serde_json::json!({
+        "queued": id,
+        "status": status_url,
+        "message": "the primary is unreachable: the write is kept on this edge and applied in order when it returns",
+    });
+    let mut resp = crate::http::json_value(202, &body);
+    let h = resp.headers_mut();
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&status_url) {
+        h.insert(hyper::header::LOCATION, v);
+    }
+    if let Some(etag) = worker.headers().get(hyper::header::ETAG) {
+        h.insert(hyper::header::ETAG, etag.clone());
+    }
+    resp
+}
+
+/// Where a queued write's outcome is read: `{QUEUE_PREFIX}{id}`.
+pub const QUEUE_PREFIX: &str = "/_turserver/queue/";
 
 #[cfg(test)]
 mod tests;

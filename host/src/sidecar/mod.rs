@@ -81,7 +81,7 @@ impl Sidecar {
                 return Ok(http::json_value(refused.status().as_u16(), &turserver_protocol::Error::from(error)));
             }
         };
-        let mut ctx = FilesCtx { store: self.store.clone(), site: self.site.clone(), access, max_upload: self.max_upload, progress: None, reads: None, limit_refused: None };
+        let mut ctx = FilesCtx { store: self.store.clone(), site: self.site.clone(), access, max_upload: self.max_upload, progress: None, reads: None, limit_refused: None, queued: None };
         let mut table = ResourceTable::new();
         let mut view = FilesView { ctx: &mut ctx, table: &mut table };
         let call = Call::parse(req.method().as_str(), req.uri().path(), req.uri().query()).map_err(Error::from)?;

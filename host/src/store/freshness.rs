@@ -168,6 +168,16 @@ impl Store {
         self.notify.send_replace(generation);
     }
 
+    /// A new generation that changed `paths` only, known without the log
+    /// (a write waiting in the queue appeared or went).
+    pub(super) async fn advance_paths(&self, paths: Vec<(String, Option<u64>)>) {
+        let _one = self.fresh.advancing.lock().await;
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        self.fresh.state.write().unwrap_or_else(|e| e.into_inner()).mark(generation, Changed::Some(paths));
+        self.generation.store(generation, Ordering::Release);
+        self.notify.send_replace(generation);
+    }
+
     /// The paths the log says changed after `seen`, and the new `seen`.
     async fn changed_since(&self, seen: u64) -> (Changed, u64) {
         let described = async {

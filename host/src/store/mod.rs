@@ -24,6 +24,8 @@
 //!   pruning.
 //! - `freshness`: which cached reads a new generation made stale, path by
 //!   path from the change log.
+//! - `queue`: writes kept on the edge while the primary is away
+//!   (`--write-queue`), shown to its reads, applied in order on return.
 //! - `kv`: key-value entries with expiry and compare-and-set.
 //! - `schema`: versioned migrations, run through the primary.
 //! - `sql`: rows copied out of statements, with typed getters.
@@ -39,6 +41,7 @@ mod kv;
 mod paths;
 mod pool;
 mod publish;
+mod queue;
 mod quota;
 mod reads;
 mod replica;
@@ -54,6 +57,7 @@ pub use error::StoreError;
 pub use freshness::{Invalidation, Reads};
 pub use kv::{validate_key, KvExpect, KV_PATH_PREFIX, MAX_KEYS_PAGE, MAX_VALUE};
 pub use paths::validate_path;
+pub use queue::{QueuedUpload, WriteQueue};
 pub use quota::{LimitExceeded, Quota, Totals};
 pub use reads::Reader;
 pub use replication::{redact_url, SyncSnapshot, SyncStats};
@@ -134,6 +138,8 @@ pub struct Store {
     quota: Mutex<Quota>,
     /// The primary's namespace (sqld `--enable-namespaces`), when set.
     namespace: Option<String>,
+    /// Where writes wait while the primary is away (`--write-queue`).
+    queue: std::sync::OnceLock<std::sync::Arc<WriteQueue>>,
 }
 
 impl Store {
@@ -158,6 +164,7 @@ impl Store {
             committed_uploads: Default::default(),
             quota: Mutex::new(Quota::default()),
             namespace: None,
+            queue: std::sync::OnceLock::new(),
         }
     }
 
@@ -216,6 +223,9 @@ impl Store {
         self.stats.register(registry);
         registry.register("commit_groups", "Transactions that published single uploads together", self.commit_groups.clone());
         registry.register("committed_uploads", "Single uploads published by those transactions", self.committed_uploads.clone());
+        if let Some(queue) = self.queue.get() {
+            queue.register_metrics(registry);
+        }
     }
 }
 

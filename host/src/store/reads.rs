@@ -64,6 +64,9 @@ const META_COLUMNS: &str =
 
 impl Store {
     pub async fn stat(&self, path: &str) -> Result<Option<FileMeta>, StoreError> {
+        if let Some(shown) = self.shadow(path) {
+            return Ok(shown);
+        }
         let generation = self.generation();
         let key = ReadKey::Stat(path.to_string());
         if let Some(ReadEntry::Stat(g, meta)) = self.reads.get(&key) {
@@ -116,6 +119,9 @@ impl Store {
         offset: u64,
         len: u64,
     ) -> Result<Option<bytes::Bytes>, StoreError> {
+        if let Some(queued) = self.read_queued(version, encoding, offset, len).await {
+            return queued.map(|b| b.map(bytes::Bytes::from));
+        }
         let generation = self.generation();
         let small = len <= SMALL_READ_BYTES;
         let key = ReadKey::Body(reader, version, encoding.to_string(), offset, len);
@@ -182,6 +188,7 @@ impl Store {
         let mut files = rows.iter().map(meta_from_row).collect::<Result<Vec<_>, _>>()?;
         files.retain(|f| f.path.starts_with(prefix));
         let next = split_page(&mut files, limit, |f| f.path.clone());
+        self.lay_over(prefix, cursor, &mut files, &next);
         Ok((files, next))
     }
 

@@ -12,7 +12,7 @@ use super::bindings::files::{self, Encoded, Error, Expectation, Listing, Metadat
 use super::instance::Progress;
 use crate::http::tokens::Action;
 use crate::http::{Refusal, WriteAccess};
-use crate::store::{Batch, Expect, FileMeta, LimitExceeded, Reads, Store, StoreError, Upload};
+use crate::store::{Batch, Expect, FileMeta, LimitExceeded, QueuedUpload, Reads, Store, StoreError, Upload};
 use turserver_worker::site::SiteRules;
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable, ResourceTableError};
@@ -125,6 +125,10 @@ pub struct FilesCtx {
     /// so the host can answer with the limit's name whatever the worker
     /// made of it.
     pub limit_refused: Option<Arc<std::sync::OnceLock<LimitExceeded>>>,
+    /// Where a write queued while the primary is away is noted (its queue
+    /// entry), so the host answers 202 with its status URL; none where
+    /// writes are never queued.
+    pub queued: Option<Arc<std::sync::OnceLock<i64>>>,
 }
 
 /// Marks progress when a store call starts and again when it ends, so a
@@ -149,7 +153,45 @@ impl FilesView<'_> {
 }
 
 /// An upload resource; `None` once finished.
-pub struct UploadHandle(Option<Upload>);
+pub struct UploadHandle(Option<Uploading>);
+
+/// An upload to the primary, or one kept in the write queue while the
+/// primary is away.
+enum Uploading {
+    Direct(Upload),
+    Queued(QueuedUpload),
+}
+
+impl Uploading {
+    fn path(&self) -> &str {
+        match self {
+            Uploading::Direct(u) => u.path(),
+            Uploading::Queued(u) => u.path(),
+        }
+    }
+
+    async fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
+        match self {
+            Uploading::Direct(u) => u.write(bytes).await,
+            Uploading::Queued(u) => u.write(bytes).await,
+        }
+    }
+
+    /// The file written, whether it is new, and its queue entry if queued.
+    async fn finish(self) -> Result<(FileMeta, bool, Option<i64>), StoreError> {
+        match self {
+            Uploading::Direct(u) => u.finish().await.map(|(meta, created)| (meta, created, None)),
+            Uploading::Queued(u) => u.finish().await.map(|(meta, created, id)| (meta, created, Some(id))),
+        }
+    }
+
+    async fn abort(self) {
+        match self {
+            Uploading::Direct(u) => u.abort().await,
+            Uploading::Queued(u) => u.abort().await,
+        }
+    }
+}
 
 /// A batch resource; `None` once committed.
 pub struct BatchHandle(Option<Batch>);
@@ -182,6 +224,12 @@ impl FilesCtx {
             }
             result
         }
+    }
+
+    /// The write queue, when this request's writes go to it now.
+    fn queue(&self) -> Option<&Arc<crate::store::WriteQueue>> {
+        self.queued.as_ref()?;
+        self.store.queue_for_writes()
     }
 
     /// Records something the worker read, when its response may be cached.
@@ -406,8 +454,13 @@ impl files::Host for FilesView<'_> {
         let _progress = self.progressed();
         self.ctx.check(Action::Write, &path)?;
         check_media_type(&content_type)?;
-        let upload = self.ctx.store.begin_upload(&path, &content_type, self.ctx.max_upload, size_hint, to_expect(expect));
-        let upload = upload.await.map_err(|e| to_wit("begin upload", e))?;
+        let store = &self.ctx.store;
+        let (max, expect) = (self.ctx.max_upload, to_expect(expect));
+        let upload = match self.ctx.queue() {
+            Some(queue) => store.begin_queued_upload(queue, &path, &content_type, max, size_hint, expect).await.map(Uploading::Queued),
+            None => store.begin_upload(&path, &content_type, max, size_hint, expect).await.map(Uploading::Direct),
+        };
+        let upload = upload.map_err(|e| to_wit("begin upload", e))?;
         Ok(self.table.push(UploadHandle(Some(upload)))?)
     }
 
@@ -422,6 +475,16 @@ impl files::Host for FilesView<'_> {
         let _progress = self.progressed();
         self.ctx.check(Action::Delete, &path)?;
         let expect = to_expect(expect);
+        if let (Some(queue), Some(noted)) = (self.ctx.queue(), &self.ctx.queued) {
+            return match bounded("queue delete", self.ctx.store.queue_delete(queue, &path, expect.as_ref())).await? {
+                Some(id) => {
+                    tracing::info!(path, id, "delete queued while the primary is away");
+                    let _ = noted.set(id);
+                    Ok(())
+                }
+                None => Err(Error::NotFound.into()),
+            };
+        }
         match bounded("delete", self.ctx.store.delete(&path, expect.as_ref())).await? {
             true => Ok(()),
             false => Err(Error::NotFound.into()),
@@ -477,8 +540,14 @@ impl files::HostUpload for FilesView<'_> {
         let _progress = self.progressed();
         let upload = take(&mut self.table.get_mut(&this)?.0, "upload")?;
         let path = upload.path().to_string();
-        let (meta, created) = bounded("upload finish", self.ctx.noting_limits(upload.finish())).await?;
-        tracing::info!(path, size = meta.size, created, "file written");
+        let (meta, created, queued) = bounded("upload finish", self.ctx.noting_limits(upload.finish())).await?;
+        match (queued, &self.ctx.queued) {
+            (Some(id), Some(noted)) => {
+                tracing::info!(path, size = meta.size, id, "write queued while the primary is away");
+                let _ = noted.set(id);
+            }
+            _ => tracing::info!(path, size = meta.size, created, "file written"),
+        }
         Ok(Written { metadata: to_metadata(meta), created })
     }
 

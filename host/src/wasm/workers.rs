@@ -340,7 +340,7 @@ async fn smoke_test(runtime: &Runtime, store: &Arc<Store>, worker: Worker) -> an
         .header(hyper::header::HOST, "localhost")
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .context("building the test request")?;
-    let files = FilesCtx { store: store.clone(), site: Default::default(), access: WriteAccess::Missing, max_upload: 0, progress: None, reads: None, limit_refused: None };
+    let files = FilesCtx { store: store.clone(), site: Default::default(), access: WriteAccess::Missing, max_upload: 0, progress: None, reads: None, limit_refused: None, queued: None };
     let invoked = tokio::time::timeout(SMOKE_TIMEOUT, runtime.invoke(worker.clone(), req, files)).await;
     let failure = match invoked {
         Err(_) => Some(format!("it did not answer a test request within {SMOKE_TIMEOUT:?}")),
