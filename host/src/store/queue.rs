@@ -105,6 +105,10 @@ pub struct WriteQueue {
     /// How many paths have a shadow: reads skip the lock while it is 0.
     shadows: AtomicUsize,
     next_staging: AtomicI64,
+    /// The count of successful syncs when a write found the primary
+    /// unreachable (-1: none since): until the next sync succeeds, writes
+    /// queue.
+    refused_at: AtomicI64,
     wake: tokio::sync::Notify,
     applied: Counter,
     failed: Counter,
@@ -195,6 +199,7 @@ impl WriteQueue {
             shadows: AtomicUsize::new(waiting.by_path.len()),
             waiting: Mutex::new(waiting),
             next_staging: AtomicI64::new(max_staging + 1),
+            refused_at: AtomicI64::new(-1),
             wake: tokio::sync::Notify::new(),
             applied: Counter::default(),
             failed: Counter::default(),
@@ -563,8 +568,25 @@ impl Store {
     /// applied first would be overwritten by them).
     pub fn queue_for_writes(&self) -> Option<&Arc<WriteQueue>> {
         let queue = self.queue.get()?;
-        let away = self.stats.last_error.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-        (away || queue.depth() > 0).then_some(queue)
+        (self.primary_seems_away(queue) || queue.depth() > 0).then_some(queue)
+    }
+
+    /// Whether the primary was unreachable at the last sync, or at a write
+    /// since the last successful sync.
+    fn primary_seems_away(&self, queue: &WriteQueue) -> bool {
+        let failing = self.stats.last_error.lock().unwrap_or_else(|e| e.into_inner()).is_some();
+        let refused = queue.refused_at.load(Ordering::Acquire);
+        failing || (refused >= 0 && self.stats.ok.load(Ordering::Acquire) as i64 <= refused)
+    }
+
+    /// A write just failed to reach the primary: later writes queue until
+    /// a sync succeeds (the syncs take a few seconds to give up).
+    pub fn write_found_primary_away(&self, e: &StoreError) {
+        if let (Some(queue), StoreError::Unavailable { .. }) = (self.queue.get(), e) {
+            if !e.is_locked() {
+                queue.refused_at.store(self.stats.ok.load(Ordering::Acquire) as i64, Ordering::Release);
+            }
+        }
     }
 
     /// Starts a queued upload of `path`.
@@ -645,6 +667,8 @@ impl Store {
 /// takes them; ends with the store.
 async fn drain(queue: Arc<WriteQueue>, store: Weak<Store>) {
     let mut attempts = 0;
+    // The entry whose wait for the primary was logged.
+    let mut waiting_logged = None;
     loop {
         let entry = match queue.next().await {
             Ok(Some(entry)) => entry,
@@ -661,8 +685,7 @@ async fn drain(queue: Arc<WriteQueue>, store: Weak<Store>) {
         };
         let Some(store) = store.upgrade() else { return };
         // While the primary is away, only a sync tells when it is back.
-        let away = store.stats.last_error.lock().unwrap_or_else(|e| e.into_inner()).is_some();
-        if away && !matches!(tokio::time::timeout(RETRY_EVERY * 10, store.sync()).await, Ok(Ok(_))) {
+        if store.primary_seems_away(&queue) && !matches!(tokio::time::timeout(RETRY_EVERY * 10, store.sync()).await, Ok(Ok(_))) {
             drop(store);
             queue.update_gauges();
             tokio::time::sleep(RETRY_EVERY).await;
@@ -672,7 +695,9 @@ async fn drain(queue: Arc<WriteQueue>, store: Weak<Store>) {
         let concluded = match outcome {
             Ok(()) => queue.conclude(&entry, Ok(store.write_position())).await,
             Err(e @ StoreError::Unavailable { .. }) => {
-                tracing::info!(id = entry.id, cause = %e, "the primary did not take a queued write; retrying");
+                if waiting_logged.replace(entry.id) != Some(entry.id) {
+                    tracing::info!(id = entry.id, cause = %e, "the primary did not take a queued write; retrying every second");
+                }
                 drop(store);
                 tokio::time::sleep(RETRY_EVERY).await;
                 continue;

@@ -329,6 +329,16 @@ fn to_expect(e: Option<Expectation>) -> Option<Expect> {
 const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs a write with [`WRITE_TIMEOUT`].
+/// `write`, telling the store when it found the primary unreachable (so
+/// later writes go to the write queue, when there is one).
+async fn noting_away<T>(store: &Store, write: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    let result = write.await;
+    if let Err(e) = &result {
+        store.write_found_primary_away(e);
+    }
+    result
+}
+
 async fn bounded<T>(
     op: &'static str,
     fut: impl std::future::Future<Output = Result<T, StoreError>>,
@@ -485,7 +495,8 @@ impl files::Host for FilesView<'_> {
                 None => Err(Error::NotFound.into()),
             };
         }
-        match bounded("delete", self.ctx.store.delete(&path, expect.as_ref())).await? {
+        let store = &self.ctx.store;
+        match bounded("delete", noting_away(store, store.delete(&path, expect.as_ref()))).await? {
             true => Ok(()),
             false => Err(Error::NotFound.into()),
         }
@@ -540,7 +551,9 @@ impl files::HostUpload for FilesView<'_> {
         let _progress = self.progressed();
         let upload = take(&mut self.table.get_mut(&this)?.0, "upload")?;
         let path = upload.path().to_string();
-        let (meta, created, queued) = bounded("upload finish", self.ctx.noting_limits(upload.finish())).await?;
+        let store = self.ctx.store.clone();
+        let finish = self.ctx.noting_limits(upload.finish());
+        let (meta, created, queued) = bounded("upload finish", noting_away(&store, finish)).await?;
         match (queued, &self.ctx.queued) {
             (Some(id), Some(noted)) => {
                 tracing::info!(path, size = meta.size, id, "write queued while the primary is away");
