@@ -132,6 +132,28 @@ fn writes_wait_through_an_outage_and_a_kill_then_apply_in_order() {
 
     // With the queue empty and the primary here, writes are direct again.
     assert_eq!(edge.put("/q/after.txt", None, b"direct".to_vec()).status(), 201);
+
+    // A host that died after the primary took a queued write, before it
+    // recorded so: the write is still waiting when the queue opens again.
+    edge.kill();
+    let keep_changes = || primary.query_column("SELECT count(*) FROM changes WHERE path = 'q/keep.txt'", vec![]);
+    let before = keep_changes();
+    let db = data.join("write-queue.db");
+    let last_keep = block_on(async move {
+        let conn = libsql::Builder::new_local(&db).build().await.unwrap().connect().unwrap();
+        let mut rows = conn.query("SELECT max(id) FROM entries WHERE path = 'q/keep.txt'", ()).await.unwrap();
+        let id: i64 = rows.next().await.unwrap().unwrap().get(0).unwrap();
+        drop(rows);
+        conn.execute("UPDATE entries SET state = 'queued', done_at = NULL, position = NULL WHERE id = ?1", [id]).await.unwrap();
+        id
+    });
+    let edge = queued_edge(&primary, &data);
+    let drained = eventually(Duration::from_secs(30), || (status(&edge)["write_queue"]["depth"] == 0).then_some(()));
+    assert!(drained.is_some(), "{}", status(&edge));
+    let again = outcome(&edge, &format!("/_turserver/queue/{last_keep}"));
+    assert_eq!(again["state"], "applied", "a write the primary holds is not applied twice: {again}");
+    assert_eq!(keep_changes(), before, "the primary took the write once");
+    assert_eq!(text_of(&edge, "/q/keep.txt"), (200, "v2".into()));
 }
 
 #[test]

@@ -105,6 +105,9 @@ pub struct WriteQueue {
     /// How many paths have a shadow: reads skip the lock while it is 0.
     shadows: AtomicUsize,
     next_staging: AtomicI64,
+    /// The oldest entry waiting when the queue opened: the host may have
+    /// died after the primary took it and before its outcome was recorded.
+    first_at_open: Option<i64>,
     /// The count of successful syncs when a write found the primary
     /// unreachable (-1: none since): until the next sync succeeds, writes
     /// queue.
@@ -193,6 +196,7 @@ impl WriteQueue {
         if !waiting.pending.is_empty() {
             tracing::info!(writes = waiting.pending.len(), "the write queue holds writes to apply to the primary");
         }
+        let first_at_open = waiting.pending.keys().next().copied();
         let queue = WriteQueue {
             conn: tokio::sync::Mutex::new(conn),
             _db: db,
@@ -200,6 +204,7 @@ impl WriteQueue {
             waiting: Mutex::new(waiting),
             next_staging: AtomicI64::new(max_staging + 1),
             refused_at: AtomicI64::new(-1),
+            first_at_open,
             wake: tokio::sync::Notify::new(),
             applied: Counter::default(),
             failed: Counter::default(),
@@ -368,7 +373,7 @@ impl WriteQueue {
         let conn = self.conn.lock().await;
         let rows = query_all(
             &conn,
-            "SELECT id, op, path, content_type, expect, staging, size FROM entries WHERE state = 'queued' ORDER BY id LIMIT 1",
+            "SELECT id, op, path, content_type, expect, staging, size, hash FROM entries WHERE state = 'queued' ORDER BY id LIMIT 1",
             (),
         )
         .await
@@ -383,6 +388,7 @@ impl WriteQueue {
                     expect: expect_of(r.opt_text(4)?),
                     staging: r.opt_i64(5)?.unwrap_or(0),
                     size: r.i64(6)? as u64,
+                    hash: r.opt_text(7)?.unwrap_or_default(),
                 })
             })
             .transpose()
@@ -452,6 +458,7 @@ struct Entry {
     expect: Option<Expect>,
     staging: i64,
     size: u64,
+    hash: String,
 }
 
 fn queued_meta(id: i64, path: &str, content_type: &str, size: u64, hash: String, at: i64) -> FileMeta {
@@ -691,7 +698,13 @@ async fn drain(queue: Arc<WriteQueue>, store: Weak<Store>) {
             tokio::time::sleep(RETRY_EVERY).await;
             continue;
         }
-        let outcome = apply(&queue, &store, &entry).await;
+        let outcome = match queue.first_at_open == Some(entry.id) && already_applied(&store, &entry).await {
+            true => {
+                tracing::info!(id = entry.id, path = entry.path, "the primary already holds a queued write (the host stopped before recording it)");
+                Ok(())
+            }
+            false => apply(&queue, &store, &entry).await,
+        };
         let concluded = match outcome {
             Ok(()) => queue.conclude(&entry, Ok(store.write_position())).await,
             Err(e @ StoreError::Unavailable { .. }) => {
@@ -719,6 +732,19 @@ async fn drain(queue: Arc<WriteQueue>, store: Weak<Store>) {
                 tokio::time::sleep(RETRY_EVERY).await;
             }
         }
+    }
+}
+
+/// Whether the replica (synced with the primary) already shows what `entry`
+/// makes: the file with its body, or no file. Asked of the oldest entry
+/// waiting when the queue opened, so a write the primary took just before
+/// the host died is not applied twice (or reported failed by its own
+/// precondition).
+async fn already_applied(store: &Store, entry: &Entry) -> bool {
+    match (entry.op, store.stat_replica(&entry.path).await) {
+        (Op::Put, Ok(Some(meta))) => meta.hash == entry.hash,
+        (Op::Delete, Ok(None)) => true,
+        _ => false,
     }
 }
 

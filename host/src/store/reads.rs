@@ -67,6 +67,12 @@ impl Store {
         if let Some(shown) = self.shadow(path) {
             return Ok(shown);
         }
+        self.stat_replica(path).await
+    }
+
+    /// [`Store::stat`] of the replica alone, without the writes that wait in
+    /// the write queue.
+    pub(super) async fn stat_replica(&self, path: &str) -> Result<Option<FileMeta>, StoreError> {
         let generation = self.generation();
         let key = ReadKey::Stat(path.to_string());
         if let Some(ReadEntry::Stat(g, meta)) = self.reads.get(&key) {
