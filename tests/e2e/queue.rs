@@ -77,6 +77,9 @@ fn writes_wait_through_an_outage_and_a_kill_then_apply_in_order() {
     assert_eq!(client().get(edge.url(&locations[0])).send().unwrap().status(), 401);
     assert_eq!(client().get(edge.url("/_turserver/queue/999999")).bearer_auth(TOKEN).send().unwrap().status(), 404);
     assert_eq!(outcome(&edge, &locations[0])["state"], "queued");
+    let r = client().delete(edge.url(&locations[0])).bearer_auth(TOKEN).send().unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["allow"].to_str().unwrap()), (405, "GET, HEAD"));
+    assert_eq!(client().get(edge.url("/_turserver/queue/twelve")).bearer_auth(TOKEN).send().unwrap().status(), 400);
 
     // The edge shows its queued writes at once.
     assert_eq!(text_of(&edge, "/q/keep.txt"), (200, "v2".into()));

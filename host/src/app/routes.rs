@@ -141,6 +141,9 @@ async fn queued_status(app: &App, mut req: Request) -> Response {
     let Some(queue) = app.pipeline.store.write_queue() else {
         return text_response(404, "this edge keeps no write queue (start it with --write-queue)");
     };
+    if !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD) {
+        return http::method_not_allowed("GET, HEAD", "a queued write's outcome is read with GET");
+    }
     let access = match take_access(&mut req, app.pipeline.write_token.as_ref(), &app.pipeline.keys).await {
         Ok(access) => access,
         Err(refused) => return refused,
