@@ -160,6 +160,23 @@ fn an_entry_written_on_one_edge_is_read_on_another_without_dropping_its_cache() 
     assert!(!anonymous.to_string().contains("_api/kv/"), "{anonymous}");
     // ... and a key-value write leaves the file cache as it was.
     assert_eq!(b.get("/page.txt").headers()["turserver-cache"], "hit");
+
+    // B keeps what it read (present or absent) until a write of that key
+    // reaches it: a replacement, a delete and a creation on A are each read
+    // on B as soon as B holds them.
+    assert_eq!(kv(reqwest::Method::GET, &b, "later").send().unwrap().status(), 404);
+    let read_after = |r: reqwest::blocking::Response, key: &str| {
+        let position = r.headers()["turserver-position"].to_str().unwrap().to_string();
+        kv(reqwest::Method::GET, &b, key).header("turserver-position", &position).send().unwrap()
+    };
+    let r = read_after(json_put(&a, "counter", r#"{"value": 42}"#).send().unwrap(), "counter");
+    assert_eq!((r.status().as_u16(), etag(&r)), (200, "\"2\"".to_string()));
+    assert_eq!(r.json::<serde_json::Value>().unwrap()["value"], 42);
+    let r = read_after(json_put(&a, "later", r#"{"value": "here"}"#).send().unwrap(), "later");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().unwrap()["value"], "here");
+    let r = read_after(kv(reqwest::Method::DELETE, &a, "counter").send().unwrap(), "counter");
+    assert_eq!(r.status(), 404);
 }
 
 #[test]

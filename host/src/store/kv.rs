@@ -5,6 +5,7 @@
 //! later. Writes are logged in the change log as `_api/kv/{key}`.
 
 use super::error::StoreError;
+use super::reads::{ReadEntry, ReadKey, SMALL_READ_BYTES};
 use super::sql::query_all;
 use super::{unix_now, Store};
 use libsql::Value;
@@ -30,6 +31,13 @@ pub struct KvEntry {
     pub expires_at: Option<i64>,
 }
 
+impl KvEntry {
+    /// Not past its expiry, by the clock now.
+    fn is_live(&self) -> bool {
+        self.expires_at.is_none_or(|at| at > unix_now())
+    }
+}
+
 /// What a write expects to find (`If-Match`, `If-None-Match: *`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvExpect {
@@ -51,14 +59,30 @@ pub fn validate_key(key: &str) -> Result<(), String> {
 }
 
 impl Store {
-    /// The live entry at `key`.
+    /// The live entry at `key`. A read the edge served before costs no SQL
+    /// until a write of the key (here or synced) makes it stale.
     pub async fn kv_get(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
+        let generation = self.generation();
+        let cached = ReadKey::Kv(key.to_string());
+        if let Some(ReadEntry::Kv(g, entry)) = self.reads.get(&cached) {
+            if self.path_is_fresh(g, &format!("{KV_PATH_PREFIX}{key}")) {
+                return Ok(entry.filter(KvEntry::is_live));
+            }
+        }
+        let entry = self.kv_get_stored(key).await?;
+        if entry.as_ref().is_none_or(|e| e.value.len() as u64 <= SMALL_READ_BYTES) {
+            self.reads.insert(cached, ReadEntry::Kv(generation, entry.clone()));
+        }
+        Ok(entry.filter(KvEntry::is_live))
+    }
+
+    /// The entry stored at `key`, expired or not.
+    async fn kv_get_stored(&self, key: &str) -> Result<Option<KvEntry>, StoreError> {
         let conn = self.conn().await?;
         let rows = query_all(
             &conn,
-            "SELECT key, value, content_type, version, expires_at FROM kv \
-             WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
-            vec![Value::Text(key.to_string()), Value::Integer(unix_now())],
+            "SELECT key, value, content_type, version, expires_at FROM kv WHERE key = ?1",
+            vec![Value::Text(key.to_string())],
         )
         .await
         .map_err(|e| StoreError::read("a key-value read", e));

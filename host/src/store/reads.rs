@@ -1,7 +1,8 @@
 //! Reads: metadata, bodies (whole, ranged, chunk by chunk), listings and
 //! the site document, with a cache of metadata and small bodies stamped
 //! with the store's generation, so a hot file costs no SQL; an entry goes
-//! stale when its path (or version) changes (see `freshness`).
+//! stale when its path (or version) changes (see `freshness`). Key-value
+//! entries share the cache.
 
 use super::sql::{query_all, Record};
 use super::{FileMeta, Store, CHUNK_SIZE, MAX_LIST_LIMIT};
@@ -11,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 /// Reads of at most this many bytes are cached (whole small files; large
 /// bodies stream through without displacing them).
-const SMALL_READ_BYTES: u64 = 64 << 10;
+pub(super) const SMALL_READ_BYTES: u64 = 64 << 10;
 /// Memory for cached metadata and small bodies.
 const READ_CACHE_BYTES: u64 = 32 << 20;
 
@@ -29,6 +30,8 @@ pub(super) enum ReadKey {
     Stat(String),
     /// reader, version, encoding, offset, length
     Body(Reader, u64, String, u64, u64),
+    /// A key-value entry, by key.
+    Kv(String),
 }
 
 /// A cached read, stamped with the generation it was read at.
@@ -36,6 +39,8 @@ pub(super) enum ReadKey {
 pub(super) enum ReadEntry {
     Stat(u64, Option<FileMeta>),
     Body(u64, Option<bytes::Bytes>),
+    /// The stored entry, expired or not (expiry is checked as it is read).
+    Kv(u64, Option<super::kv::KvEntry>),
 }
 
 #[derive(Clone)]
@@ -46,6 +51,7 @@ impl quick_cache::Weighter<ReadKey, ReadEntry> for ReadWeight {
         match val {
             ReadEntry::Stat(..) => 512,
             ReadEntry::Body(_, b) => 256 + b.as_ref().map_or(0, |b| b.len() as u64),
+            ReadEntry::Kv(_, e) => 256 + e.as_ref().map_or(0, |e| (e.key.len() + e.value.len()) as u64),
         }
     }
 }
