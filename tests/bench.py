@@ -795,7 +795,25 @@ def invalidation_bench(binary, primary_url, work, seconds, rounds):
             written[0] += 1
             time.sleep(max(0.0, 0.05 - (time.time() - started)))
 
+    # One replicating edge follows the primary at a time: the edge measured,
+    # or the per-path one while the control is measured. The other is
+    # paused (SIGSTOP) so its syncs do not take the machine from the window;
+    # it catches up when resumed, before its own window.
+    following = {paths_url: paths_edge, whole_url: whole_edge}
+    running = set(following)
+
+    def follow_only(url):
+        for u, p in following.items():
+            if u != url and u in running:
+                p.p.send_signal(signal.SIGSTOP)
+                running.discard(u)
+        if url not in running:
+            following[url].p.send_signal(signal.SIGCONT)
+            running.add(url)
+            time.sleep(1.0)
+
     def measure(url):
+        follow_only(url if url in following else paths_url)
         hits, misses = metric(url, "turserver_response_cache_hits_total"), metric(url, "turserver_response_cache_misses_total")
         rps = wrk(url + "/", 64, seconds, script=script)[0]
         dh = metric(url, "turserver_response_cache_hits_total") - hits
@@ -828,6 +846,7 @@ def invalidation_bench(binary, primary_url, work, seconds, rounds):
         "write_rate": rate,
     }
     for p in (paths_edge, whole_edge, control):
+        p.p.send_signal(signal.SIGCONT)
         p.stop()
     return result
 

@@ -17,6 +17,7 @@ use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
 use http_body_util::BodyExt;
 use prometheus_client::metrics::counter::Counter;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Largest response body kept.
@@ -31,7 +32,9 @@ pub struct Key {
 }
 
 pub struct Entry {
-    pub generation: u64,
+    /// The store's generation at which it is known fresh: when it was made,
+    /// moved forward by each hit that finds it still fresh.
+    pub generation: AtomicU64,
     /// What the worker read to make it.
     pub reads: Reads,
     pub status: StatusCode,
@@ -65,18 +68,22 @@ impl ResponseCache {
         }
     }
 
-    /// A fresh entry for `key`, if there is one.
-    pub fn get(&self, key: &Key, fresh: impl Fn(&Entry) -> bool) -> Option<Arc<Entry>> {
-        match self.entries.get(key) {
-            Some(e) if fresh(&e) => {
-                self.hits.inc();
-                Some(e)
+    /// A fresh entry for `key`, if there is one. `fresh_at` answers the
+    /// generation at which an entry stamped at a given one is still fresh.
+    pub fn get(&self, key: &Key, fresh_at: impl Fn(u64, &Reads) -> Option<u64>) -> Option<Arc<Entry>> {
+        let found = self.entries.get(key).and_then(|e| {
+            let stamp = e.generation.load(Ordering::Relaxed);
+            let now = fresh_at(stamp, &e.reads)?;
+            if now > stamp {
+                e.generation.fetch_max(now, Ordering::Relaxed);
             }
-            _ => {
-                self.misses.inc();
-                None
-            }
-        }
+            Some(e)
+        });
+        match &found {
+            Some(_) => self.hits.inc(),
+            None => self.misses.inc(),
+        };
+        found
     }
 
     pub fn insert(&self, key: Key, entry: Entry) {
@@ -141,9 +148,9 @@ pub fn hit(
     cache: Option<&ResponseCache>,
     lookup: &Lookup,
     head: bool,
-    fresh: impl Fn(&Entry) -> bool,
+    fresh_at: impl Fn(u64, &Reads) -> Option<u64>,
 ) -> Option<Response> {
-    let entry = cache?.get(lookup.key.as_ref()?, fresh)?;
+    let entry = cache?.get(lookup.key.as_ref()?, fresh_at)?;
     let body = if head { Bytes::new() } else { entry.body.clone() };
     let mut resp = hyper::Response::new(full_body(body));
     *resp.status_mut() = entry.status;
@@ -179,7 +186,7 @@ pub async fn post_process(cache: Option<&ResponseCache>, lookup: Lookup, resp: R
         parts.headers.remove(headers::REQUEST_ID);
         let reads = lookup.reads.map(|r| std::mem::take(&mut *r.lock().unwrap_or_else(|e| e.into_inner()))).unwrap_or_default();
         let entry = Entry {
-            generation: lookup.generation,
+            generation: AtomicU64::new(lookup.generation),
             reads,
             status: parts.status,
             headers: parts.headers.clone(),
@@ -271,15 +278,37 @@ mod tests {
         let c = ResponseCache::new(1 << 20);
         let key = Key { target: "/a".into(), accept_encoding: String::new(), origin: String::new(), worker: "w".into() };
         let entry = Entry {
-            generation: 1,
+            generation: AtomicU64::new(1),
             reads: Reads::default(),
             status: StatusCode::OK,
             headers: HeaderMap::new(),
             body: Bytes::from_static(b"x"),
         };
         c.insert(key.clone(), entry);
-        assert!(c.get(&key, |e| e.generation == 1).is_some());
-        assert!(c.get(&key, |e| e.generation == 2).is_none());
+        assert!(c.get(&key, |stamp, _| (stamp == 1).then_some(1)).is_some());
+        assert!(c.get(&key, |_, _| None).is_none());
         assert_eq!((c.hits.get(), c.misses.get()), (1, 1));
+    }
+
+    #[test]
+    fn a_hit_found_fresh_later_is_stamped_with_that_generation() {
+        let c = ResponseCache::new(1 << 20);
+        let key = Key { target: "/a".into(), accept_encoding: String::new(), origin: String::new(), worker: "w".into() };
+        let entry = Entry {
+            generation: AtomicU64::new(1),
+            reads: Reads::default(),
+            status: StatusCode::OK,
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"x"),
+        };
+        c.insert(key.clone(), entry);
+        let seen = std::sync::Mutex::new(Vec::new());
+        let fresh_at = |stamp, _: &Reads| {
+            seen.lock().unwrap().push(stamp);
+            Some(5)
+        };
+        assert!(c.get(&key, fresh_at).is_some());
+        assert!(c.get(&key, fresh_at).is_some());
+        assert_eq!(*seen.lock().unwrap(), [1, 5]);
     }
 }

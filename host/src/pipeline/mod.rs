@@ -57,8 +57,8 @@ impl Pipeline {
         }
         let worker = self.workers.current();
         let mut lookup = cache::Lookup::new(self.cache.as_ref(), &req, &worker, self.store.generation());
-        let fresh = |e: &cache::Entry| self.store.is_fresh(e.generation, &e.reads);
-        if let Some(hit) = cache::hit(self.cache.as_ref(), &lookup, req.method() == hyper::Method::HEAD, fresh) {
+        let fresh_at = |stamp, reads: &_| self.store.fresh_at(stamp, reads);
+        if let Some(hit) = cache::hit(self.cache.as_ref(), &lookup, req.method() == hyper::Method::HEAD, fresh_at) {
             return hit;
         }
         let access = match access::take(&mut req, self.write_token.as_ref(), &self.keys).await {

@@ -109,6 +109,14 @@ async fn the_cache_step_answers_repeats_and_drops_changed_files() {
     assert_eq!(status, 304);
     assert!(!headers.contains_key("turserver-cache"));
 
+    // Another file's writes leave the entry fresh, hit after hit (each
+    // finding it fresh at a newer generation) ...
+    for n in 0..2 {
+        assert_eq!(send(&mut c, "PUT", &format!("/other{n}.css"), &[("authorization", &bearer)], b"o").await.0, 201);
+        let (_, headers, body) = send(&mut c, "GET", "/c.css", &[], b"").await;
+        assert_eq!((headers["turserver-cache"].to_str().unwrap(), &body[..]), ("hit", &b"a{}"[..]));
+    }
+    // ... and its own write still makes it stale.
     assert_eq!(send(&mut c, "PUT", "/c.css", &[("authorization", &bearer)], b"b{}").await.0, 204);
     let (_, headers, body) = send(&mut c, "GET", "/c.css", &[], b"").await;
     assert_eq!((headers["turserver-cache"].to_str().unwrap(), &body[..]), ("miss", &b"b{}"[..]));

@@ -114,15 +114,21 @@ impl Store {
         let _ = self.fresh.mode.set(mode);
     }
 
-    /// Whether an entry stamped at `stamp` that read `reads` is fresh.
-    pub fn is_fresh(&self, stamp: u64, reads: &Reads) -> bool {
+    /// The generation at which an entry stamped at `stamp` that read
+    /// `reads` is known fresh (the current one), or None when it is stale.
+    /// Stamping the entry with it again spares its next reads the look at
+    /// what changed since `stamp`.
+    pub fn fresh_at(&self, stamp: u64, reads: &Reads) -> Option<u64> {
         if reads.expires.is_some_and(|at| super::unix_now() >= at) {
-            return false;
+            return None;
         }
-        if stamp == self.generation() {
-            return true;
+        // Read before the accounting: a generation is announced only once
+        // its changes are marked, so the marks seen cover it.
+        let now = self.generation();
+        if stamp == now {
+            return Some(now);
         }
-        self.fresh.state.read().unwrap_or_else(|e| e.into_inner()).is_fresh(stamp, reads)
+        self.fresh.state.read().unwrap_or_else(|e| e.into_inner()).is_fresh(stamp, reads).then_some(now)
     }
 
     pub(super) fn path_is_fresh(&self, stamp: u64, path: &str) -> bool {
