@@ -10,6 +10,7 @@ prints one table with each target marked met or not.
     python3 tests/bench.py            # full run, about 12 minutes after the build
     python3 tests/bench.py --quick    # shorter runs, for a rough look
     python3 tests/bench.py --no-soak  # without the soak test (64 clients, 60 s)
+    python3 tests/bench.py --reads-only   # only the read-path table (five sizes; nginx, native, worker)
     python3 tests/bench.py --deploy-only  # only the deploy and large-PUT figures
     python3 tests/bench.py --spin-only    # only the Spin figures
     python3 tests/bench.py --writes-only  # only the concurrent-PUT figures
@@ -1092,6 +1093,68 @@ end
     }
 
 
+def read_path(nginx_url, plain_url, cached_url, edge_url, files, seconds, rounds):
+    """The read-path table: each file through nginx, the host's native path,
+    the worker with and without the response cache, and (1 KiB) a replica
+    edge. Rows of (test, target, req/s, p50, p99, /nginx, /native)."""
+    # The machine's speed drifts by more than the differences measured, so
+    # the targets are run in rounds, one short run each in turn, and each
+    # ratio is the median of the ratios within a round: drift between
+    # rounds cancels out.
+    rows = []
+    for name in files:
+        for conns in (2, 64):
+            targets = [("nginx", f"{nginx_url}/{name}"),
+                       ("native", f"{plain_url}/_turserver/native/{name}"),
+                       ("worker", f"{plain_url}/{name}"),
+                       ("worker+cache", f"{cached_url}/{name}")]
+            if name == "f1k.bin":
+                # An edge replicating from sqld, the worker on every request.
+                targets.append(("replica", f"{edge_url}/{name}"))
+            log(f"wrk {name} c={conns}: {rounds} rounds of {len(targets)} x {seconds}s")
+            runs = {label: [] for label, _ in targets}
+            for r in range(rounds):
+                # Rotate the order so no target always runs first.
+                for label, url in targets[r % len(targets):] + targets[:r % len(targets)]:
+                    runs[label].append(wrk(url, conns, seconds))
+            for label, results in runs.items():
+                med = lambda i: statistics.median(x[i] for x in results)
+                vs = lambda base: statistics.median(x[0] / b[0] for x, b in zip(results, runs[base]))
+                rows.append((f"{name} c={conns}", label, med(0), med(1), med(2), vs("nginx"), vs("native")))
+
+    return rows
+
+
+def print_read_path(rows):
+    print(f"{'test':<16} {'target':<13} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'/nginx':>7} {'/native':>8}")
+    for test, label, rps, p50, p99, vs_nginx, vs_native in rows:
+        print(f"{test:<16} {label:<13} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f} {vs_nginx:>7.2f} {vs_native:>8.2f}")
+
+
+def read_path_checks(rows):
+    def row(test, label):
+        return next(r for r in rows if r[0] == test and r[1] == label)
+
+    def ratio(test, label, base):
+        return row(test, label)[5 if base == "nginx" else 6]
+
+    replica_p99 = row("f1k.bin c=2", "replica")[4]
+    # The read path at every size, worker on every request, cache off.
+    sizes = [("1 KiB", "f1k.bin"), ("10 KiB", "f10k.bin"), ("100 KiB", "f100k.bin"), ("1 MiB", "f1m.bin")]
+    return [
+        (f"{label} worker, 64 conns >= 0.8x nginx", ratio(f"{name} c=64", "worker", "nginx") >= 0.8,
+         f"{ratio(f'{name} c=64', 'worker', 'nginx'):.2f}x") for label, name in sizes
+    ] + [
+        ("100 KiB native, 64 conns >= 0.8x nginx", ratio("f100k.bin c=64", "native", "nginx") >= 0.8,
+         f"{ratio('f100k.bin c=64', 'native', 'nginx'):.2f}x"),
+        ("1 KiB worker+cache, 64 conns >= 1.0x nginx", ratio("f1k.bin c=64", "worker+cache", "nginx") >= 1.0,
+         f"{ratio('f1k.bin c=64', 'worker+cache', 'nginx'):.2f}x"),
+        ("worker >= 0.7x native (1 KiB, 64 conns)", ratio("f1k.bin c=64", "worker", "native") >= 0.7,
+         f"{ratio('f1k.bin c=64', 'worker', 'native'):.2f}x"),
+        ("edge read p99 < 1 ms at 2 conns (replica)", replica_p99 < 1.0, f"{replica_p99:.2f} ms"),
+    ]
+
+
 def print_sites(s):
     print(f"many sites, {s['count']} configured on one sqld, at most {s['open']} open: a closed site's first request "
           f"p50 {s['cold_p50']:.1f} ms, p99 {s['cold_p99']:.1f} ms ({s['cold_n']} sites, replica on disk); "
@@ -1237,6 +1300,7 @@ def main():
     ap.add_argument("--spin-only", action="store_true", help="only the Spin figures (needs Spin and wrk)")
     ap.add_argument("--writes-only", action="store_true", help="only the concurrent-PUT figures (needs wrk)")
     ap.add_argument("--sync-only", action="store_true", help="only the sync lag figures (needs sqld, not wrk)")
+    ap.add_argument("--reads-only", action="store_true", help="only the read-path table (needs wrk, nginx, sqld)")
     ap.add_argument("--downloads-only", action="store_true", help="only the 100 MiB download figures (needs nginx)")
     ap.add_argument("--access-only", action="store_true", help="only the signed-token read figures (needs wrk)")
     ap.add_argument("--feed-only", action="store_true", help="only the cache-invalidation and change-feed figures (needs wrk, sqld)")
@@ -1310,30 +1374,14 @@ def main():
                                      "--response-cache-mib", "0", "--max-upload-size", str(2 << 30))
     put(edge_url, "f1k.bin", files["f1k.bin"])
 
-    # The machine's speed drifts by more than the differences measured, so
-    # the targets are run in rounds, one short run each in turn, and each
-    # ratio is the median of the ratios within a round: drift between
-    # rounds cancels out.
-    rows = []
-    for name in files:
-        for conns in (2, 64):
-            targets = [("nginx", f"{nginx_url}/{name}"),
-                       ("native", f"{plain_url}/_turserver/native/{name}"),
-                       ("worker", f"{plain_url}/{name}"),
-                       ("worker+cache", f"{cached_url}/{name}")]
-            if name == "f1k.bin":
-                # An edge replicating from sqld, the worker on every request.
-                targets.append(("replica", f"{edge_url}/{name}"))
-            log(f"wrk {name} c={conns}: {rounds} rounds of {len(targets)} x {seconds}s")
-            runs = {label: [] for label, _ in targets}
-            for r in range(rounds):
-                # Rotate the order so no target always runs first.
-                for label, url in targets[r % len(targets):] + targets[:r % len(targets)]:
-                    runs[label].append(wrk(url, conns, seconds))
-            for label, results in runs.items():
-                med = lambda i: statistics.median(x[i] for x in results)
-                vs = lambda base: statistics.median(x[0] / b[0] for x, b in zip(results, runs[base]))
-                rows.append((f"{name} c={conns}", label, med(0), med(1), med(2), vs("nginx"), vs("native")))
+    rows = read_path(nginx_url, plain_url, cached_url, edge_url, files, seconds, rounds)
+    if opts.reads_only:
+        print()
+        print_read_path(rows)
+        print()
+        for name, ok, figure in read_path_checks(rows):
+            print(f"[{'met' if ok else 'NOT MET':>7}] {name}: {figure}")
+        return
 
     # From here each step stands alone: one that fails (a primary past its
     # limits, a missing tool) is reported as not met, and the rest still run.
@@ -1364,9 +1412,7 @@ def main():
     many = soft("many sites", sites_bench, binary, sqld, work, seconds, rounds)
 
     print()
-    print(f"{'test':<16} {'target':<13} {'req/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'/nginx':>7} {'/native':>8}")
-    for test, label, rps, p50, p99, vs_nginx, vs_native in rows:
-        print(f"{test:<16} {label:<13} {rps:>10.0f} {p50:>8.2f} {p99:>8.2f} {vs_nginx:>7.2f} {vs_native:>8.2f}")
+    print_read_path(rows)
     print()
     if dl:
         print_downloads(*dl)
@@ -1387,27 +1433,7 @@ def main():
     elif spin_rows is not None:
         print("spin: not installed, not measured (bash tests/setup.sh installs it from ../shared/tools/spin)")
 
-    def row(test, label):
-        return next(r for r in rows if r[0] == test and r[1] == label)
-
-    def ratio(test, label, base):
-        return row(test, label)[5 if base == "nginx" else 6]
-
-    replica_p99 = row("f1k.bin c=2", "replica")[4]
-    # The read path at every size, worker on every request, cache off.
-    sizes = [("1 KiB", "f1k.bin"), ("10 KiB", "f10k.bin"), ("100 KiB", "f100k.bin"), ("1 MiB", "f1m.bin")]
-    checks = [
-        (f"{label} worker, 64 conns >= 0.8x nginx", ratio(f"{name} c=64", "worker", "nginx") >= 0.8,
-         f"{ratio(f'{name} c=64', 'worker', 'nginx'):.2f}x") for label, name in sizes
-    ] + [
-        ("100 KiB native, 64 conns >= 0.8x nginx", ratio("f100k.bin c=64", "native", "nginx") >= 0.8,
-         f"{ratio('f100k.bin c=64', 'native', 'nginx'):.2f}x"),
-        ("1 KiB worker+cache, 64 conns >= 1.0x nginx", ratio("f1k.bin c=64", "worker+cache", "nginx") >= 1.0,
-         f"{ratio('f1k.bin c=64', 'worker+cache', 'nginx'):.2f}x"),
-        ("worker >= 0.7x native (1 KiB, 64 conns)", ratio("f1k.bin c=64", "worker", "native") >= 0.7,
-         f"{ratio('f1k.bin c=64', 'worker', 'native'):.2f}x"),
-        ("edge read p99 < 1 ms at 2 conns (replica)", replica_p99 < 1.0, f"{replica_p99:.2f} ms"),
-    ]
+    checks = read_path_checks(rows)
     if dl:
         one_gibs, nginx_gibs, many_gibs, rss_growth, anon_growth = dl
         checks += [
