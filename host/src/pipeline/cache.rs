@@ -273,8 +273,8 @@ mod tests {
         assert!(!request_is_cacheable(&http::Method::GET, &headers(&[("if-none-match", "\"x\"")])));
     }
 
-    #[test]
-    fn stale_generations_miss() {
+    /// A cache holding one entry for `/a`, stamped with generation 1.
+    fn one_entry_stamped_1() -> (ResponseCache, Key) {
         let c = ResponseCache::new(1 << 20);
         let key = Key { target: "/a".into(), accept_encoding: String::new(), origin: String::new(), worker: "w".into() };
         let entry = Entry {
@@ -285,6 +285,12 @@ mod tests {
             body: Bytes::from_static(b"x"),
         };
         c.insert(key.clone(), entry);
+        (c, key)
+    }
+
+    #[test]
+    fn stale_generations_miss() {
+        let (c, key) = one_entry_stamped_1();
         assert!(c.get(&key, |stamp, _| (stamp == 1).then_some(1)).is_some());
         assert!(c.get(&key, |_, _| None).is_none());
         assert_eq!((c.hits.get(), c.misses.get()), (1, 1));
@@ -292,16 +298,7 @@ mod tests {
 
     #[test]
     fn a_hit_found_fresh_later_is_stamped_with_that_generation() {
-        let c = ResponseCache::new(1 << 20);
-        let key = Key { target: "/a".into(), accept_encoding: String::new(), origin: String::new(), worker: "w".into() };
-        let entry = Entry {
-            generation: AtomicU64::new(1),
-            reads: Reads::default(),
-            status: StatusCode::OK,
-            headers: HeaderMap::new(),
-            body: Bytes::from_static(b"x"),
-        };
-        c.insert(key.clone(), entry);
+        let (c, key) = one_entry_stamped_1();
         let seen = std::sync::Mutex::new(Vec::new());
         let fresh_at = |stamp, _: &Reads| {
             seen.lock().unwrap().push(stamp);
