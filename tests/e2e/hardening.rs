@@ -194,6 +194,80 @@ fn past_the_connection_limit_new_connections_wait_their_turn() {
     assert!(s.logged("connection limit reached"), "{}", s.log());
 }
 
+/// The status of the next answer on a kept-alive connection, its body read
+/// (by `Content-Length`) so the connection can carry another request.
+fn next_status(stream: &mut std::net::TcpStream) -> Option<u16> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut buf).ok().filter(|&n| n > 0)?;
+        got.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
+    let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length: "))?.trim().parse().ok()?;
+    while got.len() < head_end + len {
+        let n = stream.read(&mut buf).ok().filter(|&n| n > 0)?;
+        got.extend_from_slice(&buf[..n]);
+    }
+    head.get(9..12)?.parse().ok()
+}
+
+#[test]
+fn one_address_cannot_hold_every_connection() {
+    use std::io::Write;
+    let dir = TempDir::new("per-ip");
+    let s = Server::start(dir.path(), &["--max-connections-per-ip", "2"], None);
+    let health = b"GET /_turserver/health HTTP/1.1\r\nHost: x\r\n\r\n";
+    let health_close = b"GET /_turserver/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    // Two kept-alive connections from 127.0.0.1, both answered (retried
+    // until the harness's own connections have closed).
+    let mut held = eventually(std::time::Duration::from_secs(10), || {
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut c = std::net::TcpStream::connect(s.addr).ok()?;
+            c.write_all(health).ok()?;
+            (next_status(&mut c)? == 200).then_some(())?;
+            held.push(c);
+        }
+        Some(held)
+    })
+    .expect("two connections from one address are served");
+
+    // A third from the same address is answered 503 and closed.
+    let mut third = std::net::TcpStream::connect(s.addr).unwrap();
+    third.write_all(health_close).unwrap();
+    let (_, answer) = closed_within(&mut third, std::time::Duration::from_secs(5)).expect("the third connection is closed");
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1") && answer.contains("too many connections"), "{answer}");
+
+    // Another address is served meanwhile, and so are the two held ones.
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other.bind(&"127.0.0.2:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    other.connect(&s.addr.into()).unwrap();
+    let mut other: std::net::TcpStream = other.into();
+    other.write_all(health_close).unwrap();
+    let (_, answer) = closed_within(&mut other, std::time::Duration::from_secs(5)).expect("the other address is answered");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    for c in &mut held {
+        c.write_all(health).unwrap();
+        assert_eq!(next_status(c), Some(200));
+    }
+
+    // Once they close, the address is served again.
+    drop(held);
+    let refused = eventually(std::time::Duration::from_secs(10), || {
+        Some(s.metric("turserver_connections_refused_per_ip_total")).filter(|&n| n >= 1.0)
+    });
+    assert!(refused.is_some(), "the refusal is counted");
+    assert!(s.logged("too many connections from one address"), "{}", s.log());
+    assert_eq!(s.get("/_turserver/health").status(), 200);
+}
+
 #[test]
 fn a_site_document_without_credentials_is_refused_before_its_body() {
     let s = Server::local();

@@ -465,6 +465,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TURSERVER_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Most connections one client address may hold open on the public port
+    /// (an IPv6 address counts by its /64); past it, a new connection from
+    /// that address is answered 503 and closed. Off by default: behind a
+    /// proxy or load balancer every client shares the proxy's address.
+    #[arg(long, env = "TURSERVER_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<u32>,
+
     /// Worker instances that may exist at once: the requests the worker can
     /// serve concurrently (each holds a pooled slot of `--worker-memory-mib`
     /// address space). Past it a request gets 503.
@@ -566,6 +573,9 @@ impl ServeArgs {
         }
         if self.max_connections == Some(0) {
             bail!("--max-connections must be at least 1");
+        }
+        if self.max_connections_per_ip == Some(0) {
+            bail!("--max-connections-per-ip must be at least 1 (leave it out for no limit)");
         }
         if self.max_instances == 0 || self.max_instances > 100_000 {
             bail!("--max-instances must be between 1 and 100000");

@@ -226,7 +226,7 @@ async fn start(
                 calls: Default::default(),
             });
             metrics.register(|r| sidecar.register_metrics(r));
-            Some(tokio::spawn(http::serve("sidecar", listener, sidecar, args.limits(), connections, shutdown)))
+            Some(tokio::spawn(http::serve("sidecar", listener, sidecar, sidecar_limits(args), connections, shutdown)))
         }
         _ => None,
     };
@@ -313,6 +313,12 @@ fn max_connections(args: &ServeArgs) -> usize {
     }
 }
 
+/// The sidecar's callers are the runtimes of one deployment, pooling their
+/// connections from a few addresses: no limit per address.
+fn sidecar_limits(args: &ServeArgs) -> Limits {
+    Limits { per_ip: None, ..args.limits() }
+}
+
 impl ServeArgs {
     /// What each connection may take.
     fn limits(&self) -> Limits {
@@ -323,6 +329,7 @@ impl ServeArgs {
             body: self.body_timeout,
             h2_streams: self.h2_max_streams,
             instances: self.instances_per_connection,
+            per_ip: self.max_connections_per_ip,
         }
     }
 }

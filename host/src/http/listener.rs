@@ -1,5 +1,6 @@
 //! The accept and serve loop both ports use (the public port and the
-//! sidecar): HTTP/1.1 and h2, Nagle off, the connection limit, every
+//! sidecar): HTTP/1.1 and h2, Nagle off, the connection limits (in all
+//! and, on the public port, per client address), every
 //! connection's clocks (header read, idle, send, request body) and quota,
 //! malformed requests refused before anything else sees them, request
 //! bodies that linger, and a graceful drain on shutdown.
@@ -12,11 +13,14 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -44,6 +48,8 @@ pub struct Limits {
     pub h2_streams: u32,
     /// Responses from the worker one connection may have under way.
     pub instances: u32,
+    /// Connections one client address may hold open (None: no limit).
+    pub per_ip: Option<u32>,
 }
 
 /// What one connection's requests may hold at once of a shared resource
@@ -75,6 +81,7 @@ pub struct Connections {
     max: usize,
     open: Gauge,
     waited: Counter,
+    refused_per_ip: Counter,
     /// The limit is reached now: logged once per time it is.
     full: AtomicBool,
 }
@@ -86,6 +93,7 @@ impl Connections {
             max,
             open: Gauge::default(),
             waited: Counter::default(),
+            refused_per_ip: Counter::default(),
             full: AtomicBool::new(false),
         }
     }
@@ -96,6 +104,11 @@ impl Connections {
             "connection_limit_waits",
             "Times a new connection had to wait because the connection limit was reached",
             self.waited.clone(),
+        );
+        registry.register(
+            "connections_refused_per_ip",
+            "New connections answered 503 and closed because their address held --max-connections-per-ip",
+            self.refused_per_ip.clone(),
         );
     }
 
@@ -113,6 +126,101 @@ impl Connections {
         }
         self.permits.clone().acquire_owned().await.expect("the semaphore is never closed")
     }
+}
+
+/// The connections each client address holds open on one port. An IPv6
+/// address counts by its /64, the block one host is usually given.
+struct PerIp {
+    max: u32,
+    open: Mutex<HashMap<IpAddr, Held>>,
+}
+
+#[derive(Default)]
+struct Held {
+    open: u32,
+    /// Refusing this address now: logged once per time it is.
+    refusing: bool,
+}
+
+/// One connection's place in its address's count, given back on drop.
+struct IpShare {
+    of: Arc<PerIp>,
+    key: IpAddr,
+}
+
+impl PerIp {
+    fn new(max: u32) -> Arc<PerIp> {
+        Arc::new(PerIp { max, open: Mutex::new(HashMap::new()) })
+    }
+
+    fn key(ip: IpAddr) -> IpAddr {
+        match ip {
+            IpAddr::V4(_) => ip,
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            },
+        }
+    }
+
+    /// A place for one more connection from `ip`, or None past the limit.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<IpShare> {
+        let key = PerIp::key(ip);
+        let mut open = self.open.lock().expect("poisoned");
+        let held = open.entry(key).or_default();
+        if held.open >= self.max {
+            if !held.refusing {
+                held.refusing = true;
+                tracing::warn!(address = %key, max = self.max, "too many connections from one address: refusing its new ones until some close");
+            }
+            return None;
+        }
+        held.open += 1;
+        held.refusing = false;
+        Some(IpShare { of: self.clone(), key })
+    }
+}
+
+impl Drop for IpShare {
+    fn drop(&mut self) {
+        let mut open = self.of.open.lock().expect("poisoned");
+        if let Some(held) = open.get_mut(&self.key) {
+            held.open -= 1;
+            if held.open == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
+const REFUSED_PER_IP: &str = concat!(
+    "HTTP/1.1 503 Service Unavailable\r\n",
+    "content-type: text/plain; charset=utf-8\r\n",
+    "retry-after: 1\r\n",
+    "connection: close\r\n",
+    "content-length: 72\r\n",
+    "\r\n",
+    "this address holds too many connections; close some of them, then retry\n",
+);
+
+/// Answers a connection past its address's limit with 503 and closes it.
+/// What the client sent meanwhile is read and dropped (at most 64 KiB, for
+/// at most a second), so closing does not reset the answer away.
+async fn refuse(mut stream: tokio::net::TcpStream) {
+    let bounded = async {
+        stream.write_all(REFUSED_PER_IP.as_bytes()).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        let mut left = 64usize << 10;
+        while left > 0 {
+            match stream.read(&mut sink).await? {
+                0 => break,
+                n => left = left.saturating_sub(n),
+            }
+        }
+        std::io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), bounded).await;
 }
 
 /// The next connection, with Nagle's algorithm off. Accept errors (typically
@@ -150,6 +258,7 @@ pub async fn serve<H: Handler>(
     // An HTTP/1.0 request without Host is given this port's address.
     let own = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let own = http::HeaderValue::from_str(&own).unwrap_or(http::HeaderValue::from_static("localhost"));
+    let per_ip = limits.per_ip.map(PerIp::new);
     tokio::pin!(shutdown);
     loop {
         let next = async {
@@ -158,6 +267,22 @@ pub async fn serve<H: Handler>(
         };
         tokio::select! {
             (permit, (stream, peer)) = next => {
+                let share = match &per_ip {
+                    Some(per_ip) => match per_ip.admit(peer.ip()) {
+                        Some(share) => Some(share),
+                        None => {
+                            connections.refused_per_ip.inc();
+                            // Keeps its place under --max-connections
+                            // while it is answered (a second at most).
+                            tokio::spawn(async move {
+                                refuse(stream).await;
+                                drop(permit);
+                            });
+                            continue;
+                        }
+                    },
+                    None => None,
+                };
                 let stream = TimedIo::new(stream, limits.send, limits.idle);
                 let handler = handler.clone();
                 let own = own.clone();
@@ -182,7 +307,7 @@ pub async fn serve<H: Handler>(
                         tracing::debug!(%peer, cause = %e, "{name} connection ended with an error");
                     }
                     open.dec();
-                    drop(permit);
+                    drop((share, permit));
                 });
             }
             () = &mut shutdown => break,
@@ -230,5 +355,35 @@ pub fn raise_fd_limit() -> u64 {
             }
         }
         lim.rlim_cur
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_refusal_is_a_whole_http_response() {
+        let (head, body) = REFUSED_PER_IP.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())), "{head}");
+    }
+
+    #[test]
+    fn addresses_count_by_ipv4_address_and_ipv6_slash_64() {
+        let per_ip = PerIp::new(2);
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let held = [per_ip.admit(a).unwrap(), per_ip.admit(same_64).unwrap()];
+        assert!(per_ip.admit(a).is_none());
+        assert!(per_ip.admit(other_64).is_some());
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let v4_held = [per_ip.admit(v4).unwrap(), per_ip.admit(mapped).unwrap()];
+        assert!(per_ip.admit(v4).is_none());
+        drop(held);
+        assert!(per_ip.admit(a).is_some(), "closing gives the places back");
+        drop(v4_held);
+        assert!(per_ip.open.lock().unwrap().is_empty(), "an address with nothing open is forgotten");
     }
 }
