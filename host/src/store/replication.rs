@@ -213,15 +213,17 @@ impl Store {
             Ok(r) => {
                 self.stats.succeeded(started.elapsed(), r.frame_no());
                 let frame = r.frame_no().unwrap_or(0);
-                let before = self.catchup.frame.swap(frame, Ordering::AcqRel);
+                let before = self.catchup.frame.load(Ordering::Acquire);
                 if frame < before {
                     self.log_restarted(before, frame);
                 }
                 if before != frame {
                     self.advance().await;
                 }
-                // Only now: a waiter released by this number reads through
-                // caches that already know what the sync brought.
+                // Only now: a reader released by this frame or this number
+                // reads through caches that already know what the sync
+                // brought (the gate keeps other syncs out meanwhile).
+                self.catchup.frame.store(frame, Ordering::Release);
                 self.catchup.succeeded.store(number, Ordering::Release);
                 Ok(r.frame_no())
             }
