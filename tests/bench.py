@@ -1366,7 +1366,8 @@ def main():
     for url in (plain_url, cached_url):
         for name, data in files.items():
             put(url, name, data)
-    put(plain_url, "big.bin", big)
+    if not opts.reads_only:
+        put(plain_url, "big.bin", big)
 
     log("replica mode: starting sqld")
     primary_url = start_sqld(sqld, work)

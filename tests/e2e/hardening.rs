@@ -194,29 +194,6 @@ fn past_the_connection_limit_new_connections_wait_their_turn() {
     assert!(s.logged("connection limit reached"), "{}", s.log());
 }
 
-/// The status of the next answer on a kept-alive connection, its body read
-/// (by `Content-Length`) so the connection can carry another request.
-fn next_status(stream: &mut std::net::TcpStream) -> Option<u16> {
-    use std::io::Read;
-    stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
-    let mut got = Vec::new();
-    let mut buf = [0u8; 4096];
-    let head_end = loop {
-        if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut buf).ok().filter(|&n| n > 0)?;
-        got.extend_from_slice(&buf[..n]);
-    };
-    let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
-    let len: usize = head.lines().find_map(|l| l.strip_prefix("content-length: "))?.trim().parse().ok()?;
-    while got.len() < head_end + len {
-        let n = stream.read(&mut buf).ok().filter(|&n| n > 0)?;
-        got.extend_from_slice(&buf[..n]);
-    }
-    head.get(9..12)?.parse().ok()
-}
-
 #[test]
 fn one_address_cannot_hold_every_connection() {
     use std::io::Write;
@@ -230,8 +207,9 @@ fn one_address_cannot_hold_every_connection() {
         let mut held = Vec::new();
         for _ in 0..2 {
             let mut c = std::net::TcpStream::connect(s.addr).ok()?;
+            c.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
             c.write_all(health).ok()?;
-            (next_status(&mut c)? == 200).then_some(())?;
+            (read_response(&mut c) == 200).then_some(())?;
             held.push(c);
         }
         Some(held)
@@ -255,7 +233,7 @@ fn one_address_cannot_hold_every_connection() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     for c in &mut held {
         c.write_all(health).unwrap();
-        assert_eq!(next_status(c), Some(200));
+        assert_eq!(read_response(c), 200);
     }
 
     // Once they close, the address is served again.

@@ -460,8 +460,8 @@ impl Drop for Server {
 }
 
 /// One HTTP/1.1 response read off `stream`: its status, and its body as
-/// long as `Content-Length` says.
-fn read_response(stream: &mut TcpStream) -> u16 {
+/// long as `Content-Length` says (0 when the connection ends first).
+pub fn read_response(stream: &mut TcpStream) -> u16 {
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
