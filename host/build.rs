@@ -23,8 +23,10 @@ fn main() -> anyhow::Result<()> {
         "protocol/Cargo.toml",
         "worker/src",
         "worker/Cargo.toml",
+        "worker/build.rs",
         "worker/adapter/src",
         "worker/adapter/Cargo.toml",
+        "worker/adapter/build.rs",
         "wit",
         "Cargo.lock",
     ] {
