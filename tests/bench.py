@@ -605,63 +605,76 @@ def spin_up(spin, manifest, env=None):
 
 def spin_bench(binary, work, seconds, rounds):
     """The worker under real Spin, its store on a turserver sidecar, beside
-    a minimal wasi:http component (the test worker built as `hello`)
-    under the same Spin; None when Spin is not installed."""
+    a minimal wasi:http component (the test worker built as `hello`) and
+    the same component making one outbound GET per request (`hello-fetch`:
+    the least any component whose data lives elsewhere pays), all under the
+    same Spin; None when Spin is not installed."""
     spin = os.path.join(ROOT, ".tools/spin/spin")
     if not os.path.exists(spin):
         return None
-    log("spin: building the application (spin build) and a hello-world component")
+    log("spin: building the application (spin build) and the hello-world components")
     subprocess.run([spin, "build", "--from", os.path.join(ROOT, "spin.toml")], cwd=ROOT, check=True,
                    stdout=subprocess.DEVNULL)
-    # The test worker built as `hello`: plain wasi:http, nothing of ours.
-    hello_target = os.path.join(ROOT, "target/test-workers")
-    subprocess.run(["cargo", "build", "--target", "wasm32-wasip2", "--release", "-p", "turserver-test-worker",
-                    "--target-dir", hello_target], cwd=ROOT, check=True,
-                   env=dict(os.environ, TEST_WORKER_VERSION="hello", CARGO_PROFILE_RELEASE_DEBUG="false"))
-    hello_dir = temp_dir("bench-spin-hello-")
-    hello_wasm = os.path.join(hello_dir, "hello.wasm")
-    shutil.copy(os.path.join(hello_target, "wasm32-wasip2/release/turserver_test_worker.wasm"), hello_wasm)
-    hello = os.path.join(hello_dir, "spin.toml")
-    with open(hello, "w") as f:
-        f.write(f"""spin_manifest_version = 2
-[application]
-name = "hello"
-[[trigger.http]]
-route = "/..."
-component = "hello"
-[component.hello]
-source = "{hello_wasm}"
-""")
     sidecar_port = free_port()
     _, host_url = start_turserver(binary, os.path.join(work, "spin-sidecar"), "--sidecar-listen",
                                   f"127.0.0.1:{sidecar_port}", "--sidecar-token", "bench-sidecar")
     put(host_url, "f1k.bin", os.urandom(1024))
+    host = host_url.removeprefix("http://")
+
+    def baseline(version, outbound):
+        """The test worker built as `version` (plain wasi:http, nothing of
+        ours) under its own `spin up`; its URL."""
+        target = os.path.join(ROOT, "target/test-workers")
+        subprocess.run(["cargo", "build", "--target", "wasm32-wasip2", "--release", "-p", "turserver-test-worker",
+                        "--target-dir", target], cwd=ROOT, check=True,
+                       env=dict(os.environ, TEST_WORKER_VERSION=version, CARGO_PROFILE_RELEASE_DEBUG="false"))
+        folder = temp_dir(f"bench-spin-{version}-")
+        shutil.copy(os.path.join(target, "wasm32-wasip2/release/turserver_test_worker.wasm"),
+                    os.path.join(folder, "app.wasm"))
+        manifest = os.path.join(folder, "spin.toml")
+        with open(manifest, "w") as f:
+            f.write(f"""spin_manifest_version = 2
+[application]
+name = "{version}"
+[[trigger.http]]
+route = "/..."
+component = "app"
+[component.app]
+source = "app.wasm"
+allowed_outbound_hosts = {json.dumps(outbound)}
+""")
+        return spin_up(spin, manifest)
+
     worker_url = spin_up(spin, os.path.join(ROOT, "spin.toml"),
                          {"SPIN_VARIABLE_SIDECAR_URL": f"http://127.0.0.1:{sidecar_port}",
                           "SPIN_VARIABLE_SIDECAR_TOKEN": "bench-sidecar"})
-    hello_url = spin_up(spin, hello)
+    hello_url = baseline("hello", [])
+    fetch_url = baseline("hello-fetch", [host_url])
     rows = []
     for conns in (16, 64):
-        log(f"spin c={conns}: {rounds} rounds of 2 x {seconds}s")
-        ours, theirs = [], []
+        log(f"spin c={conns}: {rounds} rounds of 3 x {seconds}s")
+        got = {"worker": [], "hello": [], "fetch": []}
         for r in range(rounds):
-            pair = [("worker", f"{worker_url}/f1k.bin"), ("hello", f"{hello_url}/")]
-            for label, url in pair if r % 2 == 0 else pair[::-1]:
-                (ours if label == "worker" else theirs).append(wrk(url, conns, seconds))
-        ratio = statistics.median(a[0] / b[0] for a, b in zip(ours, theirs))
-        rows.append((conns, statistics.median(x[0] for x in ours), statistics.median(x[0] for x in theirs), ratio))
+            trio = [("worker", f"{worker_url}/f1k.bin"), ("hello", f"{hello_url}/"),
+                    ("fetch", f"{fetch_url}/fetch/{host}/f1k.bin")]
+            for label, url in trio if r % 2 == 0 else trio[::-1]:
+                got[label].append(wrk(url, conns, seconds)[0])
+        ratio = statistics.median(a / b for a, b in zip(got["worker"], got["hello"]))
+        floor = statistics.median(a / b for a, b in zip(got["fetch"], got["hello"]))
+        rows.append((conns, *(statistics.median(got[k]) for k in ("worker", "hello", "fetch")), ratio, floor))
     return rows
 
 
 def print_spin(rows):
-    for conns, ours, hello, ratio in rows:
+    for conns, ours, hello, fetch, ratio, floor in rows:
         print(f"spin c={conns}: worker (1 KiB GET, store on the sidecar) {ours:.0f} req/s, "
-              f"hello-world {hello:.0f} req/s: {ratio:.2f}x")
+              f"hello-world {hello:.0f} req/s: {ratio:.2f}x; "
+              f"hello-world with one outbound GET {fetch:.0f} req/s: {floor:.2f}x")
 
 
 def spin_checks(rows):
     return [(f"worker under Spin >= 0.5x hello-world, {c} conns", ratio >= 0.5, f"{ratio:.2f}x")
-            for c, _, _, ratio in rows]
+            for c, _, _, _, ratio, _ in rows]
 
 
 def spin_only(binary, work, seconds, rounds):

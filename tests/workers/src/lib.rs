@@ -16,7 +16,10 @@
 //!
 //! Built as `hello`, it is only the last: a plain `wasi:http/proxy`
 //! component that imports nothing of turserver's, the minimal baseline the
-//! benchmark runs under Spin.
+//! benchmark runs under Spin. Built as `hello-fetch`, a request for
+//! `/fetch/{host:port}/{path}` first GETs `http://{host:port}/{path}` and
+//! reads its answer to the end: the least a component whose data lives
+//! elsewhere does per request, also a benchmark baseline.
 
 #[cfg(all(target_arch = "wasm32", not(hello)))]
 mod wasm {
@@ -150,6 +153,10 @@ mod hello {
 
     impl Guest for Hello {
         fn handle(_request: IncomingRequest, out: ResponseOutparam) {
+            #[cfg(fetch)]
+            if let Some(target) = _request.path_with_query().as_deref().and_then(|p| p.strip_prefix("/fetch/")) {
+                fetch(target);
+            }
             let headers = Fields::from_list(&[
                 ("content-type".to_string(), b"text/plain".to_vec()),
                 ("content-length".to_string(), b"2".to_vec()),
@@ -163,5 +170,26 @@ mod hello {
             drop(stream);
             OutgoingBody::finish(body, None).unwrap();
         }
+    }
+
+    /// GETs `http://{target}` and reads the answer's body to its end.
+    #[cfg(fetch)]
+    fn fetch(target: &str) {
+        use wasi::http::outgoing_handler;
+        use wasi::http::types::{Method, OutgoingRequest, Scheme};
+        let (authority, path) = target.split_once('/').unwrap_or((target, ""));
+        let request = OutgoingRequest::new(Fields::new());
+        request.set_method(&Method::Get).unwrap();
+        request.set_scheme(Some(&Scheme::Http)).unwrap();
+        request.set_authority(Some(authority)).unwrap();
+        request.set_path_with_query(Some(&format!("/{path}"))).unwrap();
+        let body = request.body().unwrap();
+        let answer = outgoing_handler::handle(request, None).unwrap();
+        OutgoingBody::finish(body, None).unwrap();
+        answer.subscribe().block();
+        let response = answer.get().unwrap().unwrap().unwrap();
+        let body = response.consume().unwrap();
+        let stream = body.stream().unwrap();
+        while stream.blocking_read(64 << 10).is_ok() {}
     }
 }
