@@ -247,6 +247,47 @@ fn one_address_cannot_hold_every_connection() {
 }
 
 #[test]
+fn a_flood_of_refused_connections_leaves_room_for_other_addresses() {
+    use std::io::Write;
+    let dir = TempDir::new("per-ip-flood");
+    let s = Server::start(dir.path(), &["--max-connections", "4", "--max-connections-per-ip", "1"], None);
+    let health = b"GET /_turserver/health HTTP/1.1\r\nHost: x\r\n\r\n";
+    // 127.0.0.1 holds its one connection (retried until the harness's own
+    // connections have closed).
+    let held = eventually(std::time::Duration::from_secs(10), || {
+        let mut c = std::net::TcpStream::connect(s.addr).ok()?;
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5))).ok()?;
+        c.write_all(health).ok()?;
+        (read_response(&mut c) == 200).then_some(c)
+    })
+    .expect("one connection from the address is served");
+    // Forty more from it that send nothing and never close: each is refused,
+    // and its answer waits up to a second for the client to close. Had they
+    // held places under --max-connections 4, the three left would serve
+    // nobody else for about 13 s.
+    let flood: Vec<std::net::TcpStream> = (0..40).map(|_| std::net::TcpStream::connect(s.addr).unwrap()).collect();
+    let started = std::time::Instant::now();
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other.bind(&"127.0.0.2:0".parse::<std::net::SocketAddr>().unwrap().into()).unwrap();
+    other.connect(&s.addr.into()).unwrap();
+    let mut other: std::net::TcpStream = other.into();
+    other.write_all(b"GET /_turserver/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let (_, answer) = closed_within(&mut other, std::time::Duration::from_secs(20)).expect("the other address is answered");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let waited = started.elapsed();
+    assert!(waited < std::time::Duration::from_secs(3), "the other address waited {waited:?} behind the refusals");
+    // The address has its place back once its connection closes.
+    drop((held, flood));
+    let refused = eventually(std::time::Duration::from_secs(10), || {
+        let r = client().get(s.url("/metrics")).send().ok().filter(|r| r.status() == 200)?;
+        let text = r.text().ok()?;
+        let n: f64 = text.lines().find_map(|l| l.strip_prefix("turserver_connections_refused_per_ip_total "))?.trim().parse().ok()?;
+        (n >= 40.0).then_some(n)
+    });
+    assert!(refused.is_some(), "every refusal is counted");
+}
+
+#[test]
 fn a_site_document_without_credentials_is_refused_before_its_body() {
     let s = Server::local();
     let next = "GET /_turserver/health HTTP/1.1\r\nHost: x\r\n\r\n";

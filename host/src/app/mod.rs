@@ -298,11 +298,12 @@ pub(crate) async fn open_site(shared: &Shared, setup: SiteSetup, usage: Arc<Usag
 }
 
 /// The connection limit: `--max-connections`, else what the file descriptor
-/// limit leaves room for (the store, the compiled-worker cache and the
-/// primary's connections need some).
+/// limit leaves room for (the store, the compiled-worker cache, the
+/// primary's connections and the answers to connections refused per
+/// address need some).
 fn max_connections(args: &ServeArgs) -> usize {
     let fds = http::raise_fd_limit();
-    let room = fds.saturating_sub(256).max(64) as usize;
+    let room = fds.saturating_sub(256 + http::REFUSING_AT_ONCE as u64).max(64) as usize;
     match args.max_connections {
         Some(n) if n > room => {
             tracing::warn!(max_connections = n, fd_limit = fds, "--max-connections is above what the file descriptor limit allows");

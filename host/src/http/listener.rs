@@ -78,6 +78,8 @@ impl ConnectionQuota {
 /// new connections wait in the kernel's backlog until one closes.
 pub struct Connections {
     permits: Arc<Semaphore>,
+    /// Connections past their address's limit being answered now.
+    refusing: Arc<Semaphore>,
     max: usize,
     open: Gauge,
     waited: Counter,
@@ -90,6 +92,7 @@ impl Connections {
     pub fn new(max: usize) -> Connections {
         Connections {
             permits: Arc::new(Semaphore::new(max)),
+            refusing: Arc::new(Semaphore::new(REFUSING_AT_ONCE)),
             max,
             open: Gauge::default(),
             waited: Counter::default(),
@@ -193,6 +196,10 @@ impl Drop for IpShare {
     }
 }
 
+/// Refused connections answered at once, beyond `--max-connections` (the
+/// default limit leaves file descriptors for them).
+pub const REFUSING_AT_ONCE: usize = 64;
+
 const REFUSED_PER_IP: &str = concat!(
     "HTTP/1.1 503 Service Unavailable\r\n",
     "content-type: text/plain; charset=utf-8\r\n",
@@ -272,12 +279,17 @@ pub async fn serve<H: Handler>(
                         Some(share) => Some(share),
                         None => {
                             connections.refused_per_ip.inc();
-                            // Keeps its place under --max-connections
-                            // while it is answered (a second at most).
-                            tokio::spawn(async move {
-                                refuse(stream).await;
-                                drop(permit);
-                            });
+                            // Refusals take no place under --max-connections
+                            // (an address flooding them would fill it), but
+                            // one of a few of their own while answered (a
+                            // second at most); past those, closed unanswered.
+                            drop(permit);
+                            if let Ok(slot) = connections.refusing.clone().try_acquire_owned() {
+                                tokio::spawn(async move {
+                                    refuse(stream).await;
+                                    drop(slot);
+                                });
+                            }
                             continue;
                         }
                     },

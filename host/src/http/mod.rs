@@ -19,7 +19,7 @@ pub mod tokens;
 
 pub use auth::{bearer_token, Refusal, TokenDigest, WriteAccess};
 pub use linger::RequestBody;
-pub use listener::{raise_fd_limit, serve, shutdown_signal, ConnectionQuota, Connections, Handler, Limits};
+pub use listener::{raise_fd_limit, serve, shutdown_signal, ConnectionQuota, Connections, Handler, Limits, REFUSING_AT_ONCE};
 pub use response::{
     full_body, json_response, json_value, method_not_allowed, no_content, response, retry_later, text_response,
     Response, ResponseBody,
