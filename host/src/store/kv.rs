@@ -155,7 +155,7 @@ impl Store {
         }
         let w = |e| StoreError::write("a key-value write", e);
         let now = unix_now();
-        let expires_at = ttl.map(|t| now.saturating_add(t.min(i64::MAX as u64) as i64));
+        let expires_at = ttl.map(|t| expiry(t, std::time::SystemTime::now()));
         let conn = self.conn().await?;
         let tx = conn.transaction_with_behavior(libsql::TransactionBehavior::Immediate).await.map_err(w)?;
         let (stored, current) = versions(&tx, key, now).await?;
@@ -242,9 +242,28 @@ fn check(expect: Option<&KvExpect>, current: Option<u64>) -> Result<(), StoreErr
     }
 }
 
+/// The whole second (Unix time) at which an entry written at `at` with
+/// `ttl` seconds expires: the first one at least `ttl` seconds away, so a
+/// ttl of 1 never lasts only the rest of the current second.
+fn expiry(ttl: u64, at: std::time::SystemTime) -> i64 {
+    let since = at.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let whole = since.as_secs() as i64 + i64::from(since.subsec_nanos() > 0);
+    whole.saturating_add(ttl.min(i64::MAX as u64) as i64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_entry_lives_at_least_its_ttl() {
+        let second = |s: u64, ms: u64| std::time::UNIX_EPOCH + std::time::Duration::from_millis(s * 1000 + ms);
+        // Written late in second 100: 1 s later is 101.999, so it ends at 102.
+        assert_eq!(expiry(1, second(100, 999)), 102);
+        assert_eq!(expiry(1, second(100, 0)), 101);
+        assert_eq!(expiry(60, second(100, 1)), 161);
+        assert_eq!(expiry(u64::MAX, second(100, 1)), i64::MAX);
+    }
 
     #[test]
     fn keys_are_checked() {
